@@ -1,0 +1,84 @@
+import pytest
+import torch
+
+from ndd.models import SpecDiffNet, SpecDiffNetConfig
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(**kw):
+    base = dict(backbone="small_cnn", window=5, n_eigs=8, n_power=4)
+    base.update(kw)
+    return SpecDiffNetConfig(**base)
+
+
+def test_forward_shapes_and_kernel_properties():
+    torch.manual_seed(0)
+    net = SpecDiffNet(tiny_config()).eval()
+    out = net(torch.rand(2, 3, 45, 61))
+    h, w = 6, 8  # ceil(45/8), ceil(61/8)
+    assert out.grid_shape == (h, w)
+    assert out.distance.shape == out.similarity.shape == (2, h * w, h * w)
+    assert out.eigenvalues.shape == (2, 8) and out.eigenvectors.shape == (2, h * w, 8)
+    assert torch.allclose(out.eigenvalues[:, 0], torch.ones(2), atol=1e-4)
+    K = out.similarity
+    assert torch.allclose(K, K.transpose(1, 2), atol=1e-5)
+    assert torch.allclose(K.diagonal(dim1=1, dim2=2), torch.ones(2, h * w), atol=1e-5)
+    assert ((K > 0) & (K <= 1 + 1e-6)).all()
+    assert [tuple(f.shape[-2:]) for f in out.levels] == [(23, 31), (12, 16), (6, 8)]
+
+
+def test_gradients_reach_backbone_and_diffusion_parameters():
+    torch.manual_seed(0)
+    net = SpecDiffNet(tiny_config())
+    out = net(torch.rand(1, 3, 40, 40))
+    maps = out.similarity[:, :3].reshape(1, 3, *out.grid_shape)
+    up = net.upsample(maps, out.levels, (40, 40))
+    assert up.shape == (1, 3, 40, 40)
+    (out.similarity.mean() + up.mean()).backward()
+    for name in ("log_mu", "log_t", "log_tau"):
+        assert getattr(net, name).grad is not None and getattr(net, name).grad.abs() > 0, name
+    assert net.fai.log_gamma.grad is not None
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.backbone.parameters())
+    ids = {id(p) for p in net.diffusion_parameters()} | {id(p) for p in net.backbone_parameters()}
+    assert len(ids) == len(list(net.parameters()))
+
+
+def test_config_round_trip_and_unknown_key():
+    cfg = tiny_config(fai_gammas=(2.0, 3.0, 4.0))
+    again = SpecDiffNetConfig.from_dict(cfg.to_dict())
+    assert again == cfg
+    with pytest.raises(ValueError, match="unknown"):
+        SpecDiffNetConfig.from_dict({"backbone": "small_cnn", "nope": 1})
+
+
+def test_handcrafted_baseline_has_no_trainable_parameters():
+    net = SpecDiffNet(SpecDiffNetConfig.handcrafted(window=5, n_eigs=8))
+    assert not any(p.requires_grad for p in net.parameters())
+    img = torch.zeros(1, 3, 32, 48)
+    img[..., :24] = torch.tensor([0.9, 0.1, 0.1]).view(3, 1, 1)
+    img[..., 24:] = torch.tensor([0.1, 0.2, 0.9]).view(3, 1, 1)
+    out = net(img)
+    K = out.similarity[0].reshape(4, 6, 4, 6)
+    # Same-colour nodes are more similar than nodes across the colour edge.
+    assert K[1, 0, 1, 2] > K[1, 0, 1, 5]
+
+
+def test_legacy_mode_uses_fixed_grid():
+    net = SpecDiffNet(tiny_config(legacy=True, legacy_grid=(7, 7), n_power=6))
+    out = net(torch.rand(1, 3, 40, 64))
+    assert out.grid_shape == (7, 7) and out.distance.shape == (1, 49, 49)
+    assert net.t.item() == pytest.approx(0.5) and net.tau.item() == pytest.approx(1e3)
+
+
+def test_similarity_maps_for_points():
+    net = SpecDiffNet(tiny_config()).eval()
+    maps = net.similarity_maps(torch.rand(1, 3, 33, 41), torch.tensor([0, 5]))
+    assert maps.shape == (2, 33, 41)
+    assert maps.min() >= 0 and maps.max() <= 1
