@@ -1,0 +1,52 @@
+"""``ndd similarity IMAGE --points x,y ...``: diffusion-similarity maps of chosen pixels (paper Fig. 2)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ndd import io
+from ndd.inference import DEFAULT_MAX_SIDE, load_segmentation_model, similarity_maps
+
+
+def _point(text: str) -> tuple[float, float]:
+    try:
+        x, y = (float(v) for v in text.split(","))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"a point is x,y in pixels, got {text!r}") from err
+    return x, y
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("similarity", help="diffusion-similarity maps of chosen pixels",
+                              description="Neural diffusion similarity of pixels (rows of K_D up-sampled by FAI).")
+    p.add_argument("image", type=Path)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--points", type=_point, nargs="+", metavar="X,Y", help="pixel positions (x = column, y = row)")
+    where.add_argument("--all-grid", type=int, metavar="K", help="a contact sheet of a K x K lattice of points")
+    p.add_argument("--out", type=Path, default=Path("."), help="output folder (default: current)")
+    p.add_argument("--model", default=None, help="'default', 'handcrafted' or a checkpoint path")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        model, description = load_segmentation_model(args.model, args.device)
+        image = io.read_image(args.image)
+        maps, points = similarity_maps(image, model, args.points, all_grid=args.all_grid, max_side=args.max_side)
+    except (FileNotFoundError, ValueError, OSError) as err:
+        print(f"ndd similarity: {err}", file=sys.stderr)
+        return 1
+    print(f"model: {description}", file=sys.stderr)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / args.image.stem
+    tiles = [io.heatmap_overlay(image, m, p) for m, p in zip(maps, points)]
+    if args.all_grid:
+        io.write_image(f"{stem}_similarity_grid.png", io.contact_sheet(tiles, columns=args.all_grid))
+    else:
+        for (x, y), tile in zip(points, tiles):
+            io.write_image(f"{stem}_similarity_{round(x)}_{round(y)}.png", tile)
+    return 0

@@ -1,0 +1,306 @@
+"""Reading images and writing segmentation results (label PNGs, overlays, strips, ucm2 .mat).
+
+Only numpy, PIL, scipy.io and scikit-image are used, so the formats can be read and written
+without torch. Label maps are written as they are (0-based ids) in 8-bit PNGs, or 16-bit
+when an id exceeds 255; BSDS ``segs`` files (1-based) have their own writer.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+from PIL import Image, ImageOps, UnidentifiedImageError
+from skimage.color import label2rgb
+from skimage.segmentation import mark_boundaries
+
+__all__ = [
+    "ImageReadError",
+    "read_image",
+    "write_labels",
+    "read_labels",
+    "colour_overlay",
+    "write_overlay",
+    "hierarchy_strip",
+    "write_hierarchy_strip",
+    "write_ucm2",
+    "read_ucm2",
+    "write_segs",
+]
+
+PathLike = str | os.PathLike[str]
+
+
+class ImageReadError(ValueError):
+    """An input image could not be used; the message starts with the file name."""
+
+
+# --------------------------------------------------------------------------- reading
+def read_image(path: PathLike, min_size: int = 2) -> np.ndarray:
+    """Read any RGB / grey / palette / RGBA / 16-bit image as float RGB.
+
+    EXIF orientation is applied; transparency is composited onto white; grey images are
+    repeated into three channels; 16-bit images keep their precision (scaled by 1/65535).
+    Only the first frame of an animated file is read.
+
+    Args:
+        path: image file.
+        min_size: smallest allowed height and width in pixels.
+
+    Returns:
+        (H, W, 3) float32 array in [0, 1].
+
+    Raises:
+        ImageReadError (a ``ValueError``) naming the file when it is missing, not an image,
+        truncated / corrupt, or smaller than ``min_size`` in either dimension.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ImageReadError(f"{p}: no such file")
+    if p.is_dir():
+        raise ImageReadError(f"{p}: is a directory, not an image")
+    try:
+        with Image.open(p) as im:
+            im.load()  # decode now so that truncated data raises here
+            im = ImageOps.exif_transpose(im)
+            rgb = _to_float_rgb(im)
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(f"{p}: image too large to decode safely ({e})") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{p}: not an image file (or a format Pillow cannot read)") from None
+    except (OSError, SyntaxError, ValueError) as e:  # Pillow's truncated / corrupt data errors
+        raise ImageReadError(f"{p}: unreadable or truncated image ({e})") from None
+    h, w = rgb.shape[:2]
+    if h < min_size or w < min_size:
+        raise ImageReadError(f"{p}: image is {h}x{w} pixels; at least {min_size}x{min_size} is needed")
+    return rgb
+
+
+def _to_float_rgb(im: Image.Image) -> np.ndarray:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(im).astype(np.float64)
+        # 16-bit PNGs come as I;16 or (older Pillow) I; anything above 16 bits is clipped
+        grey = np.clip(a / 65535.0, 0.0, 1.0)
+        return np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+    if im.mode == "F":
+        grey = np.clip(np.asarray(im, dtype=np.float64), 0.0, 1.0)
+        return np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
+        alpha = rgba[..., 3:4]
+        return (rgba[..., :3] * alpha + (1.0 - alpha)).astype(np.float32)  # over white
+    return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+
+
+# --------------------------------------------------------------------------- label maps
+def write_labels(path: PathLike, labels: np.ndarray) -> None:
+    """Write an (H, W) label map of non-negative ids as a PNG (uint8, or uint16 above 255)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be a 2-D integer array, got {labels.dtype} {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() > 65535):
+        raise ValueError("label ids must be in 0 .. 65535 to fit a PNG")
+    dtype = np.uint8 if labels.size == 0 or labels.max() <= 255 else np.uint16
+    Image.fromarray(labels.astype(dtype)).save(_out(path), format="PNG")
+
+
+def read_labels(path: PathLike) -> np.ndarray:
+    """Read a label PNG written by :func:`write_labels` as (H, W) int64."""
+    with Image.open(path) as im:
+        return np.asarray(im).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- pictures
+def colour_overlay(
+    image: np.ndarray,
+    labels: np.ndarray,
+    mean_colours: bool = True,
+    boundary_colour: tuple[float, float, float] = (1.0, 1.0, 0.0),
+) -> np.ndarray:
+    """Picture of a segmentation: each segment in its mean colour (or the image itself) with
+    segment boundaries drawn on top.
+
+    Args:
+        image: (H, W, 3) float in [0, 1] (or uint8).
+        labels: (h, w) integer labels; resized by nearest neighbour to (H, W) if needed.
+        mean_colours: paint segments with their mean colour rather than the image.
+        boundary_colour: RGB in [0, 1] of the boundary lines.
+
+    Returns:
+        (H, W, 3) uint8.
+    """
+    img = _as_float_image(image)
+    lab = _resize_labels(np.asarray(labels), img.shape[:2])
+    base = label2rgb(lab, img, kind="avg", bg_label=-1) if mean_colours else img
+    out = mark_boundaries(base, lab, color=boundary_colour, mode="inner")
+    return (np.clip(out, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def write_overlay(path: PathLike, image: np.ndarray, labels: np.ndarray, mean_colours: bool = True) -> None:
+    """Save :func:`colour_overlay` as a PNG (or any format its suffix names)."""
+    Image.fromarray(colour_overlay(image, labels, mean_colours)).save(_out(path))
+
+
+def hierarchy_strip(
+    image: np.ndarray,
+    levels: Sequence[np.ndarray],
+    include_image: bool = True,
+    gap: int = 4,
+    max_height: int | None = 240,
+) -> np.ndarray:
+    """Several levels of a hierarchy side by side (mean colours + boundaries), optionally
+    after the input image, separated by white gaps.
+
+    Args:
+        image: (H, W, 3) float in [0, 1] (or uint8).
+        levels: label maps, e.g. fine to coarse; each resized to (H, W) by nearest neighbour.
+        include_image: put the image itself first.
+        gap: white columns between panels.
+        max_height: panels are shrunk to at most this height (None keeps the full size).
+
+    Returns:
+        (h, n_panels * w + (n_panels - 1) * gap, 3) uint8.
+    """
+    img = _as_float_image(image)
+    panels = ([(img * 255.0 + 0.5).astype(np.uint8)] if include_image else [])
+    panels += [colour_overlay(img, lab) for lab in levels]
+    if not panels:
+        raise ValueError("nothing to draw: no levels and include_image=False")
+    H, W = panels[0].shape[:2]
+    if max_height is not None and H > max_height:
+        size = (max(1, round(W * max_height / H)), max_height)
+        panels = [np.asarray(Image.fromarray(p).resize(size, Image.Resampling.LANCZOS)) for p in panels]
+        H, W = panels[0].shape[:2]
+    strip = np.full((H, len(panels) * W + (len(panels) - 1) * gap, 3), 255, dtype=np.uint8)
+    for k, p in enumerate(panels):
+        strip[:, k * (W + gap): k * (W + gap) + W] = p
+    return strip
+
+
+def write_hierarchy_strip(path: PathLike, image: np.ndarray, levels: Sequence[np.ndarray], **kwargs) -> None:
+    """Save :func:`hierarchy_strip` (same keyword arguments) as a PNG."""
+    Image.fromarray(hierarchy_strip(image, levels, **kwargs)).save(_out(path))
+
+
+# --------------------------------------------------------------------------- BSDS .mat files
+def write_ucm2(path: PathLike, ucm2: np.ndarray) -> None:
+    """Save a doubleSize ``ucm2`` ((2H+1, 2W+1), values in [0, 1]) as ``.mat`` key ``ucm2``
+    (float64, MATLAB v5 format, as the BSDS benchmark reads it)."""
+    u = np.asarray(ucm2, dtype=np.float64)
+    if u.ndim != 2 or u.shape[0] % 2 == 0 or u.shape[1] % 2 == 0 or min(u.shape) < 3:
+        raise ValueError(f"ucm2 must be (2H+1, 2W+1) with H, W >= 1, got {u.shape}")
+    if not np.all(np.isfinite(u)) or u.min() < 0.0 or u.max() > 1.0:
+        raise ValueError("ucm2 values must be finite and in [0, 1]")
+    scipy.io.savemat(_out(path), {"ucm2": u}, do_compression=True)
+
+
+def read_ucm2(path: PathLike) -> np.ndarray:
+    """Read the ``ucm2`` array of a BSDS-style ``.mat`` file as float64."""
+    return np.asarray(scipy.io.loadmat(path)["ucm2"], dtype=np.float64)
+
+
+def write_segs(path: PathLike, levels: Sequence[np.ndarray]) -> None:
+    """Save label maps as a BSDS ``segs`` ``.mat`` (a 1xL cell of uint16 maps with ids >= 1,
+    as the benchmark's segmentation-stack input requires)."""
+    cell = np.empty((1, len(levels)), dtype=object)
+    for k, lab in enumerate(levels):
+        lab = np.asarray(lab)
+        if lab.ndim != 2 or lab.min() < 0 or lab.max() >= 65535:
+            raise ValueError("each level must be a 2-D map of ids in 0 .. 65534")
+        cell[0, k] = (lab + 1).astype(np.uint16)
+    scipy.io.savemat(_out(path), {"segs": cell}, do_compression=True)
+
+
+# --------------------------------------------------------------------------- helpers
+def _out(path: PathLike) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _as_float_image(image: np.ndarray) -> np.ndarray:
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"image must be (H, W, 3), got {img.shape}")
+    if np.issubdtype(img.dtype, np.integer):
+        return img.astype(np.float64) / (65535.0 if img.max() > 255 else 255.0)
+    return np.clip(img.astype(np.float64), 0.0, 1.0)
+
+
+def _resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a label map (pixel-centre sampling)."""
+    h, w = labels.shape
+    H, W = size
+    if (h, w) == (H, W):
+        return labels
+    rows = np.minimum(((np.arange(H) + 0.5) * h / H).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(W) + 0.5) * w / W).astype(np.int64), w - 1)
+    return labels[np.ix_(rows, cols)]
+
+
+# --------------------------------------------------------------------------- similarity maps
+def heatmap_overlay(
+    image: np.ndarray,
+    similarity: np.ndarray,
+    point: tuple[float, float] | None = None,
+    alpha: float = 0.6,
+) -> np.ndarray:
+    """A similarity map in ``[0, 1]`` drawn over the image as a heat map (paper Fig. 2).
+
+    Args:
+        image: (H, W, 3) float RGB in [0, 1].
+        similarity: (H, W) values in [0, 1].
+        point: optional ``(x, y)`` marked with a red dot.
+
+    Returns:
+        (H, W, 3) uint8.
+    """
+    img = _as_float_image(image)
+    sim = np.clip(np.asarray(similarity, dtype=np.float64), 0.0, 1.0)
+    if sim.shape != img.shape[:2]:
+        raise ValueError(f"similarity {sim.shape} and image {img.shape[:2]} differ in size")
+    heat = _heat_colours(sim)
+    out = (1 - alpha) * img.mean(axis=2, keepdims=True) + alpha * heat
+    if point is not None:
+        x, y = point
+        radius = max(2, round(0.012 * max(img.shape[:2])))
+        yy, xx = np.ogrid[: img.shape[0], : img.shape[1]]
+        out[(yy - y) ** 2 + (xx - x) ** 2 <= radius**2] = (1.0, 0.0, 0.0)
+    return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+# Blue -> cyan -> green -> yellow -> red, the usual "jet"-like ramp (no plotting dependency).
+_HEAT_STOPS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+_HEAT_RGB = np.array([[0, 0, 0.6], [0, 0.8, 1], [0.1, 0.9, 0.1], [1, 0.9, 0], [0.85, 0, 0]])
+
+
+def _heat_colours(values: np.ndarray) -> np.ndarray:
+    return np.stack([np.interp(values, _HEAT_STOPS, _HEAT_RGB[:, c]) for c in range(3)], axis=-1)
+
+
+def contact_sheet(tiles: Sequence[np.ndarray], columns: int, gap: int = 4) -> np.ndarray:
+    """Equal-size (H, W, 3) uint8 tiles in a grid with ``columns`` columns, white gaps."""
+    if not tiles:
+        raise ValueError("no tiles")
+    h, w = tiles[0].shape[:2]
+    rows = -(-len(tiles) // columns)
+    sheet = np.full((rows * h + (rows - 1) * gap, columns * w + (columns - 1) * gap, 3), 255, np.uint8)
+    for k, tile in enumerate(tiles):
+        r, c = divmod(k, columns)
+        sheet[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = tile
+    return sheet
+
+
+def write_image(path: PathLike, rgb: np.ndarray) -> None:
+    """Save an (H, W, 3) uint8 or float [0, 1] image (format from the suffix)."""
+    arr = np.asarray(rgb)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8)
+    Image.fromarray(arr).save(_out(path))

@@ -1,0 +1,141 @@
+"""Trained spec-diff-net weights: the shipped default model and checkpoint loading.
+
+torchvision-style: :class:`SpecDiffNetWeights` enumerates the weights that ship
+inside the package (no download), and :func:`spec_diff_net` builds a model from
+an enum member, a checkpoint path or nothing (random initialisation).
+
+A weights file is a plain dict loadable with ``torch.load(weights_only=True)``:
+``{"config": SpecDiffNetConfig.to_dict(), "model": state_dict, "meta": {...}}``;
+training checkpoints of :mod:`ndd.train` have the same two first keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .spec_diff_net import SpecDiffNet, SpecDiffNetConfig
+
+__all__ = ["WeightsEntry", "SpecDiffNetWeights", "spec_diff_net", "load_model", "load_default_model", "save_model"]
+
+
+@dataclass(frozen=True)
+class WeightsEntry:
+    """A weights file shipped in ``ndd/weights`` with its sha256 and a description."""
+
+    filename: str
+    sha256: str
+    meta: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def path(self) -> Path:
+        return Path(str(resources.files("ndd") / "weights" / self.filename))
+
+
+class SpecDiffNetWeights(Enum):
+    """Weights shipped with ``ndd``.
+
+    ``BSDS500``: EfficientNet-Lite0 (ImageNet init) trained on BSDS500 train+val;
+    see ``MODEL_CARD.md`` for data, steps, hardware and measured figures.
+    """
+
+    BSDS500 = WeightsEntry(
+        "specdiffnet_efficientnet_lite0_bsds500.pt",
+        sha256="",
+        meta={"backbone": "efficientnet_lite0", "data": "BSDS500 train+val"},
+    )
+
+    @classmethod
+    def default(cls) -> SpecDiffNetWeights:
+        return cls.BSDS500
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read(path: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt or not a torch file
+        raise ValueError(f"cannot read model file {path}: {err}") from err
+    if not isinstance(payload, dict) or "config" not in payload or "model" not in payload:
+        raise ValueError(f"{path} is not an ndd model file (expected keys 'config' and 'model')")
+    return payload
+
+
+def load_model(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> SpecDiffNet:
+    """Rebuild a :class:`SpecDiffNet` from a weights file or training checkpoint (eval mode)."""
+    payload = _read(path)
+    config = SpecDiffNetConfig.from_dict(dict(payload["config"]))
+    model = SpecDiffNet(config)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in payload["model"].items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path} does not fit its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model.to(device).eval()
+
+
+def save_model(model: SpecDiffNet, path: str | os.PathLike[str], meta: dict[str, Any] | None = None,
+               half: bool = False) -> Path:
+    """Write ``model`` as a weights file (optionally float16 to halve its size)."""
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu() for k, v in model.state_dict().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": model.config.to_dict(), "model": state, "meta": dict(meta or {})}, path)
+    return path
+
+
+def spec_diff_net(
+    weights: SpecDiffNetWeights | str | os.PathLike[str] | None = None,
+    device: torch.device | str = "cpu",
+    **config: Any,
+) -> SpecDiffNet:
+    """Build spec-diff-net.
+
+    Args:
+        weights: a :class:`SpecDiffNetWeights` member (or its name, e.g. ``"BSDS500"``
+            or ``"DEFAULT"``), a path to a weights file / checkpoint, or ``None`` for
+            a randomly initialised model built from ``config`` keywords.
+        device: where to put the model.
+    """
+    if weights is None:
+        return SpecDiffNet(SpecDiffNetConfig(**config)).to(device)
+    if config:
+        raise ValueError("config keywords only apply to weights=None; trained weights carry their config")
+    if isinstance(weights, str) and not os.path.exists(weights):
+        name = weights.split(".")[-1].upper()
+        if name == "DEFAULT":
+            weights = SpecDiffNetWeights.default()
+        elif name in SpecDiffNetWeights.__members__:
+            weights = SpecDiffNetWeights[name]
+        else:
+            raise ValueError(f"unknown weights {weights!r}: not a file, and not one of "
+                             f"{['DEFAULT', *SpecDiffNetWeights.__members__]}")
+    if isinstance(weights, SpecDiffNetWeights):
+        entry = weights.value
+        if not entry.path.is_file():
+            raise FileNotFoundError(f"the shipped weights {entry.filename} are missing from this installation ({entry.path})")
+        if entry.sha256 and _sha256(entry.path) != entry.sha256:
+            raise ValueError(f"{entry.path} is corrupt: its sha256 does not match the one recorded in ndd")
+        return load_model(entry.path, device)
+    return load_model(weights, device)
+
+
+def load_default_model(device: torch.device | str = "cpu") -> SpecDiffNet:
+    """The shipped default model (``SpecDiffNetWeights.DEFAULT``), in eval mode."""
+    return spec_diff_net(SpecDiffNetWeights.default(), device=device)

@@ -1,0 +1,331 @@
+"""The ``Hierarchy`` result type and the top-level segmentation from a similarity matrix."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .centers import coverage_centers
+from .cleanup import absorb_small_segments, keep_largest_component, split_components
+from .kernel_kmeans import kernel_kmeans
+from .merge import agglomerate, region_adjacency, segment_similarity_sums
+from .ucm import ucm2_from_edges
+
+__all__ = ["Hierarchy", "segment_from_similarity"]
+
+UcmValues = Literal["height", "rank"]
+
+
+@dataclass(frozen=True, eq=False)
+class Hierarchy:
+    """A hierarchy of nested segmentations: the finest labels plus a sequence of pair merges.
+
+    Merges use the scipy linkage convention: leaves are the finest segments ``0 .. n-1`` and
+    merge ``m`` creates cluster ``n + m``. After ``k`` merges there are ``n - k`` segments.
+
+    Attributes:
+        finest: (H, W) int64 finest labels ``0 .. n-1``.
+        merges: (n-1, 2) int64 merged cluster ids, in merge order.
+        similarities: (n-1,) average similarity of each merged pair.
+        heights: (n-1,) merge heights ``1 - similarity`` clipped to [0, 1] and made
+            non-decreasing (running max), so that they define an ultrametric and a ``ucm2``.
+        segment_similarity: optional (n, n) mean similarity between finest segments (what the
+            merging used); needed to re-run the merging at another resolution.
+        segment_sizes: optional (n,) sizes of the finest segments on the grid where
+            ``segment_similarity`` was measured.
+    """
+
+    finest: np.ndarray
+    merges: np.ndarray
+    similarities: np.ndarray
+    heights: np.ndarray
+    segment_similarity: np.ndarray | None = None
+    segment_sizes: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = self.n_segments
+        if self.finest.ndim != 2 or self.finest.min() < 0 or len(np.unique(self.finest)) != n:
+            raise ValueError("finest must be (H, W) labels using every id 0 .. n-1")
+        if self.merges.shape != (n - 1, 2) or self.heights.shape != (n - 1,):
+            raise ValueError(f"a hierarchy over {n} segments needs {n - 1} merges and heights")
+        if np.any(np.diff(self.heights) < 0):
+            raise ValueError("merge heights must be non-decreasing")
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_merges(
+        cls,
+        finest: np.ndarray,
+        merges: Sequence[tuple[int, int, float]] | np.ndarray,
+        similarities: Sequence[float] | np.ndarray | None = None,
+        segment_similarity: np.ndarray | None = None,
+        segment_sizes: np.ndarray | None = None,
+    ) -> Hierarchy:
+        """Build from finest labels and merges ``(a, b, similarity)`` (or (n-1, 2) ids plus
+        ``similarities``); heights are ``running_max(clip(1 - similarity, 0, 1))``."""
+        if similarities is None:
+            arr = np.asarray(merges, dtype=np.float64).reshape(-1, 3)
+            pairs, sims = arr[:, :2].astype(np.int64), arr[:, 2]
+        else:
+            pairs = np.asarray(merges, dtype=np.int64).reshape(-1, 2)
+            sims = np.asarray(similarities, dtype=np.float64)
+        heights = np.maximum.accumulate(np.clip(1.0 - sims, 0.0, 1.0)) if len(sims) else sims.copy()
+        return cls(np.asarray(finest, dtype=np.int64), pairs, sims, heights, segment_similarity, segment_sizes)
+
+    # ----------------------------------------------------------------- basic facts
+    @property
+    def n_segments(self) -> int:
+        """Number of finest segments ``n``."""
+        return int(self.finest.max()) + 1
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W) of the label maps."""
+        return (int(self.finest.shape[0]), int(self.finest.shape[1]))
+
+    def merge_values(self, values: UcmValues = "height") -> np.ndarray:
+        """(n-1,) non-decreasing value of each merge in the ``ucm2``.
+
+        ``"height"``: the merge heights. ``"rank"``: evenly spaced by merge order, about
+        ``(m + 1) / n`` for merge ``m``. For ``n <= 100`` the values sit half-way between the
+        BSDS thresholds ``k / 100``, so every level has its own threshold(s) and no value equals
+        a threshold (where the region benchmark's ``ucm2 <= t`` and the boundary benchmark's
+        ``ucm2 >= t`` would disagree).
+        """
+        if values == "height":
+            return self.heights
+        if values == "rank":
+            n = self.n_segments
+            m = np.arange(1, n, dtype=np.float64)
+            if n <= 100:  # step 100/n >= 1 keeps the rounded grid positions distinct
+                return (np.round(100.0 * m / n) - 0.5) / 100.0
+            return (m - 0.5) / (n - 1)
+        raise ValueError(f"values must be 'height' or 'rank', got {values!r}")
+
+    def n_segments_at(self, threshold: float, values: UcmValues = "height") -> int:
+        """Number of segments of the level that ``ucm2 > threshold`` gives (merges ``<= t`` done)."""
+        return self.n_segments - int(np.count_nonzero(self.merge_values(values) <= threshold))
+
+    # ----------------------------------------------------------------- levels
+    def labels_at(self, n_segments: int) -> np.ndarray:
+        """(H, W) int64 labels ``0 .. n_segments-1`` of the level with that many segments."""
+        return self.levels([n_segments])[0]
+
+    def levels(self, n_segments: Sequence[int] | None = None) -> list[np.ndarray]:
+        """Label maps of several levels (default: all, finest first).
+
+        Each level is numbered ``0 .. k-1`` in the order of the smallest finest id it contains,
+        so a coarse level's labels are stable under further refinement of unrelated parts.
+        """
+        n = self.n_segments
+        wanted = list(range(n, 0, -1)) if n_segments is None else [int(k) for k in n_segments]
+        for k in wanted:
+            if not 1 <= k <= n:
+                raise ValueError(f"n_segments must be in 1 .. {n}, got {k}")
+        maps = {k: self.finest_to_level(k)[self.finest] for k in set(wanted)}
+        return [maps[k] for k in wanted]
+
+    def finest_to_level(self, n_segments: int) -> np.ndarray:
+        """(n,) label, in the level with ``n_segments`` segments, of every finest segment."""
+        n = self.n_segments
+        cluster = np.arange(n)
+        for m, (a, b) in enumerate(self.merges[: n - n_segments]):
+            cluster[(cluster == a) | (cluster == b)] = n + m
+        # number clusters by their smallest leaf id: np.unique's first index is that leaf
+        _, first, inv = np.unique(cluster, return_index=True, return_inverse=True)
+        rank = np.empty(len(first), dtype=np.int64)
+        rank[np.argsort(first)] = np.arange(len(first))
+        return rank[inv]
+
+    # ----------------------------------------------------------------- ultrametric / ucm2
+    def ultrametric(self, values: UcmValues = "height") -> np.ndarray:
+        """(n, n) value of the merge that first joins each pair of finest segments (0 diagonal)."""
+        n = self.n_segments
+        v = self.merge_values(values)
+        D = np.zeros((n, n), dtype=np.float64)
+        members: dict[int, np.ndarray] = {i: np.array([i]) for i in range(n)}
+        for m, (a, b) in enumerate(self.merges):
+            ma, mb = members.pop(int(a)), members.pop(int(b))
+            D[np.ix_(ma, mb)] = v[m]
+            D[np.ix_(mb, ma)] = v[m]
+            members[n + m] = np.concatenate([ma, mb])
+        return D
+
+    def to_ucm2(self, size: tuple[int, int] | None = None, values: UcmValues = "height") -> np.ndarray:
+        """BSDS doubleSize ultrametric contour map of the hierarchy.
+
+        Edge elements between 4-neighbours hold the merge value at which their finest segments
+        join, junctions the max of their incident edges, pixel positions 0 (see ``ucm.py``).
+        ``labels_from_ucm2(ucm2, t)`` then gives the level with ``n_segments_at(t)`` segments
+        whenever the levels are 4-connected (always for the default adjacent merging).
+
+        Args:
+            size: optional (H, W); the finest labels are resized by nearest neighbour first
+                (see :meth:`resized`).
+            values: ``"height"`` (merge heights) or ``"rank"`` (evenly spaced), see
+                :meth:`merge_values`.
+
+        Returns:
+            (2H+1, 2W+1) float64 in [0, 1].
+        """
+        h = self if size is None or tuple(size) == self.shape else self.resized(size)
+        D = h.ultrametric(values)
+        L = h.finest
+        return ucm2_from_edges(D[L[:, :-1], L[:, 1:]], D[L[:-1, :], L[1:, :]])
+
+    # ----------------------------------------------------------------- resolution
+    def resized(self, size: tuple[int, int]) -> Hierarchy:
+        """The same hierarchy with the finest labels resized by nearest neighbour to ``size``.
+
+        Enlarging keeps every segment and its 4-connectivity (each grid cell becomes a block).
+        When shrinking, segments that lose all pixels are dropped from the hierarchy.
+        """
+        H, W = int(size[0]), int(size[1])
+        h, w = self.shape
+        rows = np.minimum(((np.arange(H) + 0.5) * h / H).astype(np.int64), h - 1)
+        cols = np.minimum(((np.arange(W) + 0.5) * w / W).astype(np.int64), w - 1)
+        return self.with_finest(self.finest[np.ix_(rows, cols)])
+
+    def with_finest(self, finest: np.ndarray) -> Hierarchy:
+        """Replay the merges on new finest labels that use a subset of the same ids.
+
+        Ids absent from ``finest`` are pruned: a merge with one absent side is dropped (the
+        other side carries on), and the remaining leaves are renumbered in order.
+        """
+        finest = np.asarray(finest, dtype=np.int64)
+        n = self.n_segments
+        present = np.zeros(n, dtype=bool)
+        present[np.unique(finest)] = True
+        if present.all():
+            return Hierarchy(finest, self.merges, self.similarities, self.heights,
+                             self.segment_similarity, self.segment_sizes)
+        new_id = np.full(2 * n - 1, -1, dtype=np.int64)
+        new_id[np.flatnonzero(present)] = np.arange(int(present.sum()))
+        k = int(present.sum())
+        pairs, sims = [], []
+        for m, (a, b) in enumerate(self.merges):
+            ia, ib = new_id[a], new_id[b]
+            if ia >= 0 and ib >= 0:
+                pairs.append(sorted((ia, ib)))
+                sims.append(self.similarities[m])
+                new_id[n + m] = k + len(pairs) - 1
+            else:
+                new_id[n + m] = max(ia, ib)
+        keep = np.flatnonzero(present)
+        seg_sim = None if self.segment_similarity is None else self.segment_similarity[np.ix_(keep, keep)]
+        seg_size = None if self.segment_sizes is None else self.segment_sizes[keep]
+        return Hierarchy.from_merges(new_id[finest], np.asarray(pairs, dtype=np.int64).reshape(-1, 2),
+                                     np.asarray(sims, dtype=np.float64), seg_sim, seg_size)
+
+    def upsample(
+        self,
+        size: tuple[int, int],
+        upsample: Callable[[Tensor], Tensor] | None = None,
+        mode: str = "bilinear",
+    ) -> Hierarchy:
+        """Full-resolution hierarchy ("Ours-HR"); see :func:`ndd.segment.upsample_hierarchy`."""
+        from .upsample import upsample_hierarchy  # upsample.py imports this module
+
+        return upsample_hierarchy(self, size, upsample=upsample, mode=mode)
+
+
+def segment_from_similarity(
+    K: Tensor,
+    grid_shape: tuple[int, int],
+    merge_similarity: Tensor | None = None,
+    coverage_threshold: float = 0.02,
+    max_centers: int | None = None,
+    first: Literal["argmax", "fixed"] | int | None = None,
+    temperature: float | None = None,
+    n_iter: int = 30,
+    cleanup: Literal["split", "largest"] | None = None,
+    min_size: int | None = None,
+    adjacency: Literal["adjacent", "any"] = "adjacent",
+    legacy: bool = False,
+) -> Hierarchy:
+    """Hierarchical segmentation on the feature grid from a similarity matrix ("Ours-LR").
+
+    Coverage centres (Eq. 9) → kernel k-means with ``K`` as the kernel → spatially connected
+    finest segments → greedy merging by largest average similarity down to one segment.
+
+    Args:
+        K: (N, N) similarity in [0, 1] with ``N = h * w`` in row-major grid order (``K_D``).
+        grid_shape: (h, w).
+        merge_similarity: (N, N) similarity used for merging (default ``K``; the authors' code
+            used the feature kernel ``W``).
+        coverage_threshold: residual coverage at which centre selection stops (paper 0.02).
+        max_centers: cap on centres (default none; legacy 9).
+        first: first centre, see :func:`coverage_centers` (default ``"argmax"``; legacy
+            ``"fixed"``).
+        temperature: ``None`` for hard kernel k-means (default), else the soft variant's
+            temperature (legacy 50).
+        n_iter: k-means iterations.
+        cleanup: ``"split"`` (default: every 4-connected piece of a cluster is a segment,
+            pieces below ``min_size`` join their most similar neighbour) or ``"largest"``
+            (legacy: keep each cluster's largest piece, the others join the most frequent
+            neighbouring label).
+        min_size: ``"split"`` only: minimum segment size in grid cells (default
+            ``max(2, N // 400)``, i.e. 0.25 % of the grid).
+        adjacency: merge only 4-adjacent segments (default) or ``"any"`` pair.
+        legacy: use the authors' choices for every argument left at ``None`` above.
+
+    Returns:
+        :class:`Hierarchy` on the (h, w) grid.
+    """
+    h, w = int(grid_shape[0]), int(grid_shape[1])
+    K = torch.as_tensor(K)
+    if K.shape != (h * w, h * w):
+        raise ValueError(f"K must be ({h * w}, {h * w}) for grid {h}x{w}, got {tuple(K.shape)}")
+    K = K.detach()
+    if first is None:
+        first = "fixed" if legacy else "argmax"
+    if max_centers is None and legacy:
+        max_centers = 9
+    if temperature is None and legacy:
+        temperature = 50.0
+    if cleanup is None:
+        cleanup = "largest" if legacy else "split"
+    if min_size is None:
+        min_size = max(2, (h * w) // 400)
+    M = K if merge_similarity is None else torch.as_tensor(merge_similarity).detach()
+
+    centers = coverage_centers(K, coverage_threshold, max_centers, first)
+    clusters = kernel_kmeans(K, centers, n_iter=n_iter, temperature=temperature)
+    clusters = clusters.cpu().numpy().reshape(h, w)
+    if cleanup == "split":
+        finest = split_components(clusters)
+        if min_size > 1:
+            sums, _ = segment_similarity_sums(finest, M)
+            finest = absorb_small_segments(finest, min_size, sums)
+    elif cleanup == "largest":
+        finest = keep_largest_component(clusters)
+    else:
+        raise ValueError(f"cleanup must be 'split' or 'largest', got {cleanup!r}")
+    return hierarchy_from_segments(finest, M, adjacency)
+
+
+def hierarchy_from_segments(
+    finest: np.ndarray,
+    similarity: Tensor | np.ndarray,
+    adjacency: Literal["adjacent", "any"] = "adjacent",
+) -> Hierarchy:
+    """Merge given finest segments into a :class:`Hierarchy` (see ``merge_hierarchy``).
+
+    Args:
+        finest: (h, w) labels ``0 .. n-1``.
+        similarity: (h*w, h*w) pixel similarity to average over segment pairs.
+        adjacency: ``"adjacent"`` or ``"any"``.
+    """
+    finest = np.asarray(finest, dtype=np.int64)
+    n = int(finest.max()) + 1
+    sums, sizes = segment_similarity_sums(finest, similarity)
+    if adjacency not in ("adjacent", "any"):
+        raise ValueError(f"adjacency must be 'adjacent' or 'any', got {adjacency!r}")
+    allowed = region_adjacency(finest, n) if adjacency == "adjacent" else None
+    pairs, sims = agglomerate(sums, sizes, allowed)
+    return Hierarchy.from_merges(finest, pairs, sims, sums / np.outer(sizes, sizes), sizes)

@@ -1,0 +1,75 @@
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ndd import io
+from ndd.cli import main
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_photo(path: Path, size=(40, 56)) -> Path:
+    rng = np.random.default_rng(0)
+    img = np.zeros((*size, 3), np.uint8)
+    img[:, : size[1] // 2] = (200, 40, 30)
+    img[:, size[1] // 2 :] = (30, 60, 210)
+    img = np.clip(img + rng.integers(-10, 10, img.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(img).save(path)
+    return path
+
+
+def test_segment_end_to_end_and_bad_inputs(tmp_path, capsys):
+    good = write_photo(tmp_path / "photo.png")
+    grey = tmp_path / "grey.png"
+    Image.fromarray(np.tile(np.linspace(0, 255, 56, dtype=np.uint8), (40, 1))).save(grey)
+    not_image = tmp_path / "notes.jpg"
+    not_image.write_text("hello")
+    truncated = tmp_path / "trunc.jpg"
+    Image.open(good).convert("RGB").save(truncated, "JPEG")
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (1, 1)).save(tiny)
+    missing = tmp_path / "missing.png"
+    out = tmp_path / "out"
+    code = main(["segment", str(good), str(not_image), str(truncated), str(tiny), str(missing), str(grey),
+                 "--out", str(out), "--model", "handcrafted", "--levels", "1,2"])
+    err = capsys.readouterr().err
+    assert code == 1
+    for bad in (not_image, truncated, tiny, missing):
+        assert sum(str(bad) in line for line in err.splitlines()) >= 1, bad
+    for stem in ("photo", "grey"):  # good files are still processed
+        ucm2 = io.read_ucm2(out / f"{stem}.mat")
+        assert ucm2.shape == (81, 113)
+        levels = [io.read_labels(out / f"{stem}_labels_{k:03d}.png") for k in (1, 2)]
+        assert [len(np.unique(l)) for l in levels] == [1, 2]
+        assert all(l.shape == (40, 56) for l in levels)
+        assert (out / f"{stem}_overlay_002.png").exists() and (out / f"{stem}_hierarchy.png").exists()
+
+
+def test_segment_without_shipped_model_or_bad_checkpoint(tmp_path, capsys):
+    photo = write_photo(tmp_path / "p.png")
+    bogus = tmp_path / "model.pt"
+    bogus.write_bytes(b"not a checkpoint")
+    assert main(["segment", str(photo), "--out", str(tmp_path / "o"), "--model", str(bogus)]) == 2
+    assert "model.pt" in capsys.readouterr().err
+
+
+def test_similarity_outputs(tmp_path):
+    photo = write_photo(tmp_path / "p.png")
+    assert main(["similarity", str(photo), "--points", "5,5", "50,30", "--model", "handcrafted",
+                 "--out", str(tmp_path)]) == 0
+    tile = np.asarray(Image.open(tmp_path / "p_similarity_5_5.png"))
+    assert tile.shape == (40, 56, 3) and tile.dtype == np.uint8
+    assert main(["similarity", str(photo), "--all-grid", "2", "--model", "handcrafted", "--out", str(tmp_path)]) == 0
+    sheet = np.asarray(Image.open(tmp_path / "p_similarity_grid.png"))
+    assert sheet.shape == (2 * 40 + 4, 2 * 56 + 4, 3)

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import torch
+
+from ndd.inference import points_to_nodes, segment_image, similarity_maps, working_size
+from ndd.models import SpecDiffNet, SpecDiffNetConfig
+from ndd.segment import labels_from_ucm2
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def two_tone(h=48, w=64):
+    img = np.zeros((h, w, 3), np.float32)
+    img[:, : w // 2] = (0.9, 0.2, 0.1)
+    img[:, w // 2 :] = (0.1, 0.3, 0.9)
+    img[h // 2 :, : w // 4] = (0.2, 0.8, 0.2)
+    return img
+
+
+def handcrafted():
+    return SpecDiffNet(SpecDiffNetConfig.handcrafted(window=5, n_eigs=20))
+
+
+def test_working_size_caps_longest_side():
+    assert working_size((321, 481), 481) == (321, 481)
+    assert working_size((1000, 2000), 500) == (250, 500)
+    assert working_size((10, 10), None) == (10, 10)
+
+
+def test_segment_image_levels_nested_and_ucm2_consistent():
+    img = two_tone()
+    result = segment_image(img, handcrafted(), max_side=None)
+    hier = result.hierarchy
+    assert hier.shape == (48, 64)
+    n = hier.n_segments
+    assert n >= 3
+    levels = result.levels(list(range(1, n + 1)))
+    for coarse, fine in zip(levels, levels[1:]):
+        # every fine segment lies inside one coarse segment
+        pairs = np.unique(np.stack([fine.ravel(), coarse.ravel()]), axis=1)
+        assert len(np.unique(pairs[0])) == pairs.shape[1]
+    ucm2 = result.to_ucm2()
+    assert ucm2.shape == (97, 129) and 0 <= ucm2.min() and ucm2.max() <= 1
+    counts = {len(np.unique(labels_from_ucm2(ucm2, t))) for t in np.linspace(0.01, 0.99, 99)}
+    assert counts <= set(range(1, n + 1))
+    # The three colour regions are separated at the 3-segment level.
+    three = result.levels([3])[0]
+    assert len({three[5, 5], three[5, 60], three[40, 5]}) == 3
+
+
+def test_large_image_is_processed_at_capped_size_and_mapped_back():
+    img = np.kron(two_tone(24, 32), np.ones((4, 4, 1))).astype(np.float32)  # 96 x 128
+    result = segment_image(img, handcrafted(), max_side=64)
+    assert result.working_size == (48, 64)
+    assert result.hierarchy.shape == (96, 128)
+
+
+def test_similarity_maps_shape_range_and_peak():
+    img = two_tone()
+    maps, points = similarity_maps(img, handcrafted(), [(5, 5), (60, 10)], max_side=None)
+    assert maps.shape == (2, 48, 64)
+    assert maps.min() >= 0 and maps.max() <= 1
+    # A pixel is most similar to its own region.
+    assert maps[0, 5, 10] > maps[0, 5, 60]
+    assert maps[1, 5, 60] > maps[1, 5, 10]
+    sheet, pts = similarity_maps(img, handcrafted(), all_grid=2, max_side=None)
+    assert sheet.shape == (4, 48, 64) and len(pts) == 4
+    with pytest.raises(ValueError, match="outside"):
+        similarity_maps(img, handcrafted(), [(100, 5)], max_side=None)
+
+
+def test_points_to_nodes_corners():
+    nodes = points_to_nodes([(0, 0), (63, 47)], (48, 64), (6, 8))
+    assert nodes.tolist() == [0, 47]
