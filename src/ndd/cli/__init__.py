@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import ndd
 
 # Subcommand modules, in the order ``ndd --help`` lists them.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("evaluate",)
+SUBCOMMAND_MODULES: tuple[str, ...] = ("segment", "similarity", "evaluate", "train", "evaluate_kernel")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@ an enum member, a checkpoint path or nothing (random initialisation).
 
 A weights file is a plain dict loadable with ``torch.load(weights_only=True)``:
 ``{"config": SpecDiffNetConfig.to_dict(), "model": state_dict, "meta": {...}}``;
-training checkpoints of :mod:`ndd.train` have the same two first keys.
+training checkpoints of :mod:`ndd.train` (``model_config`` and ``model``) load too.
 """
 
 from __future__ import annotations
@@ -73,6 +73,8 @@ def _read(path: str | os.PathLike[str]) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt or not a torch file
         raise ValueError(f"cannot read model file {path}: {err}") from err
+    if isinstance(payload, dict) and "model_config" in payload:  # a training checkpoint
+        payload = {**payload, "config": payload["model_config"]}
     if not isinstance(payload, dict) or "config" not in payload or "model" not in payload:
         raise ValueError(f"{path} is not an ndd model file (expected keys 'config' and 'model')")
     return payload

@@ -1,0 +1,177 @@
+"""Time the full BSDS500 test benchmark (region + boundary, 99 thresholds) with ndd.
+
+Runs :func:`ndd.evaluation.evaluate_dataset` on the 200 gPb-owt-ucm ``ucm2``
+files of the BSDS500 test split, prints wall and CPU time, and, when the
+official outputs (``ucm2/test_eval``) are present, the deviation of every
+figure from them.  Optionally times another Python BSDS evaluator on a few
+images for comparison: pyEdgeEval (``pip install pyEdgeEval``; a Cython port of
+the official C++ matcher), run with another interpreter if it is not
+installed in this one::
+
+    python benchmarks/bench_evaluation.py [--root data/BSDS500] [--workers 2]
+        [--other-python PATH] [--other-images 3]
+
+Fetch the data first (git-ignored ``data/``)::
+
+    git --git-dir=<mirror of github.com/BIDS/BSDS500> archive HEAD BSDS500/data \
+        BSDS500/ucm2/test BSDS500/ucm2/test_eval | tar -x -C data/
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Run by the other interpreter: pyEdgeEval's multi-annotation boundary
+# evaluation on ucm2[2::2, 2::2] (the official ucm2 boundary map), 99 thresholds.
+OTHER_SNIPPET = r"""
+import sys, time, numpy as np, scipy.io
+from pyEdgeEval.common.binary_label.evaluate_boundaries import evaluate_boundaries_threshold_multiple_gts
+ucm_dir, gt_dir, ids = sys.argv[1], sys.argv[2], sys.argv[3:]
+th = np.linspace(0.01, 0.99, 99)
+t0 = time.perf_counter()
+for iid in ids:
+    pb = scipy.io.loadmat(f"{ucm_dir}/{iid}.mat")["ucm2"][2::2, 2::2]
+    gts = scipy.io.loadmat(f"{gt_dir}/{iid}.mat", simplify_cells=True)["groundTruth"]
+    gts = [g["Boundaries"].astype(bool) for g in (gts if isinstance(gts, list) else [gts])]
+    cr, sr, cp, sp = evaluate_boundaries_threshold_multiple_gts(th, pb, gts, max_dist=0.0075, apply_thinning=True)
+    print("COUNTS", iid, *cr.astype(int), *sr.astype(int), *cp.astype(int), *sp.astype(int), flush=True)
+print("SECONDS", time.perf_counter() - t0)
+"""
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the worker processes)."""
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+def compare_official(ev, eval_dir: Path) -> None:
+    """Print our figures beside the official ``eval_*.txt`` ones."""
+
+    def row(name: str) -> np.ndarray:
+        return np.loadtxt(eval_dir / name, ndmin=2)
+
+    r, b = ev.region, ev.boundary
+    ids = ev.image_ids
+    print("\nfigure                      ours        official    diff")
+    pairs = []
+    if r is not None:
+        cov, rv = row("eval_cover.txt")[0], row("eval_RI_VOI.txt")[0]
+        pairs += [
+            ("covering ODS", r.covering_ods, cov[1]),
+            ("covering OIS", r.covering_ois, cov[2]),
+            ("covering Best", r.covering_best, cov[3]),
+            ("PRI ODS", r.pri_ods, rv[1]),
+            ("PRI OIS", r.pri_ois, rv[2]),
+            ("VI ODS", r.voi_ods, rv[4]),
+            ("VI OIS", r.voi_ois, rv[5]),
+        ]
+    if b is not None:
+        bd = row("eval_bdry.txt")[0]
+        pairs += [
+            ("boundary ODS F", b.ods_f, bd[3]),
+            ("boundary ODS R", b.ods_recall, bd[1]),
+            ("boundary ODS P", b.ods_precision, bd[2]),
+            ("boundary OIS F", b.ois_f, bd[6]),
+            ("boundary OIS R", b.ois_recall, bd[4]),
+            ("boundary OIS P", b.ois_precision, bd[5]),
+            ("boundary AP", b.ap, bd[7]),
+        ]
+    for name, ours, off in pairs:
+        print(f"{name:24s}{ours:12.6f}{off:12.6f}{ours - off:+12.6f}")
+    if r is not None:
+        img = row("eval_cover_img.txt")
+        assert img.shape[0] == len(ids)
+        print(
+            f"per-image covering OIS: max |diff| {np.abs(r.img_best_r - img[:, 2]).max():.2e}, "
+            f"thresholds equal {int(np.sum(np.isclose(r.img_best_t, img[:, 1])))}/{len(ids)}"
+        )
+        th = row("eval_cover_th.txt")
+        print(f"covering curve (99 thresholds): max |diff| {np.abs(r.covering_curve - th[:, 1]).max():.2e}")
+    if b is not None:
+        img = row("eval_bdry_img.txt")
+        d = b.img_best_f - img[:, 4]
+        print(
+            f"per-image boundary F: max |diff| {np.abs(d).max():.4f}, mean diff {d.mean():+.5f}, "
+            f"over 0.005: {int(np.sum(np.abs(d) > 0.005))}"
+        )
+        th = row("eval_bdry_thr.txt")
+        print(
+            f"boundary curve: max |diff| R {np.abs(b.recall - th[:, 1]).max():.4f}, "
+            f"P {np.abs(b.precision - th[:, 2]).max():.4f}, F {np.abs(b.f - th[:, 3]).max():.4f}"
+        )
+
+
+def run_other(python: str, ucm_dir: Path, gt_dir: Path, ids: list[str], ours: dict[str, object]) -> None:
+    """Time pyEdgeEval on a few images and compare its counts with ours."""
+    print(f"\npyEdgeEval (via {python}) on {len(ids)} images, boundary only, 99 thresholds, 1 process:")
+    proc = subprocess.run(
+        [python, "-c", OTHER_SNIPPET, str(ucm_dir), str(gt_dir), *ids], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        print("  failed:", proc.stderr.strip().splitlines()[-1:] or proc.returncode)
+        return
+    seconds = None
+    for line in proc.stdout.splitlines():
+        if line.startswith("SECONDS"):
+            seconds = float(line.split()[1])
+        elif line.startswith("COUNTS"):
+            parts = line.split()
+            iid, vals = parts[1], np.array(parts[2:], dtype=np.int64).reshape(4, -1)
+            mine = ours[iid]
+            print(
+                f"  {iid}: matched GT pixels pyEdgeEval {vals[0].sum()} ours {mine.cnt_r.sum()} | "
+                f"matched machine pixels pyEdgeEval {vals[2].sum()} ours {mine.cnt_p.sum()}"
+            )
+    if seconds is not None:
+        print(
+            f"  {seconds:.1f} s for {len(ids)} images = {seconds / len(ids):.1f} s/image "
+            f"-> {200 * seconds / len(ids) / 60:.0f} min single-core for the 200 test images"
+        )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", type=Path, default=REPO / "data/BSDS500", help="BSDS500 folder (data/, ucm2/)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--nthresh", type=int, default=99)
+    ap.add_argument("--other-python", help="interpreter with pyEdgeEval installed, to time it too")
+    ap.add_argument("--other-images", type=int, default=3, help="images for the other evaluator (it is slow)")
+    args = ap.parse_args()
+
+    from ndd.evaluation import evaluate_dataset
+
+    ucm_dir, gt_dir = args.root / "ucm2/test", args.root / "data/groundTruth/test"
+    if not ucm_dir.is_dir():
+        print(f"{ucm_dir} not found; fetch BSDS500 into data/ first (see the docstring)", file=sys.stderr)
+        return 1
+    n = len(list(ucm_dir.glob("*.mat")))
+    print(
+        f"ndd.evaluation on {n} images, region + boundary, {args.nthresh} thresholds, "
+        f"{args.workers} workers, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+    )
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
+    ev = evaluate_dataset(ucm_dir, gt_dir, nthresh=args.nthresh, workers=args.workers)
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+    print(f"wall {wall:.1f} s ({wall / 60:.2f} min), CPU {cpu:.1f} s ({cpu / n:.2f} s/image)")
+    eval_dir = args.root / "ucm2/test_eval"
+    if eval_dir.is_dir() and args.nthresh == 99:
+        compare_official(ev, eval_dir)
+    if args.other_python:
+        ids = ev.image_ids[: args.other_images]
+        run_other(args.other_python, ucm_dir, gt_dir, ids, {im.image_id: im.boundary for im in ev.images})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

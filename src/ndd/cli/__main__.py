@@ -1,0 +1,5 @@
+import sys
+
+from ndd.cli import main
+
+sys.exit(main())

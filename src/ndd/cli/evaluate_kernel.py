@@ -1,0 +1,90 @@
+"""``ndd evaluate-kernel``: kernel accuracy (paper Table 1) of a training checkpoint on BSDS500 splits."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register", "run"]
+
+#: Paper Table 1, (T, t) = (2, 10): the setting the defaults follow.
+PAPER_TABLE1 = {"trainval": 0.794, "test": 0.741}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "evaluate-kernel",
+        help="kernel accuracy (paper Table 1) of a training checkpoint on BSDS500",
+        description=(
+            "Cosine similarity of the predicted K_D with the ground-truth kernel K_gt on the stride-8 feature grid, "
+            "per image averaged over its human annotations, then over images; whole images, batch 1."
+        ),
+    )
+    p.add_argument("--checkpoint", required=True, type=Path, metavar="CKPT", help="checkpoint from ndd train")
+    p.add_argument("--data", required=True, type=Path, metavar="ROOT", help="BSDS500 root")
+    p.add_argument("--split", nargs="+", default=["test"], metavar="SPLIT",
+                   help="splits: train, val, test, trainval (default: test)")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write the summary and per-image scores as JSON")
+    p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda[:N]' (default auto)")
+    p.add_argument("--max-images", type=int, metavar="N", help="evaluate only the first N images of each split")
+    p.add_argument("--num-threads", type=int, metavar="N", help="torch CPU threads")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: when stderr is a terminal)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ndd.data import BSDS500
+    from ndd.train import evaluate_kernel, load_checkpoint, load_checkpoint_model
+    from ndd.train.distributed import resolve_device
+
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    try:
+        device = resolve_device(args.device)
+        ckpt = load_checkpoint(args.checkpoint)
+        model = load_checkpoint_model(args.checkpoint, device)
+        datasets = {s: BSDS500(args.data, s, annotation="all") for s in args.split}
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"ndd evaluate-kernel: error: {exc}", file=sys.stderr)
+        return 2
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        for split, dataset in datasets.items():
+            results[split] = evaluate_kernel(model, dataset, max_images=args.max_images, progress=progress)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"ndd evaluate-kernel: error: {exc}", file=sys.stderr)
+        return 1
+
+    print(f"kernel accuracy of {args.checkpoint} (step {ckpt.get('step')}, backbone {model.config.backbone})")
+    print(f"{'split':10s}{'mean':>8s}{'images':>8s}{'annots':>8s}{'paper':>8s}")
+    for split, r in results.items():
+        paper = PAPER_TABLE1.get(split)
+        print(f"{split:10s}{r['mean']:8.4f}{r['num_images']:8d}{r['num_annotations']:8d}"
+              f"{(f'{paper:8.3f}' if paper is not None else '       -')}")
+    print("paper: Table 1, ResNet-101, (T, t) = (2, 10), 160k steps on BSDS500 train+val")
+    if args.json:
+        report = {
+            "checkpoint": str(args.checkpoint),
+            "step": ckpt.get("step"),
+            "model_config": ckpt.get("model_config"),
+            "data": str(args.data),
+            "splits": {s: {k: r[k] for k in ("mean", "num_images", "num_annotations", "seconds")}
+                       for s, r in results.items()},
+            "per_image": {s: r["per_image"] for s, r in results.items()},
+            "paper_table1": PAPER_TABLE1,
+        }
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=1) + "\n")
+        except OSError as exc:
+            print(f"ndd evaluate-kernel: cannot write {args.json}: {exc}", file=sys.stderr)
+            return 1
+        print(f"wrote {args.json}")
+    return 0

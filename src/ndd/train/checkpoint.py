@@ -1,0 +1,106 @@
+"""Training checkpoints: save, load, and rebuild the model they hold.
+
+A checkpoint is a plain dict of tensors and Python scalars/containers, so it
+loads with ``torch.load(path, map_location="cpu", weights_only=True)`` (a CUDA
+run's checkpoint loads on a CPU-only machine)::
+
+    {"format": "ndd-train", "version": 1,
+     "step": int (completed optimiser steps), "stage": int (of the last completed step),
+     "model": state_dict, "model_config": dict, "train_config": dict,
+     "optimizer": ..., "scheduler": ..., "scaler": dict | None,
+     "rng": {"torch", "cuda", "numpy", "python"}, "world_size": int,
+     "torch_version": str}
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ndd.models import SpecDiffNet, load_model
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_checkpoint_model",
+    "capture_rng_state",
+    "restore_rng_state",
+]
+
+CHECKPOINT_FORMAT = "ndd-train"
+CHECKPOINT_VERSION = 1
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """torch (CPU and CUDA), NumPy and Python RNG states as weights_only-safe values."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()  # type: ignore[misc]
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": version, "state": list(internal), "gauss_next": gauss_next},
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state` (CUDA states only if there are as many GPUs)."""
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` atomically (temporary file, then rename) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a training checkpoint with ``weights_only=True``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: unreadable, or not a checkpoint written by :mod:`ndd.train`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # unpickling errors come in many types
+        raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not an ndd training checkpoint")
+    if ckpt.get("version", 0) > CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: checkpoint version {ckpt['version']} is newer than this ndd understands")
+    return ckpt
+
+
+def load_checkpoint_model(
+    path: str | Path, device: str | torch.device = "cpu", *, eval_mode: bool = True
+) -> SpecDiffNet:
+    """Rebuild the :class:`SpecDiffNet` of a checkpoint from its stored config and weights.
+
+    The backbone is built without downloading anything (its trained weights come
+    from the checkpoint). Returns the model on ``device``, in eval mode by default.
+    Same as :func:`ndd.models.load_model`, which also reads shipped weights files.
+    """
+    model = load_model(path, device)
+    return model if eval_mode else model.train()

@@ -1,0 +1,292 @@
+"""The training loop of spec-diff-net (paper §5): two stages, checkpoints, exact resume."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ndd.models import SpecDiffNet
+
+from .amp import autocast_dtype, autocast_submodules
+from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from .config import TrainConfig, _plain, save_yaml
+from .data import StageData, build_train_dataset, sample_seed
+from .distributed import DistInfo, all_reduce_mean, init_distributed, shutdown_distributed
+from .kernel_eval import evaluate_kernel
+from .metrics import MetricLogger
+from .objective import TrainingObjective
+from .optim import build_optimizer, build_scheduler
+
+__all__ = ["Trainer", "train", "seed_everything"]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), NumPy and Python's ``random``."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def _set_determinism(deterministic: bool) -> None:
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it before first use
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+
+
+class Trainer:
+    """Builds everything a run needs from a :class:`TrainConfig` and runs it with :meth:`fit`.
+
+    Stage 1 (global steps ``[0, stage1_steps)``) minimises the LR kernel
+    matching loss; stage 2 (the next ``stage2_steps``) adds ``hr_weight`` x the HR
+    segment matching loss. Every random choice is a function of the seed and the
+    step (see :mod:`ndd.train.data`), which makes :attr:`TrainConfig.resume` exact.
+
+    Attributes:
+        config: the resolved configuration (explicit model keys).
+        model: the :class:`SpecDiffNet` being trained (not DDP-wrapped).
+        step: completed optimiser steps.
+        history: the rows written to ``metrics.csv`` by this process (rank 0).
+    """
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.info: DistInfo = init_distributed(config.device)
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        ckpt = load_checkpoint(config.resume) if config.resume else None
+        self.config = cfg = config.resolved()
+        _set_determinism(cfg.deterministic)
+        self.device = self.info.device
+        self.run_dir = Path(cfg.run_dir)
+        self.history: list[dict[str, Any]] = []
+
+        model_cfg = cfg.model_config()
+        if ckpt is not None and _plain(ckpt["model_config"]) != _plain(model_cfg.to_dict()):
+            diff = sorted(k for k, v in _plain(model_cfg.to_dict()).items() if _plain(ckpt["model_config"]).get(k) != v)
+            raise ValueError(f"model config differs from the checkpoint {config.resume} in {diff}")
+        seed_everything(cfg.seed)  # same initial weights on every rank
+        # When resuming, the weights come from the checkpoint: no pretrained file is needed.
+        self.model = SpecDiffNet(model_cfg, backbone_weights=None if ckpt is not None else cfg.weights).to(self.device)
+        self.amp_dtype = autocast_dtype(cfg.amp, self.device)
+        if self.amp_dtype is not None:
+            autocast_submodules([self.model.backbone, self.model.projection], self.device.type, self.amp_dtype)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.objective = TrainingObjective(
+            self.model, hr_weight=cfg.hr_weight, hr_scale=cfg.hr_scale, legacy_hr=cfg.legacy
+        )
+        self.optimizer = build_optimizer(self.model, cfg.lr, cfg.diffusion_lr_mult, cfg.weight_decay)
+        self.scheduler = build_scheduler(self.optimizer, cfg.stage1_steps, cfg.stage2_steps, cfg.poly_power)
+        self.step = 0
+        build_train_dataset(cfg, 1 if cfg.stage1_steps else 2)  # fail now on a missing or empty dataset
+        if ckpt is not None:
+            self._restore(ckpt)
+        else:
+            seed_everything(sample_seed(cfg.seed, self.info.rank))  # per-rank streams from here on
+
+        self.logger: MetricLogger | None = None
+        if self.info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_yaml(cfg, self.run_dir / "config.yaml")
+            self.logger = MetricLogger(
+                self.run_dir, tensorboard=cfg.tensorboard, resume_step=self.step if ckpt is not None else None
+            )
+
+    # -- state ------------------------------------------------------------ #
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint payload (see :mod:`ndd.train.checkpoint`)."""
+        return {
+            "step": self.step,
+            "stage": 1 if self.step <= self.config.stage1_steps else 2,  # of the last completed step
+            "model": self.model.state_dict(),
+            "model_config": _plain(self.model.config.to_dict()),
+            "train_config": self.config.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "rng": capture_rng_state(),
+            "world_size": self.info.world_size,
+            "torch_version": str(torch.__version__),
+        }
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.step = int(ckpt["step"])
+        if self.info.rank == 0:
+            restore_rng_state(ckpt["rng"])
+        else:  # only rank 0's RNG state is stored; the loop itself draws nothing from these
+            seed_everything(sample_seed(self.config.seed, self.info.rank, self.step))
+        if ckpt.get("world_size", 1) != self.info.world_size:
+            warnings.warn(
+                f"resuming a {ckpt.get('world_size')}-process run with {self.info.world_size} processes: "
+                "the data order differs from an uninterrupted run",
+                stacklevel=2,
+            )
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.stage1_steps + self.config.stage2_steps
+
+    def stage_of(self, step: int) -> int:
+        """Stage (1 or 2) of the step that follows ``step`` completed steps."""
+        return 1 if step < self.config.stage1_steps else 2
+
+    def save(self, name: str | None = None) -> Path:
+        """Write ``checkpoints/step_XXXXXXX.pt`` (or ``name``) and ``last.pt`` (rank 0 only)."""
+        path = self.run_dir / "checkpoints" / (name or f"step_{self.step:07d}.pt")
+        if not self.info.is_main:
+            return path
+        payload = self.state_dict()
+        save_checkpoint(path, payload)
+        save_checkpoint(self.run_dir / "last.pt", payload)
+        keep = self.config.keep_checkpoints
+        if keep > 0:
+            for old in sorted((self.run_dir / "checkpoints").glob("step_*.pt"))[:-keep]:
+                old.unlink(missing_ok=True)
+        return path
+
+    # -- stages ----------------------------------------------------------- #
+    def _stage_module(self, stage: int) -> nn.Module:
+        # The FAI gammas only take part in the HR loss; freezing them in stage 1
+        # keeps DDP from waiting for their (absent) gradients.
+        self.model.fai.log_gamma.requires_grad_(stage == 2 and self.model.config.learn_gamma)
+        if not self.info.distributed:
+            return self.objective
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(
+            self.objective, device_ids=device_ids, find_unused_parameters=self.config.find_unused_parameters
+        )
+
+    def _train_step(self, module: nn.Module, batch: dict[str, Any], stage: int) -> dict[str, float]:
+        cfg = self.config
+        images = batch["image"].to(self.device, non_blocking=True)
+        labels = batch["labels"].to(self.device, non_blocking=True)
+        generator = torch.Generator().manual_seed(sample_seed(cfg.seed, 2, self.info.rank, self.step))
+        lrs = [float(g["lr"]) for g in self.optimizer.param_groups]  # the rates this step uses
+        self.optimizer.zero_grad(set_to_none=True)
+        losses = module(images, labels, hr=stage == 2, generator=generator)
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.step} (stage {stage})")
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        max_norm = cfg.grad_clip if cfg.grad_clip else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if torch.isfinite(grad_norm) or self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)  # the fp16 scaler skips non-finite steps itself
+        else:
+            warnings.warn(f"non-finite gradient norm at step {self.step}: update skipped", stacklevel=2)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        out = {k: float(v.detach()) for k, v in losses.items()}
+        out.update(grad_norm=float(grad_norm), lr=lrs[0], lr_diffusion=lrs[1])
+        return out
+
+    def _evaluate(self) -> float | None:
+        cfg = self.config
+        if not (self.info.is_main and cfg.eval_every and cfg.val_split):
+            return None
+        from ndd.data import BSDS500
+
+        dataset = BSDS500(cfg.data_root, cfg.val_split, annotation="all")  # type: ignore[arg-type]
+        return float(evaluate_kernel(self.model, dataset, max_images=cfg.eval_max_images)["mean"])
+
+    # -- main loop -------------------------------------------------------- #
+    def fit(self) -> Path:
+        """Train until ``stage1_steps + stage2_steps``; returns the path of ``last.pt``."""
+        cfg = self.config
+        last = self.run_dir / "last.pt"
+        if self.step >= self.total_steps:
+            return last
+        bar = None
+        if self.info.is_main and cfg.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True)
+        start_time = time.perf_counter()
+        try:
+            while self.step < self.total_steps:
+                stage = self.stage_of(self.step)
+                stage_start = 0 if stage == 1 else cfg.stage1_steps
+                stage_end = cfg.stage1_steps if stage == 1 else self.total_steps
+                module = self._stage_module(stage)
+                module.train()
+                data = StageData(cfg, stage, self.info)
+                window: list[dict[str, float]] = []
+                window_start, running = time.perf_counter(), None
+                for batch in data.batches(self.step - stage_start):
+                    metrics = self._train_step(module, batch, stage)
+                    window.append(metrics)
+                    running = metrics["loss"] if running is None else 0.9 * running + 0.1 * metrics["loss"]
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(stage=stage, loss=f"{running:.4f}", refresh=False)
+                    evaluate = bool(cfg.eval_every) and self.step % cfg.eval_every == 0
+                    if self.step % cfg.log_every == 0 or self.step == stage_end or evaluate:
+                        now = time.perf_counter()
+                        self._log(stage, window, len(window) / (now - window_start), now - start_time, evaluate)
+                        window, window_start = [], time.perf_counter()  # evaluation time excluded
+                    if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total_steps:
+                        self.save()
+                    if self.step >= stage_end:
+                        break
+            self.save()
+        finally:
+            if bar is not None:
+                bar.close()
+            if self.logger is not None:
+                self.logger.close()
+        return last
+
+    def _log(
+        self, stage: int, window: list[dict[str, float]], steps_per_s: float, elapsed: float, evaluate: bool
+    ) -> None:
+        keys = sorted(window[0])
+        means = torch.tensor([sum(m[k] for m in window) / len(window) for k in keys], dtype=torch.float64)
+        if self.info.distributed:  # every rank gets here at the same steps
+            means = all_reduce_mean(means.to(self.device), self.info).cpu()
+        row: dict[str, Any] = {"stage": stage, **dict(zip(keys, means.tolist(), strict=True))}
+        row.update(
+            mu=float(self.model.mu.detach()),
+            t=float(self.model.t.detach()),
+            tau=float(self.model.tau.detach()),
+            steps_per_s=steps_per_s,
+            elapsed_s=elapsed,
+        )
+        if evaluate:
+            acc = self._evaluate()
+            if acc is not None:
+                row["kernel_acc"] = acc
+        if self.logger is not None:
+            self.logger.log(self.step, row)
+            self.history.append({"step": self.step, **row})
+
+
+def train(config: TrainConfig) -> Path:
+    """Train spec-diff-net as ``config`` says; returns the path of the final checkpoint (``last.pt``).
+
+    Runs as one process or, under ``torchrun``, as one DDP rank (see
+    :mod:`ndd.train.distributed`). Rank 0 writes ``config.yaml``,
+    ``metrics.csv``, ``tb/`` and the checkpoints into ``config.run_dir``.
+    """
+    trainer = Trainer(config)
+    try:
+        return trainer.fit()
+    finally:
+        shutdown_distributed()

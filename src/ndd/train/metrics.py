@@ -1,0 +1,69 @@
+"""Metric sinks of a training run: a CSV file and TensorBoard (rank 0 only)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CSV_FIELDS", "MetricLogger", "read_metrics"]
+
+#: Columns of ``metrics.csv``; a row leaves the ones it does not have empty.
+CSV_FIELDS = (
+    "step", "stage", "loss", "loss_lr", "loss_hr", "lr", "lr_diffusion",
+    "mu", "t", "tau", "grad_norm", "steps_per_s", "elapsed_s", "kernel_acc",
+)
+_TB_TAGS = {
+    "loss": "loss/total", "loss_lr": "loss/lr_kernel", "loss_hr": "loss/hr_segment",
+    "lr": "lr/backbone", "lr_diffusion": "lr/diffusion", "mu": "diffusion/mu", "t": "diffusion/t",
+    "tau": "diffusion/tau", "grad_norm": "grad_norm", "steps_per_s": "speed/steps_per_s",
+    "kernel_acc": "eval/kernel_accuracy",
+}
+
+
+def read_metrics(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a ``metrics.csv`` as dicts of strings."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+class MetricLogger:
+    """Appends metric rows to ``<run_dir>/metrics.csv`` and TensorBoard events to ``<run_dir>/tb``.
+
+    Floats are written with ``repr`` (exact round trip), so runs can be compared
+    bit for bit. When resuming at ``resume_step``, CSV rows after that step (from
+    the interrupted run) are dropped and TensorBoard purges its later events.
+    """
+
+    def __init__(self, run_dir: Path, *, tensorboard: bool = True, resume_step: int | None = None) -> None:
+        self.csv_path = run_dir / "metrics.csv"
+        if resume_step is not None and self.csv_path.exists():
+            kept = [r for r in read_metrics(self.csv_path) if int(r["step"]) <= resume_step]
+            self._rewrite(kept)
+        elif not self.csv_path.exists() or resume_step is None:
+            self._rewrite([])
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # deferred: slow import
+
+            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
+
+    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+        with open(self.csv_path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=CSV_FIELDS, restval="", extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+
+    def log(self, step: int, metrics: dict[str, float | int]) -> None:
+        """Write one row (and the same scalars to TensorBoard)."""
+        row = {k: repr(v) if isinstance(v, float) else v for k, v in metrics.items()}
+        with open(self.csv_path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=CSV_FIELDS, restval="", extrasaction="ignore").writerow({"step": step, **row})
+        if self.writer is not None:
+            for key, value in metrics.items():
+                if key in _TB_TAGS:
+                    self.writer.add_scalar(_TB_TAGS[key], value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
