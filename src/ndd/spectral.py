@@ -504,6 +504,13 @@ def _pairwise_from_gram(M: Tensor) -> Tensor:
     return (diag.unsqueeze(-1) + diag.unsqueeze(-2) - 2 * M).clamp_min(0)
 
 
+def _pairwise_from_factors(A: Tensor, C: Tensor) -> Tensor:
+    """:func:`_pairwise_from_gram` of ``M = A C^T`` (``A, C``: ``(B, N, Ne)``) without forming ``M``
+    first: the ``-2 A C^T`` product is accumulated straight into the ``diag_i + diag_j`` buffer."""
+    diag = (A * C).sum(-1)
+    return torch.baddbmm(diag.unsqueeze(-1) + diag.unsqueeze(-2), A, C.transpose(-1, -2), alpha=-2).clamp_min(0)
+
+
 def default_power(t: Tensor | float) -> int:
     """Multiplications per QR step used when none is given: ``round(2t)`` (paper §4.2), at least 1."""
     return max(1, int(round(2 * float(torch.as_tensor(t).detach()))))
@@ -572,7 +579,7 @@ def diffusion(
         U, H = subspace_iteration(S, n_eigs, n_iter=n_iter, n_power=default_power(t) if n_power is None else n_power)
         C = scale.unsqueeze(-1) * U
         fH, lam, Y = _spectral_power_eig(H, t)
-        D = _pairwise_from_gram(C @ fH @ C.transpose(-1, -2))
+        D = _pairwise_from_factors(C @ fH, C)
         psi = C.detach() @ Y
     else:
         dense = S.to_dense() if isinstance(S, BandedAffinity) else S

@@ -6,10 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
 
-from ndd import io
-from ndd.inference import DEFAULT_MAX_SIDE, load_segmentation_model, segment_image
+
 
 FORMATS = ("labels", "overlay", "strip", "ucm2")
 DEFAULT_LEVELS = (2, 4, 8, 16, 32)
@@ -45,14 +43,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", type=_formats, default=list(FORMATS),
                    help=f"comma-separated outputs among {','.join(FORMATS)} (default all)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    p.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
-                   help="longest side processed; larger images are scaled down and results mapped back")
+    p.add_argument("--max-side", type=int, default=481,
+                   help="longest side processed (default 481, BSDS500's); larger images are scaled down and results mapped back")
     p.add_argument("--lowres", action="store_true", help="skip FAI (nearest up-sampling of the grid result)")
     p.add_argument("--legacy", action="store_true", help="the authors' hierarchy choices")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here so that other subcommands start without loading torch.
+    from ndd import io
+    from ndd.inference import load_segmentation_model, segment_image
+    from tqdm import tqdm
+
     try:
         model, description = load_segmentation_model(args.model, args.device)
     except (FileNotFoundError, ValueError) as err:
@@ -71,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         result = segment_image(image, model, max_side=args.max_side, highres=not args.lowres, legacy=args.legacy)
         counts = result.available_levels(args.levels)
         skipped = sorted(set(args.levels) - set(counts))
-        if skipped:
+        if skipped and set(args.format) - {"ucm2"}:
             print(f"{path}: the hierarchy has {result.hierarchy.n_segments} segments at its finest; "
                   f"levels {skipped} skipped", file=sys.stderr)
         levels = result.levels(counts)

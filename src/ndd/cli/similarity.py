@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from ndd import io
-from ndd.inference import DEFAULT_MAX_SIDE, load_segmentation_model, similarity_maps
 
 
 def _point(text: str) -> tuple[float, float]:
@@ -28,11 +26,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("."), help="output folder (default: current)")
     p.add_argument("--model", default=None, help="'default', 'handcrafted' or a checkpoint path")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE)
+    p.add_argument("--max-side", type=int, default=481, help="longest side processed (default 481)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here so that other subcommands start without loading torch.
+    from ndd import io
+    from ndd.inference import load_segmentation_model, similarity_maps
+
     try:
         model, description = load_segmentation_model(args.model, args.device)
         image = io.read_image(args.image)

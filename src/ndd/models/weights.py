@@ -48,7 +48,7 @@ class SpecDiffNetWeights(Enum):
 
     BSDS500 = WeightsEntry(
         "specdiffnet_efficientnet_lite0_bsds500.pt",
-        sha256="",
+        sha256="ce65fe45c83b7b7f6e7797d93ba068ca41c03f31a6f6850cacd03e01642fbf5c",
         meta={"backbone": "efficientnet_lite0", "data": "BSDS500 train+val"},
     )
 
