@@ -73,3 +73,9 @@ def test_similarity_outputs(tmp_path):
     assert main(["similarity", str(photo), "--all-grid", "2", "--model", "handcrafted", "--out", str(tmp_path)]) == 0
     sheet = np.asarray(Image.open(tmp_path / "p_similarity_grid.png"))
     assert sheet.shape == (2 * 40 + 4, 2 * 56 + 4, 3)
+
+
+def test_segment_with_shipped_model(tmp_path):
+    photo = write_photo(tmp_path / "p.png")
+    assert main(["segment", str(photo), "--out", str(tmp_path / "o"), "--levels", "1,2"]) == 0
+    assert io.read_ucm2(tmp_path / "o" / "p.mat").shape == (81, 113)

@@ -1,0 +1,46 @@
+import socket
+
+import pytest
+import torch
+
+from ndd.models import SpecDiffNetWeights, load_default_model, load_model, save_model, spec_diff_net
+from ndd.models.weights import _sha256
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+def test_shipped_weights_load_offline_and_match_their_hash(no_network):
+    entry = SpecDiffNetWeights.default().value
+    assert entry.path.is_file() and entry.path.stat().st_size < 25 * 2**20
+    assert _sha256(entry.path) == entry.sha256
+    payload = torch.load(entry.path, map_location="cpu", weights_only=True)  # plain data only
+    assert set(payload) >= {"config", "model"}
+    model = load_default_model()
+    assert not model.training
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 40, 56))
+    assert out.similarity.shape == (1, 35, 35)
+    assert spec_diff_net("DEFAULT").config == model.config
+
+
+def test_weights_file_round_trip_and_errors(tmp_path):
+    model = spec_diff_net(backbone="small_cnn", window=5, n_eigs=8)
+    path = save_model(model, tmp_path / "m.pt")
+    again = load_model(path)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, again.state_dict()[key])
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_model(tmp_path / "nope.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="bad.pt"):
+        load_model(bad)
+    with pytest.raises(ValueError, match="unknown weights"):
+        spec_diff_net("NOT_A_MODEL")
