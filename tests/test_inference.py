@@ -1,18 +1,12 @@
 import numpy as np
 import pytest
-import torch
 
 from ndd.inference import points_to_nodes, segment_image, similarity_maps, working_size
 from ndd.models import SpecDiffNet, SpecDiffNetConfig
 from ndd.segment import labels_from_ucm2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def two_tone(h=48, w=64):
