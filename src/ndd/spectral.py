@@ -44,6 +44,8 @@ __all__ = [
     "degree",
     "symmetric_normalize",
     "apply_operator",
+    "band_inner",
+    "window_offsets",
     "initial_subspace",
     "subspace_iteration",
     "spectral_power",
