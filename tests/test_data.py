@@ -28,10 +28,8 @@ from ndd.data import (
     train_transform,
 )
 
-MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "bsds500-mini"
-if not MINI.is_dir():  # checkouts outside /work/main
-    MINI = Path("/work/shared/data/bsds500-mini")
-needs_mini = pytest.mark.skipif(not MINI.is_dir(), reason="bsds500-mini not available")
+from mini_data import MINI, needs_mini
+
 SPLIT_SIZES = {"train": 16, "val": 4, "test": 8, "trainval": 20}
 
 

@@ -24,11 +24,10 @@ from ndd.evaluation import (
     ucm2_hierarchy,
 )
 
+from mini_data import MINI as MINI_ROOT
+
 REPO = Path(__file__).resolve().parents[1]
-MINI = Path("/work/shared/data/bsds500-mini/BSDS500")
-for _cand in (REPO.parent / "shared/data/bsds500-mini/BSDS500", REPO / "shared/data/bsds500-mini/BSDS500"):
-    if _cand.is_dir():
-        MINI = _cand
+MINI = MINI_ROOT / "BSDS500"
 UCM_DIR = MINI / "ucm2/test"
 GT_DIR = MINI / "data/groundTruth/test"
 OFFICIAL_TSV = MINI / "ucm2/test_eval/official_per_image.tsv"

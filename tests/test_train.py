@@ -37,10 +37,8 @@ from ndd.train.data import ResumableDistributedSampler, SeededDataset
 from ndd.train.metrics import read_metrics
 from ndd.train.optim import poly_factor
 
-MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "bsds500-mini"
-if not MINI.is_dir():  # checkouts outside /work/main
-    MINI = Path("/work/shared/data/bsds500-mini")
-needs_mini = pytest.mark.skipif(not MINI.is_dir(), reason="bsds500-mini not available")
+from mini_data import MINI, needs_mini
+
 
 TINY_MODEL = {"backbone": "small_cnn", "window": 5, "n_eigs": 10, "embed_dim": 16, "mu_init": 20.0, "t_init": 2.0}
 
