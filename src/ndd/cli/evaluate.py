@@ -7,10 +7,11 @@ prints a table, writes the JSON report.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
+
+from ndd.cli._output import write_json_report
 
 __all__ = ["register", "run"]
 
@@ -101,11 +102,6 @@ def run(args: argparse.Namespace) -> int:
         f"MAX-any-scale {_fmt(pc['max_any_scale']).strip()}"
     )
     if args.json:
-        try:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(report, indent=1) + "\n")
-        except OSError as exc:
-            print(f"ndd evaluate: cannot write {args.json}: {exc}", file=sys.stderr)
+        if not write_json_report(args.json, report, "ndd evaluate"):
             return 1
-        print(f"wrote {args.json}")
     return 0

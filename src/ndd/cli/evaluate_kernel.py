@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from ndd.cli._output import write_json_report
 
 __all__ = ["register", "run"]
 
@@ -80,11 +81,6 @@ def run(args: argparse.Namespace) -> int:
             "per_image": {s: r["per_image"] for s, r in results.items()},
             "paper_table1": PAPER_TABLE1,
         }
-        try:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(report, indent=1) + "\n")
-        except OSError as exc:
-            print(f"ndd evaluate-kernel: cannot write {args.json}: {exc}", file=sys.stderr)
+        if not write_json_report(args.json, report, "ndd evaluate-kernel"):
             return 1
-        print(f"wrote {args.json}")
     return 0
