@@ -2,7 +2,7 @@ import pytest
 import torch
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_thread():
     """Run a test with one torch thread: the tensors in tests are tiny, and two threads only
     add synchronisation overhead (much more so on a loaded machine)."""

@@ -33,14 +33,7 @@ from mini_data import MINI, needs_mini
 SPLIT_SIZES = {"train": 16, "val": 4, "test": 8, "trainval": 20}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The tensors here are small; on a busy shared CPU, intra-op threads spin
-    # against each other and make these tests 10x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _is_consecutive(labels: torch.Tensor) -> bool:

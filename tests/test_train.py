@@ -43,13 +43,7 @@ from mini_data import MINI, needs_mini
 TINY_MODEL = {"backbone": "small_cnn", "window": 5, "n_eigs": 10, "embed_dim": 16, "mu_init": 20.0, "t_init": 2.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Intra-op threads only spin on these small tensors on a busy shared CPU.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(run_dir: Path, **overrides) -> TrainConfig:
