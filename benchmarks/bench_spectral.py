@@ -2,10 +2,12 @@
 
 One 321x481 image at stride 8 gives a 41x61 grid (N = 2501); 17x17 window;
 Ne = 50; t = 10. Prints, from one run: the time of the approximate path
-(accelerated simultaneous iteration + Rayleigh-Ritz on the banded operator), of the
-exact path (dense ``eigh`` of the symmetric conjugate) and of SciPy's ARPACK
-``eigsh`` (top Ne of the same sparse matrix), their ratios, the relative Frobenius
-error of D against the exact spectrum truncated to Ne, and peak memory.
+(accelerated simultaneous iteration + Rayleigh-Ritz on the banded operator), with
+its spectral part in float32 and in float64 (``spectral_dtype``; the affinity is
+float32 in both), of the exact path (dense ``eigh`` of the symmetric conjugate,
+float32) and of SciPy's ARPACK ``eigsh`` (top Ne of the same sparse matrix), their
+ratios, the relative Frobenius error of D against the exact spectrum truncated to
+Ne, and peak memory.
 
     python benchmarks/bench_spectral.py [--device cuda] [--image PATH]
 """
@@ -49,8 +51,9 @@ def grid_features(path: Path | None, device: torch.device) -> torch.Tensor:
     return torch.cat([lab, ys[None, None], xs[None, None]], 1).to(device)
 
 
-def eigenpairs(S, n_eigs: int, n_iter: int, n_power: int):
-    """What ARPACK returns: the top eigenpairs (subspace iteration + Rayleigh-Ritz)."""
+def eigenpairs(S, n_eigs: int, n_iter: int, n_power: int, dtype: torch.dtype = torch.float32):
+    """What ARPACK returns: the top eigenpairs (subspace iteration + Rayleigh-Ritz) in ``dtype``."""
+    S = spectral.BandedAffinity(S.weights.to(dtype), S.grid_shape, S.window)
     U, H = spectral.subspace_iteration(S, n_eigs, n_iter=n_iter, n_power=n_power)
     lam, Y = torch.linalg.eigh(H)
     return lam, U @ Y
@@ -106,16 +109,18 @@ def main() -> None:
           f"device={device}, torch threads={torch.get_num_threads()}")
 
     powers = [spectral.default_power(args.t), args.fast_power]
+    dtypes = {"float32": torch.float32, "float64": torch.float64}
     with torch.no_grad():
         S_band = spectral.symmetric_normalize(W)
         approx = {}
         for p in powers:
-            D_p, t_p = timed(lambda: spectral.diffusion_distance(W, args.t, args.n_eigs, args.n_iter, n_power=p), args.repeats, device)
-            _, t_eig = timed(lambda: eigenpairs(S_band, args.n_eigs, args.n_iter, p), args.repeats, device)
-            approx[p] = (D_p, t_p, t_eig)
+            for name, dtype in dtypes.items():
+                D_p, t_p = timed(lambda: spectral.diffusion_distance(W, args.t, args.n_eigs, args.n_iter, n_power=p,
+                                                                     spectral_dtype=dtype), args.repeats, device)
+                _, t_eig = timed(lambda: eigenpairs(S_band, args.n_eigs, args.n_iter, p, dtype), args.repeats, device)
+                approx[p, name] = (D_p, t_p, t_eig)
         Wd = W.to_dense()
-        D_full, t_eigh = timed(lambda: spectral.diffusion_distance(Wd, args.t), 2, device)
-        D_trunc = spectral.diffusion_distance(W, args.t, args.n_eigs, solver="eigh")
+        D_full, t_eigh = timed(lambda: spectral.diffusion_distance(Wd, args.t, spectral_dtype=torch.float32), 2, device)
         D_full64 = spectral.diffusion_distance(Wd.double(), args.t)
         D_trunc64 = spectral.diffusion_distance(W.to_dense().double(), args.t, args.n_eigs, solver="eigh")
 
@@ -130,29 +135,37 @@ def main() -> None:
 
     print(f"time exact path: dense eigh of S + D (float32):                {t_eigh * 1e3:8.1f} ms")
     print(f"time ARPACK eigsh (sparse S, top {args.n_eigs} eigenpairs only, float32):  {t_arpack * 1e3:8.1f} ms")
-    for p, (D_p, t_p, t_eig) in approx.items():
+    for p in powers:
         label = "paper default round(2t)" if p == powers[0] else "fewer products"
-        print(f"approximate path, {p:2d} products per QR step ({label}):")
-        print(f"    eigenpairs (subspace iteration + Rayleigh-Ritz): {t_eig * 1e3:7.1f} ms  "
-              f"{t_arpack / t_eig:5.1f}x faster than ARPACK")
-        print(f"    whole D:                                         {t_p * 1e3:7.1f} ms  "
-              f"{t_eigh / t_p:5.1f}x faster than the exact path")
-        print(f"    relative Frobenius error of D vs exact spectrum truncated to Ne (float64): {rel(D_p, D_trunc64):.2e}")
+        print(f"approximate path, {p:2d} products per QR step ({label}), spectral part float32 | float64:")
+        (D32, t32, e32), (D64, t64, e64) = approx[p, "float32"], approx[p, "float64"]
+        print(f"    eigenpairs (subspace iteration + Rayleigh-Ritz): {e32 * 1e3:7.1f} ms | {e64 * 1e3:7.1f} ms  "
+              f"({t_arpack / e32:5.1f}x | {t_arpack / e64:5.1f}x faster than ARPACK)")
+        print(f"    whole D:                                         {t32 * 1e3:7.1f} ms | {t64 * 1e3:7.1f} ms  "
+              f"({t_eigh / t32:5.1f}x | {t_eigh / t64:5.1f}x faster than the exact path)")
+        print(f"    relative Frobenius error of D vs exact spectrum truncated to Ne (float64): "
+              f"{rel(D32, D_trunc64):.2e} | {rel(D64, D_trunc64):.2e}")
     print(f"relative Frobenius error of D, truncated-to-Ne vs full spectrum (float64):                        {rel(D_trunc64, D_full64):.2e}")
     print(f"relative Frobenius error of D, literal Eq. 5 reading (QR columns, diag R) vs truncated exact:      {rel(D_literal, D_trunc64):.2e}")
     print(f"relative Frobenius error of D, exact float32 eigh vs float64:                                     {rel(D_full, D_full64):.2e}")
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        spectral.diffusion_distance(W, args.t, args.n_eigs, args.n_iter)
-        print(f"peak CUDA memory of the approximate path: {torch.cuda.max_memory_allocated() / 2**20:.1f} MiB")
+        for name, dtype in dtypes.items():
+            torch.cuda.reset_peak_memory_stats()
+            with torch.no_grad():
+                spectral.diffusion_distance(W, args.t, args.n_eigs, args.n_iter, spectral_dtype=dtype)
+            print(f"peak CUDA memory of the approximate path, spectral part {name}: "
+                  f"{torch.cuda.max_memory_allocated() / 2**20:.1f} MiB")
     from ndd.models import SpecDiffNet, SpecDiffNetConfig
 
     for backbone in ("small_cnn", "efficientnet_lite0"):
-        net = SpecDiffNet(SpecDiffNetConfig(backbone=backbone)).to(device).eval()
         image = torch.rand(1, 3, 321, 481, device=device)
-        with torch.no_grad():
-            _, t_net = timed(lambda: net(image, eigenpairs=False), args.repeats, device)
-        print(f"whole SpecDiffNet forward, {backbone}, one 321x481 image (window 17, Ne 50, T 2, t 10): {t_net * 1e3:8.1f} ms")
+        times = []
+        for name in dtypes:
+            net = SpecDiffNet(SpecDiffNetConfig(backbone=backbone, spectral_dtype=name)).to(device).eval()
+            with torch.no_grad():
+                times.append(timed(lambda: net(image, eigenpairs=False), args.repeats, device)[1])
+        print(f"whole SpecDiffNet forward, {backbone}, one 321x481 image (window 17, Ne 50, T 2, t 10), "
+              f"spectral part float32 | float64: {times[0] * 1e3:8.1f} ms | {times[1] * 1e3:8.1f} ms")
     print(f"peak resident memory of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
