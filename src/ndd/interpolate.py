@@ -17,31 +17,59 @@ Conventions (the same in every function of this module)
   channels (as in the authors' code), so that ``gamma`` does not have to scale
   with the number of channels. The authors' gammas ``[8, 4, 1]`` (coarse to
   fine) are meant for this distance.
-* **Geometry**, chosen by ``align_corners`` exactly as in
-  :func:`torch.nn.functional.interpolate`:
+* **Geometry**, chosen by ``geometry`` (where coarse index ``j`` sits in the
+  fine grid's coordinates, per axis; ``H`` fine and ``h`` coarse positions):
 
-  - ``align_corners=True`` (default): grids are corner-aligned; coarse index
-    ``j`` sits at fine coordinate ``j * (H - 1) / (h - 1)``. This is the exact
-    geometry of this project's backbones: an ``H x W`` image gives
-    ``(H - 1) / s + 1`` feature rows at stride ``s`` (321 -> 161, 81, 41), and
-    feature ``j`` is centred on image pixel ``s * j``.
-  - ``align_corners=False``: pixel-centre geometry; coarse index ``j`` sits at
-    fine coordinate ``(j + 0.5) * H / h - 0.5`` (pooling-style backbones that
-    give ``H / s`` rows).
+  - ``"stride"`` (default): both grids are anchored at pixel 0 with their own
+    strides, so coarse index ``j`` sits at fine coordinate ``j * r`` with the
+    stride ratio ``r = s_coarse / s_fine``, *whatever the sizes*. This is the
+    exact geometry of this project's backbones: an ``H x W`` image gives
+    ``ceil(H / s)`` feature rows at stride ``s`` and feature ``j`` is centred
+    on image pixel ``s * j`` (for ``H = 480``: 240, 120, 60 rows; point ``j``
+    of the stride-8 grid is at ``4 j`` on the stride-2 grid). Fine positions
+    beyond the last coarse point (``H > r (h - 1) + 1``) are handled like any
+    border: their window centre is clamped to the last coarse cell and the
+    neighbours outside the coarse grid are masked. ``r`` is given by
+    ``ratio`` or, by default, **inferred from the sizes**: the integers ``r``
+    with ``ceil(H / r) = h`` on every axis with ``h >= 2`` are the candidates
+    (an axis with ``h = 1`` has a single coarse point, at 0, whatever ``r``);
+    the smallest power of two among them is taken, else the smallest one.
+    This is exact for every size when the strides are powers of two (as all
+    of this project's are: image 1, levels 2, 4, 8, any pair of them), since
+    then no other power of two is a candidate. If there is no candidate (the
+    sizes are not a stride pair, e.g. values resized to a fixed 41x41 grid by
+    corner-aligned bilinear interpolation, or a "fine" grid coarser than the
+    values), that step falls back to ``"corners"``.
+  - ``"corners"`` (``align_corners=True``): corner-aligned grids, coarse index
+    ``j`` at fine coordinate ``j * (H - 1) / (h - 1)``. It coincides with
+    ``"stride"`` exactly when ``H - 1 = r (h - 1)``, e.g. for ``ceil`` sizes of
+    an image with ``H = 1 (mod 8)`` (BSDS's 321x481: 161, 81, 41); otherwise
+    the coarse points drift (``4.05 j`` instead of ``4 j`` for ``H = 480``).
+  - ``"centres"`` (``align_corners=False``): pixel-centre geometry, coarse
+    index ``j`` at fine coordinate ``(j + 0.5) * H / h - 0.5`` (pooling-style
+    backbones that give ``H / s`` rows).
 
-  The coarse-point features ``f_j`` are sampled with the same convention
-  (``F.interpolate(fine_features, (h, w), mode="bilinear",
-  align_corners=align_corners)``), and so is the optional final bilinear
-  resize of :func:`fai_upsample`.
+  ``align_corners=True/False`` is still accepted for ``"corners"`` /
+  ``"centres"`` (as in :func:`torch.nn.functional.interpolate`); giving both
+  ``geometry`` and a contradicting ``align_corners`` is an error. The
+  coarse-point features ``f_j`` are sampled with the same convention: bilinear
+  at ``j * r`` for ``"stride"`` (at integer ratios a plain strided pick,
+  positions past the last fine pixel clamped to it), ``F.interpolate(...,
+  mode="bilinear", align_corners=...)`` for the other two. So is the optional
+  final resize of :func:`fai_upsample`: for ``"stride"`` output pixel ``y`` is
+  read at ``y / r`` on the finest level (``r`` inferred from the sizes as
+  above, 2 from a stride-2 level to the image), bilinearly, clamped at the
+  far border.
 * **Window**: fine pixel ``i`` at coarse coordinate ``u_i`` is centred on the
-  nearest coarse cell ``round(u_i)`` (ties go up) and takes the offsets
-  ``-r..r`` (``r = (S - 1) // 2``) along each axis. Neighbours outside the
-  coarse grid are *masked out* (weight zero), so border values are not
-  counted twice. ``legacy=True`` reproduces the authors' code instead: base
-  cell ``floor(i * (h - 1) / (H - 1))`` with offsets ``-r..r`` around it
-  (corner-aligned geometry whatever ``align_corners`` says) and out-of-grid
-  indices *clamped* to the border, so border cells count several times.
-  (Their CPU variant's ``r / r_c`` spacing is not reproduced.)
+  nearest coarse cell ``round(u_i)`` (ties go up; clamped into the grid) and
+  takes the offsets ``-r..r`` (``r = (S - 1) // 2``) along each axis.
+  Neighbours outside the coarse grid are *masked out* (weight zero), so border
+  values are not counted twice. ``legacy=True`` reproduces the authors' code
+  instead: base cell ``floor(i * (h - 1) / (H - 1))`` with offsets ``-r..r``
+  around it (corner-aligned geometry whatever ``geometry`` or
+  ``align_corners`` say) and out-of-grid indices *clamped* to the border, so
+  border cells count several times. (Their CPU variant's ``r / r_c`` spacing
+  is not reproduced.)
 
 Computation and memory
 ----------------------
@@ -65,8 +93,11 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -77,15 +108,22 @@ __all__ = [
     "fai_weights",
     "feature_attentional_upsample",
     "fai_upsample",
+    "infer_stride_ratio",
     "FeatureAttentionalInterpolation",
 ]
 
 GammaLike = float | Tensor
+Geometry = Literal["stride", "corners", "centres"]
+RatioLike = int | float | Fraction | Sequence[int | float | Fraction]
 
 # A tile of fine pixels spans this many windows' worth of coarse cells per
 # axis. Its band is then (1 + _TILE_SPAN) windows wide: larger tiles waste
 # more band entries per pixel, smaller ones copy overlapping bands more often.
 _TILE_SPAN = 0.5
+
+# Explicit ratios are turned into fractions with at most this denominator
+# (so 1 / 3 given as a float is exactly 1/3, and index arithmetic stays small).
+_MAX_DENOMINATOR = 10**6
 
 
 # ----------------------------------------------------------------------------
@@ -158,21 +196,186 @@ def _check_pair(values: Tensor, fine_features: Tensor, name: str = "fine_feature
 # geometry
 # ----------------------------------------------------------------------------
 
+_GEOMETRIES = ("stride", "corners", "centres")
 
-def _centres(n_fine: int, n_coarse: int, align_corners: bool, legacy: bool, device) -> Tensor:
+
+def _resolve_geometry(geometry: str | None, align_corners: bool | None, legacy: bool) -> str:
+    """``"stride"``, ``"corners"``, ``"centres"`` or ``"legacy"`` from the public arguments."""
+    if align_corners is not None:
+        align_corners = bool(align_corners)
+    if geometry is None:
+        kind = "stride" if align_corners is None else ("corners" if align_corners else "centres")
+    else:
+        kind = "centres" if geometry == "centers" else geometry
+        if kind not in _GEOMETRIES:
+            raise ValueError(f"geometry must be one of {_GEOMETRIES}, got {geometry!r}")
+        if align_corners is not None and kind != ("corners" if align_corners else "centres"):
+            raise ValueError(f"geometry={geometry!r} contradicts align_corners={align_corners}")
+    return "legacy" if legacy else kind
+
+
+def _as_ratio(ratio: RatioLike) -> tuple[Fraction, Fraction]:
+    """An explicit stride ratio (one number or ``(rows, cols)``) as two positive fractions."""
+    items = list(ratio) if isinstance(ratio, Sequence) else [ratio, ratio]
+    if len(items) != 2:
+        raise ValueError(f"ratio must be a number or a pair (rows, cols), got {ratio!r}")
+    out = []
+    for r in items:
+        if isinstance(r, bool) or not isinstance(r, numbers.Real) or not (math.isfinite(r) and r > 0):
+            raise ValueError(f"ratio must hold positive finite numbers, got {ratio!r}")
+        f = r if isinstance(r, Fraction) else Fraction(int(r)) if isinstance(r, numbers.Integral) else Fraction(float(r))
+        out.append(f.limit_denominator(_MAX_DENOMINATOR))
+    return out[0], out[1]
+
+
+def infer_stride_ratio(fine_size: Sequence[int], coarse_size: Sequence[int]) -> int | None:
+    """The stride ratio ``s_coarse / s_fine`` that the ``"stride"`` geometry infers from two sizes.
+
+    The candidates are the integers ``r >= 1`` with ``ceil(H / r) = h`` on every
+    axis with ``h >= 2`` (``H`` fine, ``h`` coarse; an axis with one coarse
+    point does not constrain ``r``, and if no axis does, 1 is returned). The
+    smallest power of two among them is returned, else the smallest one, or
+    ``None`` if there is none (the sizes are not a stride pair). For grids of
+    ``ceil(N / s)`` points at power-of-two strides this is always the true
+    ratio: ``(240, 320), (60, 80) -> 4``, ``(161, 241), (81, 121) -> 2``,
+    ``(480, 640), (240, 320) -> 2``.
+    """
+    fine = _check_size("fine_size", fine_size)
+    coarse = _check_size("coarse_size", coarse_size)
+    lo, hi = 1, None
+    for nf, nc in zip(fine, coarse):
+        if nc < 2:
+            continue
+        # ceil(nf / r) = nc  <=>  nf / nc <= r < nf / (nc - 1)
+        lo = max(lo, -(-nf // nc))
+        top = (nf - 1) // (nc - 1)
+        hi = top if hi is None else min(hi, top)
+    if hi is None:
+        return 1
+    if lo > hi:
+        return None
+    power = 1 << (lo - 1).bit_length()  # smallest power of two >= lo
+    return power if power <= hi else lo
+
+
+@dataclass(frozen=True)
+class _Geom:
+    """The resolved geometry of one step (hashable: part of the plan cache key).
+
+    ``kind`` is ``"stride"``, ``"corners"``, ``"centres"`` or ``"legacy"``;
+    ``ratio`` (stride only) is ``(rows, cols)``: coarse index ``j`` sits at
+    fine coordinate ``j * ratio``.
+    """
+
+    kind: str
+    ratio: tuple[Fraction, Fraction] | None = None
+
+
+def _step_geometry(
+    kind: str, fine_size: tuple[int, int], coarse_size: tuple[int, int], ratio: RatioLike | None
+) -> _Geom:
+    if kind != "stride":
+        if ratio is not None:
+            raise ValueError("ratio is only used by geometry='stride' (and not with legacy=True)")
+        return _Geom(kind)
+    if ratio is not None:
+        return _Geom("stride", _as_ratio(ratio))
+    r = infer_stride_ratio(fine_size, coarse_size)
+    if r is None:
+        return _Geom("corners")  # not a stride pair: see the module docstring
+    return _Geom("stride", (Fraction(r), Fraction(r)))
+
+
+def _centres(n_fine: int, n_coarse: int, kind: str, ratio: Fraction | None, device) -> Tensor:
     """``(n_fine,)`` long: the coarse cell each fine position's window is centred on."""
     i = torch.arange(n_fine, device=device)
     # Integer arithmetic, so exact ties (e.g. stride 2) round the same way on
     # every device and dtype.
-    if legacy:
+    if kind == "legacy":
         return (i * (n_coarse - 1)) // max(n_fine - 1, 1)
-    if align_corners:
+    if kind == "corners":
         if n_fine == 1 or n_coarse == 1:
             return torch.zeros_like(i)
         # round(i (h-1) / (H-1)) = floor((2 i (h-1) + (H-1)) / (2 (H-1)))
         return (2 * i * (n_coarse - 1) + (n_fine - 1)) // (2 * (n_fine - 1))
-    # round((i + 0.5) h / H - 0.5) = floor((2 i + 1) h / (2 H)), always in [0, h-1]
-    return ((2 * i + 1) * n_coarse) // (2 * n_fine)
+    if kind == "centres":
+        # round((i + 0.5) h / H - 0.5) = floor((2 i + 1) h / (2 H)), always in [0, h-1]
+        return ((2 * i + 1) * n_coarse) // (2 * n_fine)
+    # stride, r = p / q: round(i / r) = floor((2 i q + p) / (2 p)), clamped into the grid
+    p, q = ratio.numerator, ratio.denominator
+    return ((2 * q * i + p) // (2 * p)).clamp_(max=n_coarse - 1)
+
+
+def _sample_axis(x: Tensor, dim: int, n_out: int, step: Fraction) -> Tensor:
+    """``x`` linearly sampled along ``dim`` at ``k * step``, ``k < n_out``.
+
+    Positions past the last entry are clamped to it. Integer positions are an
+    exact pick (``index_select``), others a linear blend of the two
+    neighbours; differentiable w.r.t. ``x``.
+    """
+    n_in = x.shape[dim]
+    p, q = step.numerator, step.denominator
+    k = torch.arange(n_out) * p  # exact integer arithmetic, on the CPU
+    index, rem = k // q, k % q
+    beyond = index >= n_in - 1
+    index = index.clamp(max=n_in - 1)
+    rem = rem.masked_fill(beyond, 0)
+    if n_out == n_in and not bool(rem.any()) and bool((index == torch.arange(n_in)).all()):
+        return x
+    lo = x.index_select(dim, index.to(x.device))
+    if not bool(rem.any()):
+        return lo
+    hi = x.index_select(dim, (index + 1).clamp(max=n_in - 1).to(x.device))
+    shape = [1] * x.dim()
+    shape[dim] = n_out
+    t = (rem.double() / q).to(dtype=x.dtype, device=x.device).view(shape)
+    return lo * (1 - t) + hi * t
+
+
+def _coarse_features(f: Tensor, coarse_size: tuple[int, int], geom: _Geom) -> Tensor:
+    """``f_j``: the fine features ``f`` bilinearly sampled at the coarse points."""
+    if geom.kind == "stride":
+        g = _sample_axis(f, 2, coarse_size[0], geom.ratio[0])
+        return _sample_axis(g, 3, coarse_size[1], geom.ratio[1])
+    if tuple(coarse_size) == tuple(f.shape[-2:]):
+        return f
+    return F.interpolate(f, size=coarse_size, mode="bilinear", align_corners=geom.kind != "centres")
+
+
+def _resize(y: Tensor, size: tuple[int, int], kind: str) -> Tensor:
+    """The final bilinear resize of :func:`fai_upsample` in geometry ``kind``."""
+    if kind == "stride":
+        r = infer_stride_ratio(size, y.shape[-2:])
+        if r is not None:
+            return _resize_stride(y, size, r)
+        kind = "corners"
+    return F.interpolate(y, size=size, mode="bilinear", align_corners=kind != "centres")
+
+
+def _resize_stride(y: Tensor, size: tuple[int, int], r: int) -> Tensor:
+    """Output pixel ``k`` read at ``k / r`` on ``y``'s grid (bilinear, clamped at the far border).
+
+    A corner-aligned resize to ``r (n - 1) + 1`` points puts point ``k`` at
+    exactly ``k / r``; the input first gets replicated border rows/columns so
+    that this covers the output (clamping), and the at most ``r - 1`` extra
+    rows/columns are cropped. So the result costs one ``F.interpolate`` of
+    about the output size, plus a contiguous copy of the output when cropping
+    (``H_out != 1 (mod r)``).
+    """
+    n_h, n_w = y.shape[-2:]
+    out_h, out_w = size
+    # input points needed so that r (n - 1) + 1 >= out: n >= ceil((out - 1) / r) + 1
+    need_h, need_w = -(-(out_h - 1) // r) + 1, -(-(out_w - 1) // r) + 1
+    pad_h, pad_w = max(0, need_h - n_h), max(0, need_w - n_w)
+    if pad_h or pad_w:
+        y = F.pad(y, (0, pad_w, 0, pad_h), mode="replicate")
+        n_h, n_w = n_h + pad_h, n_w + pad_w
+    full = (r * (n_h - 1) + 1, r * (n_w - 1) + 1)
+    if full != (n_h, n_w):
+        y = F.interpolate(y, size=full, mode="bilinear", align_corners=True)
+    if full == (out_h, out_w):
+        return y
+    return y[..., :out_h, :out_w].contiguous()
 
 
 @dataclass(frozen=True)
@@ -192,12 +395,13 @@ class _AxisPlan:
     valid: Tensor  # (n_blocks * block, S) window offset inside the coarse grid (all True if legacy)
 
 
-def _axis_plan(
-    n_fine: int, n_coarse: int, s: int, align_corners: bool, legacy: bool, device
-) -> _AxisPlan:
+def _axis_plan(n_fine: int, n_coarse: int, s: int, kind: str, ratio: Fraction | None, device) -> _AxisPlan:
     r = (s - 1) // 2
-    centre = _centres(n_fine, n_coarse, align_corners, legacy, device)
-    block = min(n_fine, max(1, math.ceil(_TILE_SPAN * s * n_fine / n_coarse)))
+    centre = _centres(n_fine, n_coarse, kind, ratio, device)
+    # fine positions per coarse cell (a stride ratio smaller than the size
+    # ratio packs the coarse cells more densely)
+    spacing = n_fine / n_coarse if ratio is None else min(float(ratio), n_fine / n_coarse)
+    block = min(n_fine, max(1, math.ceil(_TILE_SPAN * s * spacing)))
     n_blocks = -(-n_fine // block)
     pad = n_blocks * block - n_fine
     # Padding positions repeat the last centre: they stay in the last band
@@ -210,7 +414,7 @@ def _axis_plan(
     offsets = torch.arange(-r, r + 1, device=device)
     index = centre.reshape(-1, 1) + offsets
     valid = (index >= 0) & (index < n_coarse)
-    if legacy:
+    if kind == "legacy":
         valid = torch.ones_like(valid)  # clamped: the band holds the border cell there
     return _AxisPlan(
         n_fine=n_fine,
@@ -237,8 +441,7 @@ def _plan(
     fine_size: tuple[int, int],
     coarse_size: tuple[int, int],
     s: int,
-    align_corners: bool,
-    legacy: bool,
+    geom: _Geom,
     device: torch.device,
 ) -> _Plan:
     """Tiling and window indices of one step; cached, since training and
@@ -246,19 +449,19 @@ def _plan(
     # Cached tensors must be ordinary tensors (an inference-mode tensor could
     # not be saved for backward by a later training step).
     with torch.inference_mode(False):
-        return _build_plan(fine_size, coarse_size, s, align_corners, legacy, device)
+        return _build_plan(fine_size, coarse_size, s, geom, device)
 
 
 def _build_plan(
     fine_size: tuple[int, int],
     coarse_size: tuple[int, int],
     s: int,
-    align_corners: bool,
-    legacy: bool,
+    geom: _Geom,
     device: torch.device,
 ) -> _Plan:
-    pr = _axis_plan(fine_size[0], coarse_size[0], s, align_corners, legacy, device)
-    pc = _axis_plan(fine_size[1], coarse_size[1], s, align_corners, legacy, device)
+    rr, rc = geom.ratio if geom.ratio is not None else (None, None)
+    pr = _axis_plan(fine_size[0], coarse_size[0], s, geom.kind, rr, device)
+    pc = _axis_plan(fine_size[1], coarse_size[1], s, geom.kind, rc, device)
     off = torch.arange(s, device=device)
     # dims: (row block, col block, row in block, col in block, row offset, col offset)
     rpos = pr.pos.view(pr.n_blocks, 1, pr.block, 1, 1, 1) + off.view(1, 1, 1, 1, s, 1)
@@ -302,8 +505,10 @@ def fai_neighbours(
     coarse_size: Sequence[int],
     neighbourhood: int = 5,
     *,
-    align_corners: bool = True,
+    geometry: Geometry | None = None,
+    align_corners: bool | None = None,
     legacy: bool = False,
+    ratio: RatioLike | None = None,
     device: torch.device | str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The window ``S_at(i)`` of every fine pixel, as flat coarse indices.
@@ -312,7 +517,8 @@ def fai_neighbours(
         fine_size: ``(H, W)`` of the fine grid.
         coarse_size: ``(h, w)`` of the coarse grid.
         neighbourhood: odd window side ``S`` in coarse cells.
-        align_corners, legacy: geometry, see the module docstring.
+        geometry, align_corners, legacy, ratio: geometry, see
+            :func:`feature_attentional_upsample` and the module docstring.
         device: where to build the indices (default CPU).
 
     Returns:
@@ -326,15 +532,17 @@ def fai_neighbours(
     s = _check_neighbourhood(neighbourhood)
     fh, fw = _check_size("fine_size", fine_size)
     ch, cw = _check_size("coarse_size", coarse_size)
+    geom = _step_geometry(_resolve_geometry(geometry, align_corners, legacy), (fh, fw), (ch, cw), ratio)
+    rr, rc = geom.ratio if geom.ratio is not None else (None, None)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     r = (s - 1) // 2
     off = torch.arange(-r, r + 1, device=dev)
-    rows = _centres(fh, ch, align_corners, legacy, dev)[None, :] + off[:, None]  # (S, H)
-    cols = _centres(fw, cw, align_corners, legacy, dev)[None, :] + off[:, None]  # (S, W)
+    rows = _centres(fh, ch, geom.kind, rr, dev)[None, :] + off[:, None]  # (S, H)
+    cols = _centres(fw, cw, geom.kind, rc, dev)[None, :] + off[:, None]  # (S, W)
     rv, cv = (rows >= 0) & (rows < ch), (cols >= 0) & (cols < cw)
     index = rows.clamp(0, ch - 1)[:, None, :, None] * cw + cols.clamp(0, cw - 1)[None, :, None, :]
     valid = rv[:, None, :, None] & cv[None, :, None, :]
-    if legacy:
+    if geom.kind == "legacy":
         valid = torch.ones_like(valid)
     return index.reshape(s * s, fh, fw), valid.reshape(s * s, fh, fw)
 
@@ -349,22 +557,16 @@ def _tile_weights(
     coarse_size: tuple[int, int],
     gamma: Tensor,
     s: int,
-    align_corners: bool,
-    legacy: bool,
+    geom: _Geom,
 ) -> tuple[Tensor, _Plan]:
     """Unchecked core of :func:`fai_weights`: ``(B, T, K, S*S)`` weights in tile layout."""
     b, c, fh, fw = fine_features.shape
-    corners = True if legacy else align_corners
-    p = _plan((fh, fw), tuple(coarse_size), s, corners, legacy, fine_features.device)
+    p = _plan((fh, fw), tuple(coarse_size), s, geom, fine_features.device)
 
     # Centring per channel leaves every distance unchanged but keeps |f|^2
     # small, which keeps the dot-product form below accurate in float32.
     f = fine_features - fine_features.mean(dim=(2, 3), keepdim=True)
-    # f_j: fine features bilinearly sampled at the coarse points.
-    if tuple(coarse_size) == (fh, fw):
-        g = f
-    else:
-        g = F.interpolate(f, size=coarse_size, mode="bilinear", align_corners=corners)
+    g = _coarse_features(f, coarse_size, geom)  # f_j: f sampled at the coarse points
 
     ft = _to_tiles(f, p)  # (B, T, K, C)
     index = p.index.expand(b, -1, -1, -1)  # (B, T, K, S*S)
@@ -375,7 +577,7 @@ def _tile_weights(
     dist = (f_sq + g_sq - 2.0 * cross).clamp_min(0.0) / c  # mean over channels
 
     logits = dist * (-gamma)
-    if not legacy:
+    if geom.kind != "legacy":
         logits = logits.masked_fill(~p.valid, float("-inf"))
     # The window centre is always valid, so no row is all -inf; softmax
     # subtracts the row maximum, so a large gamma cannot give 0/0.
@@ -388,8 +590,10 @@ def fai_weights(
     gamma: GammaLike,
     neighbourhood: int = 5,
     *,
-    align_corners: bool = True,
+    geometry: Geometry | None = None,
+    align_corners: bool | None = None,
     legacy: bool = False,
+    ratio: RatioLike | None = None,
 ) -> Tensor:
     """Attention weights of one FAI step (the normalised exponentials of Eq. 6).
 
@@ -398,7 +602,8 @@ def fai_weights(
         coarse_size: ``(h, w)`` of the grid the values live on.
         gamma: non-negative scalar (float or 0-dim tensor, may require grad).
         neighbourhood: odd window side ``S`` in coarse cells.
-        align_corners, legacy: geometry, see the module docstring.
+        geometry, align_corners, legacy, ratio: geometry, see
+            :func:`feature_attentional_upsample` and the module docstring.
 
     Returns:
         ``(B, S*S, H, W)`` weights; entry ``k = a * S + b`` belongs to the
@@ -410,22 +615,17 @@ def fai_weights(
     _check_finite("fine_features", fine_features)
     s = _check_neighbourhood(neighbourhood)
     size = _check_size("coarse_size", coarse_size)
+    kind = _resolve_geometry(geometry, align_corners, legacy)
+    geom = _step_geometry(kind, tuple(fine_features.shape[-2:]), size, ratio)
     g = _as_gamma(gamma, fine_features)
-    w, p = _tile_weights(fine_features, size, g, s, align_corners, legacy)
+    w, p = _tile_weights(fine_features, size, g, s, geom)
     return _from_tiles(w, p)
 
 
-def _step(
-    values: Tensor,
-    fine_features: Tensor,
-    gamma: Tensor,
-    s: int,
-    align_corners: bool,
-    legacy: bool,
-) -> Tensor:
+def _step(values: Tensor, fine_features: Tensor, gamma: Tensor, s: int, geom: _Geom) -> Tensor:
     """Unchecked core of :func:`feature_attentional_upsample`."""
     coarse_size = (values.shape[-2], values.shape[-1])
-    w, p = _tile_weights(fine_features, coarse_size, gamma, s, align_corners, legacy)
+    w, p = _tile_weights(fine_features, coarse_size, gamma, s, geom)
     b, t, k, _ = w.shape
     # Scatter the S*S weights into the tile's band so that the weighted sum
     # is one small matrix product per tile instead of S*S gathers of values.
@@ -440,8 +640,10 @@ def feature_attentional_upsample(
     gamma: GammaLike,
     neighbourhood: int = 5,
     *,
-    align_corners: bool = True,
+    geometry: Geometry | None = None,
+    align_corners: bool | None = None,
     legacy: bool = False,
+    ratio: RatioLike | None = None,
 ) -> Tensor:
     """One FAI step (Eq. 6): coarse maps -> the grid of ``fine_features``.
 
@@ -454,8 +656,18 @@ def feature_attentional_upsample(
             average over the window.
         neighbourhood: odd window side ``S_at`` in coarse cells (paper and
             authors: 5).
-        align_corners: geometry convention, see the module docstring.
-        legacy: the authors' clamped-border window (see module docstring).
+        geometry: ``"stride"`` (default), ``"corners"`` or ``"centres"``
+            (``"centers"`` also accepted), see the module docstring.
+        align_corners: the older way to choose ``"corners"`` (True) or
+            ``"centres"`` (False); ``None`` (default) leaves it to
+            ``geometry``. Contradicting ``geometry`` is an error.
+        legacy: the authors' clamped-border, corner-aligned window (see the
+            module docstring); overrides ``geometry``.
+        ratio: ``"stride"`` only: the stride ratio ``s_coarse / s_fine``
+            (coarse index ``j`` at fine coordinate ``j * ratio``), one
+            positive number or ``(rows, cols)``; default: inferred from the
+            sizes (see :func:`infer_stride_ratio`; if that finds none, this
+            step is corner-aligned).
 
     Returns:
         ``(B, M, H, W)`` up-sampled maps, differentiable w.r.t. ``values``,
@@ -464,14 +676,17 @@ def feature_attentional_upsample(
     Raises:
         ValueError: non-4-D or non-float inputs, different batch sizes or
             dtypes, NaN/inf inputs, even or non-positive ``neighbourhood``,
-            negative or non-finite ``gamma``.
+            negative or non-finite ``gamma``, an unknown or contradictory
+            geometry, a bad ``ratio`` or one given outside ``"stride"``.
     """
     _check_pair(values, fine_features)
     _check_finite("values", values)
     _check_finite("fine_features", fine_features)
     s = _check_neighbourhood(neighbourhood)
+    kind = _resolve_geometry(geometry, align_corners, legacy)
+    geom = _step_geometry(kind, tuple(fine_features.shape[-2:]), tuple(values.shape[-2:]), ratio)
     g = _as_gamma(gamma, fine_features)
-    return _step(values, fine_features, g, s, align_corners, legacy)
+    return _step(values, fine_features, g, s, geom)
 
 
 # ----------------------------------------------------------------------------
@@ -498,7 +713,8 @@ def fai_upsample(
     output_size: Sequence[int] | None = None,
     neighbourhood: int = 5,
     *,
-    align_corners: bool = True,
+    geometry: Geometry | None = None,
+    align_corners: bool | None = None,
     legacy: bool = False,
 ) -> Tensor:
     """Coarse-to-fine FAI over several feature levels (paper §4.3).
@@ -510,8 +726,15 @@ def fai_upsample(
     grid the first step goes to the next level, and if they live on another
     grid (e.g. the authors' fixed 41x41) the first step lands on the coarsest
     level. Finally, if ``output_size`` is given and differs from the finest
-    level, a plain bilinear resize (same ``align_corners``) brings the maps
-    there.
+    level, a plain bilinear resize (same geometry) brings the maps there.
+
+    With the default ``"stride"`` geometry each step's stride ratio is
+    inferred from the two sizes (:func:`infer_stride_ratio`; 2 between the
+    backbones' consecutive levels and from the stride-2 level to the image,
+    for every image size), and so is the final resize's: output pixel ``y``
+    is read at ``y / 2`` on a stride-2 finest level (at ``y / s`` on a
+    stride-``s`` one). A step whose sizes are not a stride pair (e.g. from
+    the authors' fixed 41x41 grid) is corner-aligned.
 
     Sharp edges at full resolution: the backbones' finest level is stride 2,
     so with backbone features only the last factor 2 is bilinear (as in the
@@ -528,7 +751,7 @@ def fai_upsample(
             ``gammas[l]`` weighs the step *onto* ``features[l]``. The authors'
             ``[8, 4, 1]`` (coarse to fine) is ``(1, 4, 8)`` here.
         output_size: optional final ``(H_out, W_out)``.
-        neighbourhood, align_corners, legacy: as in
+        neighbourhood, geometry, align_corners, legacy: as in
             :func:`feature_attentional_upsample`.
 
     Returns:
@@ -539,6 +762,7 @@ def fai_upsample(
     _check_4d("values", values)
     _check_finite("values", values)
     s = _check_neighbourhood(neighbourhood)
+    kind = _resolve_geometry(geometry, align_corners, legacy)
     gamma_items = _gamma_list(gammas, len(features))
     for l, f in enumerate(features):
         _check_pair(values, f, f"features[{l}]")
@@ -562,10 +786,10 @@ def fai_upsample(
                 "along one axis and coarser along the other"
             )
         _check_finite(f"features[{l}]", f)
-        y = _step(y, f, _as_gamma(gamma_items[l], f), s, align_corners, legacy)
+        geom = _step_geometry(kind, tuple(nxt), tuple(cur), None)
+        y = _step(y, f, _as_gamma(gamma_items[l], f), s, geom)
     if out_size is not None and tuple(y.shape[-2:]) != out_size:
-        corners = True if legacy else align_corners
-        y = F.interpolate(y, size=out_size, mode="bilinear", align_corners=corners)
+        y = _resize(y, out_size, "corners" if kind == "legacy" else kind)
     return y
 
 
@@ -583,6 +807,9 @@ class FeatureAttentionalInterpolation(nn.Module):
         neighbourhood: odd window side ``S_at`` in coarse cells.
         freeze_gamma: keep the gammas fixed (``requires_grad=False``), which
             is what the authors' code effectively does.
+        geometry: ``"stride"`` (default: exact for the backbones' levels of
+            any image size), ``"corners"`` or ``"centres"``; see the module
+            docstring.
         align_corners, legacy: see :func:`feature_attentional_upsample`.
 
     Shape:
@@ -597,7 +824,8 @@ class FeatureAttentionalInterpolation(nn.Module):
         neighbourhood: int = 5,
         *,
         freeze_gamma: bool = False,
-        align_corners: bool = True,
+        geometry: Geometry | None = None,
+        align_corners: bool | None = None,
         legacy: bool = False,
     ) -> None:
         super().__init__()
@@ -607,12 +835,18 @@ class FeatureAttentionalInterpolation(nn.Module):
         if any(not (0.0 < g < math.inf) for g in init):
             raise ValueError(f"gamma_init must be positive and finite, got {init}")
         self.neighbourhood = _check_neighbourhood(neighbourhood)
-        self.align_corners = align_corners
-        self.legacy = legacy
+        #: ``"stride"``, ``"corners"`` or ``"centres"`` (``legacy`` overrides it).
+        self.geometry = _resolve_geometry(geometry, align_corners, False)
+        self.legacy = bool(legacy)
         self.log_gamma = nn.Parameter(
             torch.tensor(init, dtype=torch.get_default_dtype()).log(),
             requires_grad=not freeze_gamma,
         )
+
+    @property
+    def align_corners(self) -> bool | None:
+        """True for ``"corners"``, False for ``"centres"``, None for ``"stride"``."""
+        return {"corners": True, "centres": False}.get(self.geometry)
 
     @property
     def gamma(self) -> Tensor:
@@ -638,7 +872,7 @@ class FeatureAttentionalInterpolation(nn.Module):
             self.gamma,
             output_size=output_size,
             neighbourhood=self.neighbourhood,
-            align_corners=self.align_corners,
+            geometry=self.geometry,
             legacy=self.legacy,
         )
 
@@ -646,6 +880,6 @@ class FeatureAttentionalInterpolation(nn.Module):
         g = ", ".join(f"{v:.3g}" for v in self.gamma.detach().tolist())
         return (
             f"gamma=[{g}], neighbourhood={self.neighbourhood}, "
-            f"align_corners={self.align_corners}, legacy={self.legacy}, "
+            f"geometry={self.geometry!r}, legacy={self.legacy}, "
             f"trainable={self.log_gamma.requires_grad}"
         )
