@@ -43,10 +43,14 @@ class BackboneOutput(NamedTuple):
             ``s = 2, 4, 8``, fine to coarse.
         deep: ``(B, C_deep, ceil(H/8), ceil(W/8))``, the deepest (most semantic)
             features, at output stride 8.
+        edges: ``(B, 1, H, W)`` edge probability in ``[0, 1]`` at the input
+            resolution, for backbones that have an edge head (``vgg16_hed``);
+            ``None`` otherwise.
     """
 
     levels: list[Tensor]
     deep: Tensor
+    edges: Tensor | None = None
 
 
 class Backbone(nn.Module):

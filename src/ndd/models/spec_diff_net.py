@@ -17,6 +17,9 @@ from .backbones import build_backbone
 
 __all__ = ["SpecDiffNetConfig", "SpecDiffNetOutput", "SpecDiffNet"]
 
+_SPECTRAL_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+_AFFINITIES = ("features", "contour", "features+contour")
+
 
 @dataclass
 class SpecDiffNetConfig:
@@ -41,6 +44,22 @@ class SpecDiffNetConfig:
         legacy: the authors' released procedure: features resized to a fixed
             41x41 grid and :func:`ndd.spectral.legacy_diffusion_distance`
             (``P^40`` per QR step, ``|diag R|`` as eigenvalues, no density weight).
+        affinity: ``"features"`` (paper Eq. 1 on the embedding), ``"contour"`` (the
+            intervening-contour affinity ``exp(-alpha * max edge between i and j)`` of
+            the backbone's edge map, :func:`ndd.spectral.contour_affinity`; needs a
+            backbone with an edge head, e.g. ``vgg16_hed``) or ``"features+contour"``
+            (their product).
+        alpha_init: initial ``alpha`` of the contour affinity.
+        edge_detector: optional name of a backbone with an edge head (``"vgg16_hed"``)
+            run beside the main backbone to give ``edges`` (for the contour affinity and
+            for pixel-accurate hierarchies) when the main backbone has no edge head.
+        spectral_dtype: ``"float64"`` (default) or ``"float32"``: the precision of
+            the spectral part (subspace iteration, Rayleigh-Ritz, assembly of ``D``;
+            see :func:`ndd.spectral.diffusion`); the affinity and the outputs stay in
+            the network's dtype. Float32 loses most of the gradient once regions
+            become nearly disconnected, which training tends towards. Configs saved
+            without the key get the default. Not used by the legacy path (float32,
+            as in the authors' code).
     """
 
     backbone: str = "efficientnet_lite0"
@@ -60,7 +79,19 @@ class SpecDiffNetConfig:
     freeze_bn: bool = True
     legacy: bool = False
     legacy_grid: tuple[int, int] = (41, 41)
+    spectral_dtype: str = "float64"
+    affinity: str = "features"
+    alpha_init: float = 10.0
+    edge_detector: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.spectral_dtype not in _SPECTRAL_DTYPES:
+            raise ValueError(f"spectral_dtype must be one of {sorted(_SPECTRAL_DTYPES)}, got {self.spectral_dtype!r}")
+        if self.affinity not in _AFFINITIES:
+            raise ValueError(f"affinity must be one of {list(_AFFINITIES)}, got {self.affinity!r}")
+        if "contour" in self.affinity and self.legacy:
+            raise ValueError("the contour affinity has no legacy (authors') variant")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,6 +129,7 @@ class SpecDiffNetOutput(NamedTuple):
         affinity: :class:`ndd.spectral.BandedAffinity` ``W`` (e.g. for merging).
         levels: backbone features at strides 2, 4, 8 (fine to coarse), for FAI.
         grid_shape: ``(h, w)``.
+        edges: ``(B, 1, H, W)`` the backbone's edge map, for backbones with an edge head.
     """
 
     distance: Tensor
@@ -108,6 +140,7 @@ class SpecDiffNetOutput(NamedTuple):
     affinity: spectral.BandedAffinity
     levels: list[Tensor]
     grid_shape: tuple[int, int]
+    edges: Tensor | None = None
 
 
 def _log_param(value: float, learn: bool) -> nn.Parameter:
@@ -133,11 +166,16 @@ class SpecDiffNet(nn.Module):
         with ``N = h * w``, ``h = ceil(H / 8)``, ``w = ceil(W / 8)``.
     """
 
-    def __init__(self, config: SpecDiffNetConfig | None = None, backbone_weights: object = None) -> None:
+    def __init__(self, config: SpecDiffNetConfig | None = None, backbone_weights: object = None,
+                 edge_weights: object = None) -> None:
         super().__init__()
         self.config = config = config or SpecDiffNetConfig()
         backbone_kwargs = {} if config.backbone == "handcrafted" else {"freeze_bn": config.freeze_bn}
         self.backbone = build_backbone(config.backbone, weights=backbone_weights, **backbone_kwargs)
+        # a separate edge network, frozen: it is a fixed, pretrained cue, not trained with Eq. 7/8
+        self.edge_detector = None
+        if config.edge_detector is not None:
+            self.edge_detector = build_backbone(config.edge_detector, weights=edge_weights).requires_grad_(False)
         c2, c4, c8 = self.backbone.level_channels
         self._deep_is_level = self.backbone.deep_is_last_level  # avoid feeding one tensor twice
         hyper = c2 + c4 + c8 + (0 if self._deep_is_level else self.backbone.deep_channels)
@@ -158,6 +196,8 @@ class SpecDiffNet(nn.Module):
         self.log_mu = _log_param(config.mu_init, learn)
         self.log_t = _log_param(t_init, learn)
         self.log_tau = _log_param(tau_init, learn)
+        if "contour" in config.affinity:
+            self.log_alpha = _log_param(config.alpha_init, learn)
         self.fai = FeatureAttentionalInterpolation(
             config.fai_gammas, config.fai_neighbourhood, freeze_gamma=not config.learn_gamma
         )
@@ -175,9 +215,15 @@ class SpecDiffNet(nn.Module):
     def tau(self) -> Tensor:
         return self.log_tau.exp()
 
+    @property
+    def alpha(self) -> Tensor:
+        """Strength of the contour affinity (only with ``affinity`` using ``"contour"``)."""
+        return self.log_alpha.exp()
+
     def diffusion_parameters(self) -> list[nn.Parameter]:
-        """``mu, t, tau`` and the FAI gammas (trained with their own learning rate)."""
-        return [self.log_mu, self.log_t, self.log_tau, self.fai.log_gamma]
+        """``mu, t, tau`` (``alpha``) and the FAI gammas (trained with their own learning rate)."""
+        extra = [self.log_alpha] if hasattr(self, "log_alpha") else []
+        return [self.log_mu, self.log_t, self.log_tau, *extra, self.fai.log_gamma]
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         """Everything else: backbone and projection."""
@@ -187,6 +233,10 @@ class SpecDiffNet(nn.Module):
     # -- forward ----------------------------------------------------------- #
     def embed(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Affinity features ``(B, C, h, w)`` and the backbone levels (fine to coarse)."""
+        emb, levels, _ = self._embed(images)
+        return emb, levels
+
+    def _embed(self, images: Tensor) -> tuple[Tensor, list[Tensor], Tensor | None]:
         out = self.backbone(images)
         levels = list(out.levels)
         if self.projection is None:
@@ -201,24 +251,44 @@ class SpecDiffNet(nn.Module):
             emb = F.normalize(emb, dim=1)
         if self.config.legacy:
             emb = F.interpolate(emb, size=self.config.legacy_grid, mode="bilinear", align_corners=True)
-        return emb, levels
+        edges = out.edges
+        if edges is None and self.edge_detector is not None:
+            with torch.no_grad():
+                edges = self.edge_detector(images).edges
+        return emb, levels, edges
 
     def forward(self, images: Tensor, *, eigenpairs: bool = True) -> SpecDiffNetOutput:
-        emb, levels = self.embed(images)
+        emb, levels, edges = self._embed(images)
         cfg = self.config
-        W = spectral.local_affinity(emb, self.mu, window=cfg.window)
+        W = self.affinity(emb, edges)
         grid = W.grid_shape
         n_eigs = min(cfg.n_eigs, W.num_nodes)
         if cfg.legacy:
             D = spectral.legacy_diffusion_distance(W, self.t, n_iter=cfg.n_iter, n_power=cfg.n_power or 40)
             lam = psi = None
         else:
-            result = spectral.diffusion(W, self.t, n_eigs, cfg.n_iter, n_power=cfg.n_power)
+            result = spectral.diffusion(
+                W, self.t, n_eigs, cfg.n_iter, n_power=cfg.n_power, spectral_dtype=_SPECTRAL_DTYPES[cfg.spectral_dtype]
+            )
             D, lam, psi = result
             if not eigenpairs:
                 lam = psi = None
         K = spectral.diffusion_similarity(D, self.tau)
-        return SpecDiffNetOutput(D, K, lam, psi, emb, W, levels, grid)
+        return SpecDiffNetOutput(D, K, lam, psi, emb, W, levels, grid, edges)
+
+    def affinity(self, embedding: Tensor, edges: Tensor | None) -> spectral.BandedAffinity:
+        """The banded affinity ``W`` that the configured ``affinity`` defines on the grid."""
+        cfg = self.config
+        if "contour" in cfg.affinity and edges is None:
+            raise ValueError(f"affinity {cfg.affinity!r} needs a backbone with an edge head; {cfg.backbone} has none")
+        grid = tuple(embedding.shape[-2:])
+        if cfg.affinity == "contour":
+            return spectral.contour_affinity(edges, grid, self.alpha, window=cfg.window)
+        W = spectral.local_affinity(embedding, self.mu, window=cfg.window)
+        if cfg.affinity == "features+contour":
+            C = spectral.contour_affinity(edges, grid, self.alpha, window=cfg.window)
+            W = spectral.BandedAffinity(W.weights * C.weights, W.grid_shape, W.window)
+        return W
 
     def upsample(self, maps: Tensor, levels: list[Tensor], output_size: tuple[int, int] | None = None) -> Tensor:
         """FAI of grid maps ``(B, M, h, w)`` to the stride-2 level or ``output_size``."""
