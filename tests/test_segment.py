@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ndd.segment import (
+    hierarchy_from_segments,
     BSDS_THRESHOLDS,
     Hierarchy,
     absorb_small_segments,
@@ -334,3 +335,61 @@ def test_upsample_hierarchy_with_noisy_upsampler(hierarchy: Hierarchy) -> None:
     for lab in hr.levels():
         assert four_connected(lab)
     assert_ucm2_reproduces(hr)
+
+
+# ----------------------------------------------------------------------------- merging criterion
+def test_feature_merging_follows_appearance_where_kd_follows_size() -> None:
+    """Three strips: a large one A and two small look-alikes B, C (A | B | C).
+
+    Between separated regions the diffusion similarity is about ``exp(-tau (1/pi_a + 1/pi_b))``
+    (pi = area fraction), largest for the pair with the large region; the feature kernel
+    instead says B and C look alike. Merging by ``K_D`` joins A and B first (size), merging by
+    features joins B and C first (appearance, paper §6).
+    """
+    labels = np.zeros((6, 20), dtype=np.int64)
+    labels[:, 12:16] = 1
+    labels[:, 16:] = 2
+    f = labels.ravel()
+    pi = np.bincount(f) / f.size  # 0.6, 0.2, 0.2
+    tau = 0.3
+    kd = np.exp(-tau * (1 / pi[f][:, None] + 1 / pi[f][None, :]))
+    kd[f[:, None] == f[None, :]] = 1.0
+    look = np.array([[1.0, 0.0], [0.0, 1.0], [0.05, 1.0]])  # C a slightly different shade of B
+    feats = look[f]
+    kernel = np.exp(-5.0 * ((feats[:, None] - feats[None, :]) ** 2).sum(-1))
+    by_kd = hierarchy_from_segments(labels, torch.tensor(kd))
+    by_features = hierarchy_from_segments(labels, torch.tensor(kernel))
+    assert tuple(by_kd.merges[0]) == (0, 1)
+    assert tuple(by_features.merges[0]) == (1, 2)
+
+
+def test_spread_values_make_every_level_reachable() -> None:
+    # heights crowded near 1, as late merges of real hierarchies are (similarity < 0.01)
+    g = block_labels()
+    K = block_kernel(g, off=0.001)
+    hier = segment_from_similarity(K, g.shape, min_size=1)
+    assert np.all(hier.heights[-3:] > 0.99)  # "height" cannot tell these levels apart
+    assert_ucm2_reproduces(hier, "spread")
+    u = hier.to_ucm2(values="spread")
+    seen = {int(labels_from_ucm2(u, t).max()) + 1 for t in BSDS_THRESHOLDS}
+    assert seen == set(range(1, hier.n_segments + 1))
+    assert not np.isin(hier.merge_values("spread"), BSDS_THRESHOLDS).any()
+
+
+def test_spread_values_of_a_large_hierarchy_keep_order_and_the_coarse_levels() -> None:
+    rng = np.random.default_rng(0)
+    finest = np.arange(300).reshape(15, 20)
+    merges, sims = [], []
+    clusters = list(range(300))
+    for m in range(299):  # random adjacent-free merges: any two clusters
+        a, b = sorted(rng.choice(len(clusters), 2, replace=False))
+        merges.append(sorted((clusters[a], clusters[b])))
+        sims.append(1.0 - (m / 299) ** 0.1)  # heights crowded near 1
+        clusters = [c for i, c in enumerate(clusters) if i not in (a, b)] + [300 + m]
+    hier = Hierarchy.from_merges(finest, np.array(merges), np.array(sims))
+    v = hier.merge_values("spread")
+    assert np.all(np.diff(v) >= 0) and 0 <= v.min() and v.max() < 1
+    steps = np.floor(v[-98:] * 100)
+    assert len(np.unique(steps)) == 98  # levels 1 .. 99 each own a threshold step
+    counts = {hier.n_segments_at(t, "spread") for t in BSDS_THRESHOLDS}
+    assert set(range(1, 100)) <= counts

@@ -10,6 +10,9 @@ Plain functions in the style of ``skimage.segmentation``:
 * :func:`segment_from_similarity` - all of the above, returning a :class:`Hierarchy` on the
   feature grid ("Ours-LR"); :meth:`Hierarchy.upsample` / :func:`upsample_hierarchy` give the
   full-resolution one ("Ours-HR");
+* :func:`segment_from_edges` - pixel-accurate: watershed regions of an edge map
+  (:func:`watershed_superpixels`, :func:`absorb_small_regions`) merged by contour strength and
+  grid similarity (:func:`hierarchy_from_superpixels`);
 * :mod:`ucm` helpers - BSDS ``ucm2`` maps and label stacks.
 
 Example::
@@ -22,15 +25,23 @@ Example::
 
 from .centers import coverage_centers
 from .cleanup import absorb_small_segments, keep_largest_component, reattach_pieces, relabel_consecutive, split_components
-from .hierarchy import Hierarchy, hierarchy_from_segments, segment_from_similarity
+from .hierarchy import Hierarchy, hierarchy_from_segments, hierarchy_from_superpixels, segment_from_edges, segment_from_similarity
 from .kernel_kmeans import kernel_kmeans, kernel_kmeans_distances
-from .merge import agglomerate, merge_hierarchy, region_adjacency, segment_similarity_sums
+from .merge import LinkageTerm, agglomerate, merge_hierarchy, region_adjacency, segment_similarity_sums
 from .ucm import BSDS_THRESHOLDS, label_stack_from_ucm2, labels_from_ucm2, ucm2_from_edges, ucm2_from_label_stack
+from .superpixels import absorb_small_regions, boundary_sums, grid_similarity_sums, pixel_grid_nodes, watershed_superpixels
 from .upsample import upsample_hierarchy, upsample_labels
 
 __all__ = [
     "BSDS_THRESHOLDS",
     "Hierarchy",
+    "LinkageTerm",
+    "boundary_sums",
+    "grid_similarity_sums",
+    "hierarchy_from_superpixels",
+    "pixel_grid_nodes",
+    "watershed_superpixels",
+    "absorb_small_regions",
     "absorb_small_segments",
     "agglomerate",
     "coverage_centers",
@@ -44,6 +55,7 @@ __all__ = [
     "reattach_pieces",
     "region_adjacency",
     "relabel_consecutive",
+    "segment_from_edges",
     "segment_from_similarity",
     "segment_similarity_sums",
     "split_components",

@@ -13,12 +13,13 @@ from torch import Tensor
 from .centers import coverage_centers
 from .cleanup import absorb_small_segments, keep_largest_component, split_components
 from .kernel_kmeans import kernel_kmeans
-from .merge import agglomerate, region_adjacency, segment_similarity_sums
+from .merge import LinkageTerm, agglomerate, region_adjacency, segment_similarity_sums
+from .superpixels import absorb_small_regions, boundary_sums, grid_similarity_sums, pixel_grid_nodes, watershed_superpixels
 from .ucm import ucm2_from_edges
 
-__all__ = ["Hierarchy", "segment_from_similarity"]
+__all__ = ["Hierarchy", "segment_from_similarity", "segment_from_edges", "hierarchy_from_segments", "hierarchy_from_superpixels"]
 
-UcmValues = Literal["height", "rank"]
+UcmValues = Literal["height", "rank", "spread"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,10 +93,15 @@ class Hierarchy:
         """(n-1,) non-decreasing value of each merge in the ``ucm2``.
 
         ``"height"``: the merge heights. ``"rank"``: evenly spaced by merge order, about
-        ``(m + 1) / n`` for merge ``m``. For ``n <= 100`` the values sit half-way between the
-        BSDS thresholds ``k / 100``, so every level has its own threshold(s) and no value equals
-        a threshold (where the region benchmark's ``ucm2 <= t`` and the boundary benchmark's
-        ``ucm2 >= t`` would disagree).
+        ``(m + 1) / n`` for merge ``m``. ``"spread"``: the heights, moved by as few BSDS
+        threshold steps as needed so that each of the last ``min(n - 1, 98)`` merges has a
+        threshold step of its own: every level with at most 99 segments (all that 99
+        thresholds can show) is reachable by the benchmark, and values stay comparable across
+        images (finer levels share the steps below).
+        For ``"rank"`` with ``n <= 100`` and for the ``"spread"`` levels the values sit half-way
+        between the BSDS thresholds ``k / 100``, so no value equals a threshold (where the
+        region benchmark's ``ucm2 <= t`` and the boundary benchmark's ``ucm2 >= t`` would
+        disagree).
         """
         if values == "height":
             return self.heights
@@ -105,7 +111,9 @@ class Hierarchy:
             if n <= 100:  # step 100/n >= 1 keeps the rounded grid positions distinct
                 return (np.round(100.0 * m / n) - 0.5) / 100.0
             return (m - 0.5) / (n - 1)
-        raise ValueError(f"values must be 'height' or 'rank', got {values!r}")
+        if values == "spread":
+            return _spread_heights(self.heights)
+        raise ValueError(f"values must be 'height', 'rank' or 'spread', got {values!r}")
 
     def n_segments_at(self, threshold: float, values: UcmValues = "height") -> int:
         """Number of segments of the level that ``ucm2 > threshold`` gives (merges ``<= t`` done)."""
@@ -234,6 +242,32 @@ class Hierarchy:
         return upsample_hierarchy(self, size, upsample=upsample, mode=mode)
 
 
+def _spread_heights(heights: np.ndarray, steps: int = 100) -> np.ndarray:
+    """See :meth:`Hierarchy.merge_values` ``"spread"``.
+
+    Step ``b`` is the open interval ``(b / steps, (b + 1) / steps)`` between two BSDS
+    thresholds and holds the value ``(b + 0.5) / steps``. The ``steps - 1`` thresholds can show
+    at most ``steps - 1`` levels: the last ``k = min(n - 1, steps - 2)`` merges get distinct steps
+    in ``1 .. steps - 2`` (step 0 would merge below every threshold, step ``steps - 1`` above
+    every one), each as close to its own height's step as the order allows.
+    """
+    v = np.asarray(heights, dtype=np.float64)
+    k = min(len(v), steps - 2)
+    if k == 0:
+        return v.copy()
+    b = np.clip(np.floor(v[-k:] * steps), 1, steps - 2).astype(np.int64)
+    for i in range(1, k):  # strictly increasing, as close to the natural steps as possible
+        b[i] = max(b[i], b[i - 1] + 1)
+    b[-1] = min(b[-1], steps - 2)
+    for i in range(k - 2, -1, -1):
+        b[i] = min(b[i], b[i + 1] - 1)
+    out = v.copy()
+    out[-k:] = (b + 0.5) / steps
+    # finer merges (more than steps - 1 segments) stay below the first separated step, in order
+    out[: len(v) - k] = np.minimum(v[: len(v) - k], b[0] / steps)
+    return np.maximum.accumulate(out)
+
+
 def segment_from_similarity(
     K: Tensor,
     grid_shape: tuple[int, int],
@@ -329,3 +363,87 @@ def hierarchy_from_segments(
     allowed = region_adjacency(finest, n) if adjacency == "adjacent" else None
     pairs, sims = agglomerate(sums, sizes, allowed)
     return Hierarchy.from_merges(finest, pairs, sims, sums / np.outer(sizes, sizes), sizes)
+
+
+def hierarchy_from_superpixels(
+    superpixels: np.ndarray,
+    edges: np.ndarray,
+    similarity_sums: np.ndarray | None = None,
+    sizes: np.ndarray | None = None,
+    edge_weight: float = 0.5,
+) -> Hierarchy:
+    """Merge pixel-accurate regions by contour strength and region similarity.
+
+    Adjacent regions ``a, b`` merge in order of the largest score
+    ``edge_weight * (1 - mean edge strength on their border) + (1 - edge_weight) * mean
+    similarity``, both averages over the unions as regions grow (the mean-boundary rule of
+    OWT-UCM plus average linkage); merge heights are ``1 - score``.
+
+    Args:
+        superpixels: (H, W) labels ``0 .. n-1``, every region 4-connected
+            (e.g. :func:`ndd.segment.watershed_superpixels`).
+        edges: (H, W) edge strength in [0, 1].
+        similarity_sums: optional (n, n) similarity sums over region pairs
+            (:func:`ndd.segment.grid_similarity_sums` of ``K_D``); ``None`` merges by edges only.
+        sizes: (n,) region sizes that ``similarity_sums`` are averaged by.
+        edge_weight: weight of the contour term in [0, 1].
+
+    Returns:
+        :class:`Hierarchy` at the resolution of ``superpixels``.
+    """
+    if not 0.0 <= edge_weight <= 1.0:
+        raise ValueError(f"edge_weight must be in [0, 1], got {edge_weight}")
+    superpixels = np.asarray(superpixels, dtype=np.int64)
+    n = int(superpixels.max()) + 1
+    strength, length = boundary_sums(superpixels, edges, n)
+    terms = [LinkageTerm(length - strength, length, weight=edge_weight)]
+    if similarity_sums is not None and edge_weight < 1.0:
+        if sizes is None:
+            raise ValueError("similarity_sums need the region sizes")
+        size = np.asarray(sizes, dtype=np.float64)
+        terms.append(LinkageTerm(np.asarray(similarity_sums, dtype=np.float64), np.outer(size, size), weight=1.0 - edge_weight))
+    elif edge_weight < 1.0:
+        terms[0] = LinkageTerm(length - strength, length, weight=1.0)
+    pairs, scores = agglomerate(None, None, allowed=length > 0, terms=terms)
+    return Hierarchy.from_merges(superpixels, pairs, scores)
+
+
+def segment_from_edges(
+    edges: np.ndarray,
+    similarity: Tensor | np.ndarray | None = None,
+    grid_shape: tuple[int, int] | None = None,
+    depth: float = 0.02,
+    min_size: int = 200,
+    edge_weight: float = 0.2,
+) -> Hierarchy:
+    """Pixel-accurate hierarchy from an edge map and a grid similarity.
+
+    Watershed regions of ``edges`` (:func:`ndd.segment.watershed_superpixels`), slivers under
+    ``min_size`` pixels absorbed (:func:`ndd.segment.absorb_small_regions`), then merged by
+    contour strength and the average of ``similarity`` between regions
+    (:func:`hierarchy_from_superpixels`).
+
+    Args:
+        edges: (H, W) edge strength in [0, 1].
+        similarity: optional (N, N) similarity on an ``(h, w)`` grid whose node ``j`` sits on
+            pixel ``8 j`` (the feature kernel or ``K_D`` of a model); ``None``: edges only.
+        grid_shape: ``(h, w)`` of ``similarity``.
+        depth, min_size, edge_weight: see the functions above.
+
+    Returns:
+        :class:`Hierarchy` at (H, W).
+
+    Example::
+
+        hier = segment_from_edges(out.edges[0, 0].numpy(), K, out.grid_shape)
+        ucm2 = hier.to_ucm2()
+    """
+    edges = np.asarray(edges, dtype=np.float64)
+    regions = absorb_small_regions(watershed_superpixels(edges, depth), edges, int(min_size))
+    if similarity is None:
+        return hierarchy_from_superpixels(regions, edges, edge_weight=1.0)
+    if grid_shape is None:
+        raise ValueError("a grid similarity needs its grid_shape")
+    nodes = pixel_grid_nodes(edges.shape, grid_shape)
+    sums, sizes = grid_similarity_sums(regions, similarity, nodes)
+    return hierarchy_from_superpixels(regions, edges, sums, sizes, edge_weight=edge_weight)

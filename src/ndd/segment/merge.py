@@ -8,13 +8,15 @@ merge ever looks at pixels again.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["merge_hierarchy", "region_adjacency", "segment_similarity_sums", "agglomerate"]
+__all__ = ["LinkageTerm", "agglomerate", "merge_hierarchy", "region_adjacency", "segment_similarity_sums"]
 
 
 def region_adjacency(labels: np.ndarray, n_segments: int | None = None) -> np.ndarray:
@@ -66,42 +68,84 @@ def segment_similarity_sums(labels: np.ndarray, similarity: Tensor | np.ndarray)
     return S, torch.bincount(flat, minlength=n).cpu().numpy().astype(np.float64)
 
 
+@dataclass(frozen=True)
+class LinkageTerm:
+    """One additive term of a merging score: ``weight * numerator / denominator``.
+
+    Both matrices are pair sums that add up when clusters merge (``N[a+b, k] = N[a, k] +
+    N[b, k]``), so every term is an average over the union: similarity sums over sizes
+    products (average linkage), or boundary-strength sums over boundary lengths (the mean
+    contour strength between two regions, as OWT-UCM). ``empty`` is the ratio used where the
+    denominator is 0 (e.g. regions that share no boundary).
+    """
+
+    numerator: np.ndarray
+    denominator: np.ndarray
+    weight: float = 1.0
+    empty: float = 0.0
+
+
 def agglomerate(
-    sums: np.ndarray,
-    sizes: np.ndarray,
+    sums: np.ndarray | None,
+    sizes: np.ndarray | None,
     allowed: np.ndarray | None = None,
     fallback: np.ndarray | None = None,
+    terms: Sequence[LinkageTerm] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy average linkage from block sums: always merge the pair of largest mean similarity.
+    """Greedy agglomeration: always merge the allowed pair of largest score.
+
+    The score of two clusters is ``sums_ab / (size_a size_b)`` (average linkage) plus the
+    weighted ratios of ``terms`` (each ``weight * numerator_ab / denominator_ab``); all are
+    updated by adding rows when clusters merge, so no merge ever looks at pixels again.
 
     Clusters follow the scipy linkage convention: leaves are ``0 .. n-1`` and the cluster made
     by merge ``m`` is ``n + m``. Ties go to the lowest slot indices, so the result is
-    deterministic. Row maxima are cached: after merging ``a`` and ``b`` the new linkage to any
-    ``k`` is a size-weighted mean of the old two, so only rows whose best partner was ``a`` or
-    ``b`` need a full recomputation.
+    deterministic. Row maxima are cached: only rows whose best partner was one of the merged
+    pair are recomputed in full; the others only compare against the new row.
 
     Args:
-        sums: (n, n) symmetric sums of cross similarities (:func:`segment_similarity_sums`).
-        sizes: (n,) positive sizes.
+        sums: (n, n) symmetric sums of cross similarities (:func:`segment_similarity_sums`),
+            or ``None`` when only ``terms`` score.
+        sizes: (n,) positive sizes (ignored when ``sums`` is None, except for ``n``).
         allowed: optional (n, n) boolean: which pairs may merge (unions inherit their members'
             permissions). ``None`` = any pair.
         fallback: optional (n, n) boolean used once no allowed pair is left; if that runs out
             too (or is None) any pair may merge, so the result always ends in one cluster.
+        terms: further :class:`LinkageTerm` s added to the score.
 
     Returns:
-        ``(merges, similarities)``: (n-1, 2) int64 cluster ids (smaller first) and (n-1,)
-        float64 average similarity of each merged pair.
+        ``(merges, scores)``: (n-1, 2) int64 cluster ids (smaller first) and (n-1,) float64
+        score of each merged pair (the average similarity when only ``sums`` is given).
     """
-    n = len(sizes)
-    S = np.array(sums, dtype=np.float64)
-    size = np.array(sizes, dtype=np.float64)
+    all_terms = list(terms)
+    if sums is not None:
+        size = np.asarray(sizes, dtype=np.float64)
+        all_terms.insert(0, LinkageTerm(np.asarray(sums, dtype=np.float64), np.outer(size, size)))
+    if not all_terms:
+        raise ValueError("agglomerate needs sums and sizes or at least one term")
+    n = len(all_terms[0].numerator)
+    nums = [np.array(t.numerator, dtype=np.float64) for t in all_terms]
+    dens = [np.array(t.denominator, dtype=np.float64) for t in all_terms]
+    for num, den in zip(nums, dens):
+        if num.shape != (n, n) or den.shape != (n, n):
+            raise ValueError(f"every linkage matrix must be ({n}, {n})")
+    weights = [float(t.weight) for t in all_terms]
+    empties = [float(t.empty) for t in all_terms]
+
+    def score(rows: np.ndarray | slice) -> np.ndarray:
+        total = 0.0
+        for num, den, w, e in zip(nums, dens, weights, empties):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                total = total + w * np.where(den[rows] > 0, num[rows] / den[rows], e)
+        return total
+
     active = np.ones(n, dtype=bool)
     node = np.arange(n)
     slot_of = np.arange(n)  # leaf -> slot holding its cluster
     stages = [m for m in (allowed, fallback) if m is not None] + [np.ones((n, n), dtype=bool)]
     stage = 0
     adj = _start_permissions(stages[0], n)
-    A, best_val, best_j = _linkage(S, size, adj)
+    A, best_val, best_j = _linkage(score(slice(None)), adj)
     merges = np.zeros((max(n - 1, 0), 2), dtype=np.int64)
     sims = np.zeros(max(n - 1, 0), dtype=np.float64)
 
@@ -115,15 +159,15 @@ def agglomerate(
             adj = (M.T @ _start_permissions(stages[stage], n) @ M) > 0
             adj &= np.outer(active, active)
             np.fill_diagonal(adj, False)
-            A, best_val, best_j = _linkage(S, size, adj)
+            A, best_val, best_j = _linkage(score(slice(None)), adj)
             i = int(np.argmax(best_val))
         a, b = sorted((i, int(best_j[i])))
         merges[m] = sorted((node[a], node[b]))
         sims[m] = A[a, b]
         # fold b into a
-        S[a] += S[b]
-        S[:, a] += S[:, b]
-        size[a] += size[b]
+        for mat in (*nums, *dens):
+            mat[a] += mat[b]
+            mat[:, a] += mat[:, b]
         adj[a] |= adj[b]
         adj[:, a] |= adj[:, b]
         adj[a, a] = False
@@ -131,7 +175,7 @@ def agglomerate(
         active[b] = False
         slot_of[slot_of == b] = a
         node[a] = n + m
-        row = np.where(adj[a], S[a] / (size[a] * size), -np.inf)
+        row = np.where(adj[a], score(a), -np.inf)
         A[a] = A[:, a] = row
         A[b] = A[:, b] = -np.inf
         best_val[b] = -np.inf
@@ -155,11 +199,11 @@ def _start_permissions(mask: np.ndarray, n: int) -> np.ndarray:
     return mask
 
 
-def _linkage(S: np.ndarray, size: np.ndarray, adj: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        A = np.where(adj, S / np.outer(size, size), -np.inf)
-    best_j = np.argmax(A, axis=1) if len(size) else np.zeros(0, dtype=np.int64)
-    return A, A[np.arange(len(size)), best_j], best_j
+def _linkage(scores: np.ndarray, adj: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    A = np.where(adj, scores, -np.inf)
+    n = len(A)
+    best_j = np.argmax(A, axis=1) if n else np.zeros(0, dtype=np.int64)
+    return A, A[np.arange(n), best_j], best_j
 
 
 def merge_hierarchy(
