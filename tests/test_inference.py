@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from ndd.inference import points_to_nodes, segment_image, similarity_maps, working_size
 from ndd.models import SpecDiffNet, SpecDiffNetConfig
@@ -72,3 +73,58 @@ def test_similarity_maps_shape_range_and_peak():
 def test_points_to_nodes_corners():
     nodes = points_to_nodes([(0, 0), (63, 47)], (48, 64), (6, 8))
     assert nodes.tolist() == [0, 47]
+
+
+def test_points_to_nodes_stride_geometry():
+    # node j of a ceil(H / 8) grid sits on pixel 8 j: pixel 4 is half-way and goes up
+    nodes = points_to_nodes([(3, 3), (4, 4), (12, 0), (63, 44)], (45, 64), (6, 8))
+    assert nodes.tolist() == [0, 1 * 8 + 1, 2, 5 * 8 + 7]
+
+
+def test_feature_kernel_is_the_unmasked_gaussian_of_the_embedding():
+    from ndd.inference import feature_kernel
+
+    torch.manual_seed(0)
+    emb = torch.randn(5, 3, 4)
+    K = feature_kernel(emb, 0.7)
+    f = emb.flatten(1).T.double()
+    ref = torch.exp(-0.7 * ((f[:, None] - f[None, :]) ** 2).sum(-1))
+    torch.testing.assert_close(K.double(), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_superpixel_method_needs_edges_and_gives_a_pixel_hierarchy():
+    img = two_tone()
+    with pytest.raises(ValueError, match="edge map"):
+        segment_image(img, handcrafted(), max_side=None, method="superpixels")
+    model = SpecDiffNet(SpecDiffNetConfig.handcrafted(window=5, n_eigs=20, edge_detector="vgg16_hed"))
+    # an untrained HED head is a constant 0.5; give its fused layer the image's own contrast
+    with torch.no_grad():
+        model.edge_detector.dsn1.weight.normal_(0, 1, generator=torch.Generator().manual_seed(0))
+    result = segment_image(img, model, max_side=None)
+    assert result.grid_hierarchy is None  # "auto" picked the superpixel method
+    hier = result.hierarchy
+    assert hier.shape == (48, 64) and hier.n_segments >= 2
+    levels = result.levels(list(range(1, hier.n_segments + 1)))
+    for coarse, fine in zip(levels, levels[1:]):
+        pairs = np.unique(np.stack([fine.ravel(), coarse.ravel()]), axis=1)
+        assert len(np.unique(pairs[0])) == pairs.shape[1]
+    u = result.to_ucm2()
+    assert u.shape == (97, 129)
+    grid = segment_image(img, model, max_side=None, method="grid")
+    assert grid.grid_hierarchy is not None
+
+
+def test_default_ucm2_reaches_every_level_of_the_hierarchy():
+    img = two_tone()
+    result = segment_image(img, handcrafted(), max_side=None)
+    hier = result.hierarchy
+    assert hier.n_segments <= 99
+    u = result.to_ucm2()
+    found = {}
+    for t in np.linspace(0.01, 0.99, 99):
+        labels = labels_from_ucm2(u, t)
+        found.setdefault(int(labels.max()) + 1, labels)
+    assert set(found) == set(range(1, hier.n_segments + 1))
+    for k, labels in found.items():  # and each is exactly that level of the hierarchy
+        pairs = np.unique(labels.ravel() * (k + 1) + hier.labels_at(k).ravel())
+        assert len(pairs) == k

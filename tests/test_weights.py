@@ -16,18 +16,28 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
-def test_shipped_weights_load_offline_and_match_their_hash(no_network):
-    entry = SpecDiffNetWeights.default().value
-    assert entry.path.is_file() and entry.path.stat().st_size < 25 * 2**20
+@pytest.mark.parametrize("member", list(SpecDiffNetWeights))
+def test_shipped_weights_load_offline_and_match_their_hash(no_network, member):
+    entry = member.value
+    assert entry.path.is_file() and entry.path.stat().st_size < 40 * 2**20
     assert _sha256(entry.path) == entry.sha256
     payload = torch.load(entry.path, map_location="cpu", weights_only=True)  # plain data only
     assert set(payload) >= {"config", "model"}
-    model = load_default_model()
+    model = spec_diff_net(member)
     assert not model.training
     with torch.no_grad():
         out = model(torch.rand(1, 3, 40, 56))
     assert out.similarity.shape == (1, 35, 35)
+    has_edges = entry.meta.get("edge_detector") is not None
+    assert (out.edges is not None) == has_edges
+    if has_edges:
+        assert out.edges.shape == (1, 1, 40, 56) and 0 <= out.edges.min() and out.edges.max() <= 1
+
+
+def test_default_is_the_edge_model(no_network):
+    model = load_default_model()
     assert spec_diff_net("DEFAULT").config == model.config
+    assert model.config.edge_detector == "vgg16_hed"
 
 
 def test_weights_file_round_trip_and_errors(tmp_path):

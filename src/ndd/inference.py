@@ -8,20 +8,73 @@ result is mapped back to the full size.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from pathlib import Path
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ndd.interpolate import infer_stride_ratio
 from ndd.models import SpecDiffNet
-from ndd.segment import Hierarchy, segment_from_similarity
+from ndd.segment import Hierarchy, segment_from_edges, segment_from_similarity
+from ndd.segment.hierarchy import UcmValues
 
-__all__ = ["SegmentationResult", "working_size", "segment_image", "similarity_maps", "points_to_nodes", "load_segmentation_model"]
+__all__ = ["HierarchyOptions", "SegmentationResult", "feature_kernel", "working_size", "segment_image", "similarity_maps", "points_to_nodes", "load_segmentation_model"]
 
 #: Longest side processed by default: BSDS500's 481, on which the model was trained.
 DEFAULT_MAX_SIDE = 481
+
+
+Method = Literal["auto", "superpixels", "grid"]
+MergeBy = Literal["features", "diffusion"]
+
+
+@dataclass(frozen=True)
+class HierarchyOptions:
+    """How :func:`segment_image` builds the hierarchy. The defaults were chosen on BSDS500 val.
+
+    Attributes:
+        method: ``"grid"``: paper §6 on the stride-8 grid (coverage centres, kernel k-means,
+            merging), finest segments snapped to full resolution by FAI; ``"superpixels"``:
+            watershed regions of the model's edge map, merged by contour strength and
+            feature similarity, with every boundary pixel-accurate (needs a model with an
+            edge map); ``"auto"``: superpixels when the model has an edge map, else grid.
+        merge_by: average similarity used for merging: ``"features"``, the unmasked feature
+            kernel ``exp(-mu ||f_i - f_j||^2)`` (paper §6, "average feature similarity", as in
+            the authors' code), or ``"diffusion"``, ``K_D``. Between separated regions
+            ``K_D ~ exp(-tau (1/pi_A + 1/pi_B))`` depends on their sizes, so merging by it
+            follows region size more than appearance.
+        coverage_threshold: grid method: residual coverage at which centre selection stops
+            (paper 0.02; smaller gives a finer finest level).
+        highres: grid method: FAI up-sampling of the finest segments ("Ours-HR").
+        superpixel_depth: superpixels: h of the h-minima that seed the watershed.
+        min_region: superpixels: regions smaller than this fraction of the image are absorbed
+            first (slivers between the flanks of a contour).
+        edge_weight: superpixels: weight of the contour term against feature similarity.
+        ucm_values: values written to the ``ucm2`` (:meth:`ndd.segment.Hierarchy.merge_values`):
+            ``"spread"`` (merge heights, moved just enough that every level with at most 99
+            segments has a BSDS threshold of its own), ``"rank"`` (evenly spaced by merge
+            order: the same for hierarchies of at most 99 segments), ``"height"`` (``1 -`` merge
+            score: late merges crowd above the last thresholds and those levels can never be
+            scored) or ``"auto"`` (default: ``"spread"`` for superpixels, ``"rank"`` for the
+            grid method, the better of the two on BSDS500 val for each).
+        legacy: grid method with the authors' choices (fixed first centre, at most 9 centres,
+            soft k-means, merging by the banded feature kernel ``W``).
+    """
+
+    method: Method = "auto"
+    merge_by: MergeBy = "features"
+    coverage_threshold: float = 0.005
+    highres: bool = True
+    superpixel_depth: float = 0.02
+    min_region: float = 200 / (321 * 481)
+    edge_weight: float = 0.2
+    ucm_values: UcmValues | Literal["auto"] = "auto"
+    legacy: bool = False
 
 
 @dataclass(frozen=True)
@@ -29,14 +82,16 @@ class SegmentationResult:
     """A hierarchy of an image.
 
     Attributes:
-        hierarchy: the full-resolution hierarchy ("Ours-HR" with FAI up-sampling).
-        grid_hierarchy: the same on the feature grid ("Ours-LR").
+        hierarchy: the full-resolution hierarchy.
+        grid_hierarchy: the hierarchy on the feature grid ("Ours-LR"; grid method only).
         working_size: ``(H, W)`` the model saw.
+        ucm_values: what :meth:`to_ucm2` writes (see :class:`HierarchyOptions`).
     """
 
     hierarchy: Hierarchy
-    grid_hierarchy: Hierarchy
+    grid_hierarchy: Hierarchy | None
     working_size: tuple[int, int]
+    ucm_values: UcmValues = "spread"
 
     def available_levels(self, n_segments: Sequence[int]) -> list[int]:
         """The requested numbers of segments that this hierarchy has (``1 .. finest``), sorted, unique."""
@@ -48,7 +103,7 @@ class SegmentationResult:
 
     def to_ucm2(self) -> np.ndarray:
         """BSDS doubleSize ultrametric contour map ``(2H+1, 2W+1)`` in ``[0, 1]``."""
-        return self.hierarchy.to_ucm2()
+        return self.hierarchy.to_ucm2(values=self.ucm_values)
 
 
 def working_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
@@ -75,52 +130,90 @@ def _device_of(model: SpecDiffNet) -> torch.device:
     return next(iter(model.state_dict().values())).device
 
 
+def feature_kernel(embedding: torch.Tensor, mu: torch.Tensor | float) -> torch.Tensor:
+    """Unmasked feature kernel ``exp(-mu ||f_i - f_j||^2)`` of a ``(C, h, w)`` embedding: ``(N, N)``."""
+    f = embedding.flatten(1).T
+    return torch.exp(-torch.as_tensor(mu, dtype=f.dtype) * torch.cdist(f, f).square())
+
+
 @torch.no_grad()
 def segment_image(
     image: np.ndarray,
     model: SpecDiffNet,
     *,
     max_side: int | None = DEFAULT_MAX_SIDE,
-    coverage_threshold: float = 0.02,
-    highres: bool = True,
-    legacy: bool = False,
+    options: HierarchyOptions | None = None,
+    **overrides: object,
 ) -> SegmentationResult:
-    """Hierarchical segmentation of one image (paper §6).
-
-    ``K_D`` on the feature grid → coverage centres (Eq. 9) → kernel k-means →
-    merging of adjacent segments by average ``K_D`` → full resolution by FAI of the
-    finest soft segment maps (``highres``) or nearest up-sampling.
+    """Hierarchical segmentation of one image (paper §6, and its pixel-accurate variant).
 
     Args:
         image: ``(H, W, 3)`` float RGB in ``[0, 1]`` (e.g. from :func:`ndd.io.read_image`).
         model: a :class:`SpecDiffNet` (e.g. :func:`ndd.models.load_default_model`).
         max_side: longest side the model sees; larger images are scaled down and
             the hierarchy is mapped back to ``(H, W)``.
-        coverage_threshold: stop adding centres when ``mean(1 - U_cov)`` falls below it.
-        highres: up-sample the finest soft segment maps with FAI ("Ours-HR").
-        legacy: the authors' hierarchy choices (fixed first centre, at most 9 centres,
-            soft k-means, merging by the feature kernel ``W``).
+        options: :class:`HierarchyOptions` (default: the defaults).
+        **overrides: fields of :class:`HierarchyOptions` to change, e.g. ``method="grid"``.
+
+    Example::
+
+        result = segment_image(io.read_image("photo.jpg"), load_default_model())
+        coarse = result.levels(result.available_levels([8]))
     """
+    opts = replace(options or HierarchyOptions(), **overrides)
     full = image.shape[:2]
     size = working_size(full, max_side)
     model.eval()
     x = _to_tensor(image, size, _device_of(model))
     out = model(x, eigenpairs=False)
-    merge_sim = out.affinity.to_dense()[0] if legacy else None
-    grid = segment_from_similarity(out.similarity[0].float(), out.grid_shape, merge_similarity=merge_sim,
-                                   coverage_threshold=coverage_threshold, legacy=legacy)
-    if highres:
-        levels = [f[:1] for f in out.levels]
+    method = opts.method
+    if method == "auto":
+        method = "superpixels" if out.edges is not None and not opts.legacy else "grid"
+    if method == "superpixels":
+        if out.edges is None:
+            raise ValueError("method 'superpixels' needs a model with an edge map (e.g. the default model)")
+        hier, grid = _superpixel_hierarchy(out, model, size, opts), None
+    elif method == "grid":
+        grid = _grid_hierarchy(out, model, opts)
+        if opts.highres:
+            levels = [f[:1] for f in out.levels]
 
-        def fai(maps: torch.Tensor) -> torch.Tensor:
-            return model.upsample(maps.to(levels[0]), levels, size)
+            def fai(maps: torch.Tensor) -> torch.Tensor:
+                return model.upsample(maps.to(levels[0]), levels, size)
 
-        hier = grid.upsample(size, upsample=fai)
+            hier = grid.upsample(size, upsample=fai)
+        else:
+            hier = grid.resized(size)
     else:
-        hier = grid.resized(size)
+        raise ValueError(f"method must be 'auto', 'superpixels' or 'grid', got {opts.method!r}")
     if tuple(size) != tuple(full):
         hier = hier.resized(full)
-    return SegmentationResult(hier, grid, size)
+    values = opts.ucm_values if opts.ucm_values != "auto" else ("spread" if method == "superpixels" else "rank")
+    return SegmentationResult(hier, grid, size, values)
+
+
+def _merge_similarity(out, model: SpecDiffNet, merge_by: MergeBy) -> torch.Tensor:
+    if merge_by == "features":
+        return feature_kernel(out.embedding[0].float(), model.mu.float())
+    if merge_by == "diffusion":
+        return out.similarity[0].float()
+    raise ValueError(f"merge_by must be 'features' or 'diffusion', got {merge_by!r}")
+
+
+def _grid_hierarchy(out, model: SpecDiffNet, opts: HierarchyOptions) -> Hierarchy:
+    if opts.legacy:
+        merge = out.affinity.to_dense()[0]
+    else:
+        merge = _merge_similarity(out, model, opts.merge_by)
+    return segment_from_similarity(out.similarity[0].float(), out.grid_shape, merge_similarity=merge,
+                                   coverage_threshold=opts.coverage_threshold, legacy=opts.legacy)
+
+
+def _superpixel_hierarchy(out, model: SpecDiffNet, size: tuple[int, int], opts: HierarchyOptions) -> Hierarchy:
+    edges = out.edges[0, 0].float().cpu().numpy()
+    similarity = _merge_similarity(out, model, opts.merge_by)
+    return segment_from_edges(edges, similarity, out.grid_shape, depth=opts.superpixel_depth,
+                              min_size=round(opts.min_region * size[0] * size[1]), edge_weight=opts.edge_weight)
 
 
 def points_to_nodes(points: Sequence[tuple[float, float]], image_size: tuple[int, int],
@@ -128,13 +221,17 @@ def points_to_nodes(points: Sequence[tuple[float, float]], image_size: tuple[int
     """Grid nodes nearest to image points ``(x, y)`` (pixels of an ``(H, W)`` image)."""
     H, W = image_size
     h, w = grid_shape
+    ratio = infer_stride_ratio((H, W), (h, w))  # 8 for the backbones' ceil(H / 8) grids
     nodes = []
     for x, y in points:
         if not (0 <= x < W and 0 <= y < H):
             raise ValueError(f"point ({x}, {y}) lies outside the {W}x{H} image")
-        # Grid node j sits on pixel (j * (H-1)/(h-1)) in the corner-aligned stride-8 geometry.
-        gy = min(h - 1, round(y * (h - 1) / max(H - 1, 1)))
-        gx = min(w - 1, round(x * (w - 1) / max(W - 1, 1)))
+        if ratio is None:  # a resized grid (legacy 41x41): corner-aligned
+            gy = min(h - 1, round(y * (h - 1) / max(H - 1, 1)))
+            gx = min(w - 1, round(x * (w - 1) / max(W - 1, 1)))
+        else:  # grid node j sits on pixel ratio * j; ties go up, as in FAI
+            gy = min(h - 1, math.floor(y / ratio + 0.5))
+            gx = min(w - 1, math.floor(x / ratio + 0.5))
         nodes.append(gy * w + gx)
     return torch.tensor(nodes, dtype=torch.long)
 
@@ -186,19 +283,23 @@ def similarity_maps(
 def load_segmentation_model(spec: str | None = None, device: torch.device | str = "cpu") -> tuple[SpecDiffNet, str]:
     """The model behind ``ndd segment --model SPEC``, and a one-line description of it.
 
-    ``spec``: ``None``/``"default"`` for the shipped weights, ``"handcrafted"`` for the
-    classical diffusion distance on hand-crafted features, or a weights/checkpoint path.
+    ``spec``: ``None``/``"default"`` for the shipped default weights, the name of a shipped
+    model (:class:`ndd.models.SpecDiffNetWeights`, any case: ``bsds500`` is the small fast
+    one), ``"handcrafted"`` for the classical diffusion distance on hand-crafted features, or a
+    weights/checkpoint path.
     """
-    from ndd.models import SpecDiffNetConfig, SpecDiffNetWeights, load_default_model, load_model
+    from ndd.models import SpecDiffNetConfig, SpecDiffNetWeights, load_model, spec_diff_net
 
-    if spec in (None, "default"):
-        entry = SpecDiffNetWeights.default().value
+    if spec == "handcrafted":
+        return SpecDiffNet(SpecDiffNetConfig.handcrafted()).to(device).eval(), "hand-crafted features (classical diffusion distance)"
+    names = {name.lower(): member for name, member in SpecDiffNetWeights.__members__.items()}
+    if spec in (None, "default") or (spec.lower() in names and not Path(spec).exists()):
+        member = SpecDiffNetWeights.default() if spec in (None, "default") else names[spec.lower()]
+        entry = member.value
         if not entry.path.is_file():
             raise FileNotFoundError(
                 f"this installation has no shipped model ({entry.filename}); pass --model handcrafted "
                 "for the classical diffusion distance or --model CKPT for a trained checkpoint"
             )
-        return load_default_model(device), f"shipped model {entry.filename}"
-    if spec == "handcrafted":
-        return SpecDiffNet(SpecDiffNetConfig.handcrafted()).to(device).eval(), "hand-crafted features (classical diffusion distance)"
+        return spec_diff_net(member, device=device).eval(), f"shipped model {member.name} ({entry.filename})"
     return load_model(spec, device), f"checkpoint {spec}"

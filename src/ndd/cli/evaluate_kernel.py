@@ -24,7 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
             "per image averaged over its human annotations, then over images; whole images, batch 1."
         ),
     )
-    p.add_argument("--checkpoint", required=True, type=Path, metavar="CKPT", help="checkpoint from ndd train")
+    p.add_argument("--model", default=None, metavar="SPEC",
+                   help="as ndd segment: 'default' (shipped model), a shipped name (BSDS500, BSDS500_HED), "
+                        "'handcrafted', or a checkpoint / weights file (default: default)")
+    p.add_argument("--checkpoint", type=Path, metavar="CKPT", help="same as --model CKPT")
     p.add_argument("--data", required=True, type=Path, metavar="ROOT", help="BSDS500 root")
     p.add_argument("--split", nargs="+", default=["test"], metavar="SPLIT",
                    help="splits: train, val, test, trainval (default: test)")
@@ -41,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ndd.data import BSDS500
-    from ndd.train import evaluate_kernel, load_checkpoint, load_checkpoint_model
+    from ndd.inference import load_segmentation_model
+    from ndd.train import evaluate_kernel
     from ndd.train.distributed import resolve_device
 
     if args.num_threads:
@@ -49,8 +53,11 @@ def run(args: argparse.Namespace) -> int:
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     try:
         device = resolve_device(args.device)
-        ckpt = load_checkpoint(args.checkpoint)
-        model = load_checkpoint_model(args.checkpoint, device)
+        if args.checkpoint is not None and args.model is not None:
+            raise ValueError("give --model or --checkpoint, not both")
+        spec = str(args.checkpoint) if args.checkpoint is not None else args.model
+        model, description = load_segmentation_model(spec, device)
+        step = _checkpoint_step(spec)
         datasets = {s: BSDS500(args.data, s, annotation="all") for s in args.split}
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"ndd evaluate-kernel: error: {exc}", file=sys.stderr)
@@ -63,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"ndd evaluate-kernel: error: {exc}", file=sys.stderr)
         return 1
 
-    print(f"kernel accuracy of {args.checkpoint} (step {ckpt.get('step')}, backbone {model.config.backbone})")
+    at_step = f"step {step}, " if step is not None else ""
+    print(f"kernel accuracy of {description} ({at_step}backbone {model.config.backbone})")
     print(f"{'split':10s}{'mean':>8s}{'images':>8s}{'annots':>8s}{'paper':>8s}")
     for split, r in results.items():
         paper = PAPER_TABLE1.get(split)
@@ -72,9 +80,10 @@ def run(args: argparse.Namespace) -> int:
     print("paper: Table 1, ResNet-101, (T, t) = (2, 10), 160k steps on BSDS500 train+val")
     if args.json:
         report = {
-            "checkpoint": str(args.checkpoint),
-            "step": ckpt.get("step"),
-            "model_config": ckpt.get("model_config"),
+            "model": description,
+            "checkpoint": spec,
+            "step": step,
+            "model_config": model.config.to_dict(),
             "data": str(args.data),
             "splits": {s: {k: r[k] for k in ("mean", "num_images", "num_annotations", "seconds")}
                        for s, r in results.items()},
@@ -84,3 +93,15 @@ def run(args: argparse.Namespace) -> int:
         if not write_json_report(args.json, report, "ndd evaluate-kernel"):
             return 1
     return 0
+
+
+def _checkpoint_step(spec: str | None) -> int | None:
+    """The training step stored in a checkpoint file (None for shipped or hand-crafted models)."""
+    from ndd.train import load_checkpoint
+
+    if spec is None or not Path(spec).is_file():
+        return None
+    try:
+        return load_checkpoint(spec).get("step")
+    except (ValueError, FileNotFoundError):
+        return None  # a weights file of save_model: no step

