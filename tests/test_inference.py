@@ -81,17 +81,6 @@ def test_points_to_nodes_stride_geometry():
     assert nodes.tolist() == [0, 1 * 8 + 1, 2, 5 * 8 + 7]
 
 
-def test_feature_kernel_is_the_unmasked_gaussian_of_the_embedding():
-    from ndd.inference import feature_kernel
-
-    torch.manual_seed(0)
-    emb = torch.randn(5, 3, 4)
-    K = feature_kernel(emb, 0.7)
-    f = emb.flatten(1).T.double()
-    ref = torch.exp(-0.7 * ((f[:, None] - f[None, :]) ** 2).sum(-1))
-    torch.testing.assert_close(K.double(), ref, rtol=1e-5, atol=1e-6)
-
-
 def test_superpixel_method_needs_edges_and_gives_a_pixel_hierarchy():
     img = two_tone()
     with pytest.raises(ValueError, match="edge map"):

@@ -413,3 +413,15 @@ def test_contour_affinity_is_symmetric_with_unit_diagonal_and_gradients() -> Non
         spectral.intervening_contour(edges, (7, 7), 5)
     with pytest.raises(ValueError, match="NaN"):
         spectral.contour_affinity(torch.full((1, 1, 41, 49), float("nan")), (6, 7), 3.0, window=5)
+
+
+def test_feature_kernel_is_the_unmasked_gaussian_of_the_features() -> None:
+    torch.manual_seed(0)
+    features = torch.randn(2, 5, 3, 4, dtype=torch.float64)
+    K = spectral.feature_kernel(features, 0.7)
+    f = features.flatten(2).transpose(1, 2)
+    ref = torch.exp(-0.7 * ((f[:, :, None] - f[:, None, :]) ** 2).sum(-1))
+    torch.testing.assert_close(K, ref)
+    # inside the window it is the banded local affinity
+    W = spectral.local_affinity(features, 0.7, window=3).to_dense()
+    torch.testing.assert_close(K * (W > 0), W)

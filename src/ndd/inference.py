@@ -18,12 +18,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ndd import spectral
 from ndd.interpolate import infer_stride_ratio
 from ndd.models import SpecDiffNet
 from ndd.segment import Hierarchy, segment_from_edges, segment_from_similarity
 from ndd.segment.hierarchy import UcmValues
 
-__all__ = ["HierarchyOptions", "SegmentationResult", "feature_kernel", "working_size", "segment_image", "similarity_maps", "points_to_nodes", "load_segmentation_model"]
+__all__ = ["HierarchyOptions", "SegmentationResult", "working_size", "segment_image", "similarity_maps", "points_to_nodes", "load_segmentation_model"]
 
 #: Longest side processed by default: BSDS500's 481, on which the model was trained.
 DEFAULT_MAX_SIDE = 481
@@ -130,12 +131,6 @@ def _device_of(model: SpecDiffNet) -> torch.device:
     return next(iter(model.state_dict().values())).device
 
 
-def feature_kernel(embedding: torch.Tensor, mu: torch.Tensor | float) -> torch.Tensor:
-    """Unmasked feature kernel ``exp(-mu ||f_i - f_j||^2)`` of a ``(C, h, w)`` embedding: ``(N, N)``."""
-    f = embedding.flatten(1).T
-    return torch.exp(-torch.as_tensor(mu, dtype=f.dtype) * torch.cdist(f, f).square())
-
-
 @torch.no_grad()
 def segment_image(
     image: np.ndarray,
@@ -194,7 +189,7 @@ def segment_image(
 
 def _merge_similarity(out, model: SpecDiffNet, merge_by: MergeBy) -> torch.Tensor:
     if merge_by == "features":
-        return feature_kernel(out.embedding[0].float(), model.mu.float())
+        return spectral.feature_kernel(out.embedding[:1].float(), model.mu.float())[0]
     if merge_by == "diffusion":
         return out.similarity[0].float()
     raise ValueError(f"merge_by must be 'features' or 'diffusion', got {merge_by!r}")

@@ -63,6 +63,7 @@ __all__ = [
     "symmetric_normalize",
     "apply_operator",
     "band_inner",
+    "feature_kernel",
     "intervening_contour",
     "contour_affinity",
     "window_offsets",
@@ -215,6 +216,26 @@ def local_affinity(features: Tensor, mu: Tensor | float, window: int = 17, rows_
     dist = dist.clamp_min(0)
     weights = torch.exp(-mu * dist) * valid
     return BandedAffinity(weights, (h, w), window)
+
+
+def feature_kernel(features: Tensor, mu: Tensor | float) -> Tensor:
+    """Unmasked feature kernel ``exp(-mu ||f_i - f_j||^2)`` between all grid nodes.
+
+    The dense counterpart of :func:`local_affinity` (no window): the "average feature
+    similarity" that paper §6 merges segments by, as in the authors' code.
+
+    Args:
+        features: ``(B, C, h, w)`` feature map.
+        mu: positive scalar (tensor or float).
+
+    Returns:
+        ``(B, h*w, h*w)``.
+    """
+    if features.dim() != 4:
+        raise ValueError(f"features must be (B, C, h, w), got shape {tuple(features.shape)}")
+    f = features.flatten(2).transpose(1, 2)  # (B, N, C)
+    mu = torch.as_tensor(mu, dtype=f.dtype, device=f.device)
+    return torch.exp(-mu * torch.cdist(f, f).square())
 
 
 @functools.lru_cache(maxsize=4)  # ~50 MB per 321x481 image size
