@@ -72,3 +72,11 @@ def test_segment_with_shipped_model(tmp_path):
     photo = write_photo(tmp_path / "p.png")
     assert main(["segment", str(photo), "--out", str(tmp_path / "o"), "--levels", "1,2"]) == 0
     assert io.read_ucm2(tmp_path / "o" / "p.mat").shape == (81, 113)
+
+
+def test_segment_superpixels_needs_an_edge_model(tmp_path, capsys):
+    photo = write_photo(tmp_path / "p.png")
+    code = main(["segment", str(photo), "--out", str(tmp_path / "out"), "--model", "handcrafted",
+                 "--method", "superpixels"])
+    assert code == 2
+    assert "needs a model with an edge map" in capsys.readouterr().err

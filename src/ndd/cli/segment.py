@@ -71,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"ndd segment: {err}", file=sys.stderr)
         return 2
+    if args.method == "superpixels" and not model.has_edge_map:
+        print(f"ndd segment: --method superpixels needs a model with an edge map; {description} has none "
+              "(use --model default or --method grid)", file=sys.stderr)
+        return 2
     print(f"model: {description}", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     failures = 0

@@ -71,6 +71,8 @@ class Backbone(nn.Module):
     #: True when ``deep`` is the very tensor returned as ``levels[2]`` (so a
     #: hypercolumn should not concatenate it twice).
     deep_is_last_level: bool = False
+    #: True when :class:`BackboneOutput` carries ``edges`` (an edge head, e.g. ``vgg16_hed``).
+    has_edges: bool = False
 
     def __init__(self, freeze_bn: bool = False) -> None:
         super().__init__()

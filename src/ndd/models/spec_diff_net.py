@@ -216,6 +216,11 @@ class SpecDiffNet(nn.Module):
         return self.log_tau.exp()
 
     @property
+    def has_edge_map(self) -> bool:
+        """Whether :meth:`forward` gives ``edges`` (from the backbone or the edge detector)."""
+        return self.backbone.has_edges or self.edge_detector is not None
+
+    @property
     def alpha(self) -> Tensor:
         """Strength of the contour affinity (only with ``affinity`` using ``"contour"``)."""
         return self.log_alpha.exp()

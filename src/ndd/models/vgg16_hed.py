@@ -134,6 +134,8 @@ class Vgg16HedBackbone(Backbone):
         ValueError: unusable ``weights``.
     """
 
+    has_edges = True
+
     level_channels = (128, 256, 512)
     deep_channels = 512
 
