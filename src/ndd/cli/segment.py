@@ -51,6 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "the model has an edge map")
     p.add_argument("--merge-by", choices=("features", "diffusion"), default="features",
                    help="average similarity that merging uses: the feature kernel (paper §6, default) or K_D")
+    p.add_argument("--edge-weight", type=float, default=0.2,
+                   help="superpixels: weight of the contour term against feature similarity (default 0.2)")
+    p.add_argument("--coverage", type=float, default=0.005,
+                   help="grid: residual coverage at which centre selection stops (default 0.005; paper 0.02)")
     p.add_argument("--ucm-values", choices=("auto", "spread", "height", "rank"), default="auto",
                    help="values of the ucm2: spread (merge heights, moved so that every level up to 99 segments "
                         "has a BSDS threshold of its own), rank (merge order), height (merge heights); auto "
@@ -66,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
     from ndd.inference import load_segmentation_model, segment_image
     from tqdm import tqdm
 
+    if not 0.0 <= args.edge_weight <= 1.0 or not 0.0 < args.coverage < 1.0:
+        print("ndd segment: --edge-weight must be in [0, 1] and --coverage in (0, 1)", file=sys.stderr)
+        return 2
     try:
         model, description = load_segmentation_model(args.model, args.device)
     except (FileNotFoundError, ValueError) as err:
@@ -86,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
             failures += 1
             continue
         result = segment_image(image, model, max_side=args.max_side, method=args.method, merge_by=args.merge_by,
-                               ucm_values=args.ucm_values, highres=not args.lowres, legacy=args.legacy)
+                               ucm_values=args.ucm_values, edge_weight=args.edge_weight,
+                               coverage_threshold=args.coverage, highres=not args.lowres, legacy=args.legacy)
         counts = result.available_levels(args.levels)
         skipped = sorted(set(args.levels) - set(counts))
         if skipped and set(args.format) - {"ucm2"}:
