@@ -45,17 +45,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--max-side", type=int, default=481,
                    help="longest side processed (default 481, BSDS500's); larger images are scaled down and results mapped back")
-    p.add_argument("--method", choices=("auto", "superpixels", "grid"), default="auto",
+    # hierarchy options default to None: ndd.inference.HierarchyOptions owns their defaults
+    p.add_argument("--method", choices=("auto", "superpixels", "grid"), default=None,
                    help="superpixels: pixel-accurate regions of the model's edge map merged by contour strength and "
                         "feature similarity; grid: paper §6 on the stride-8 grid; auto (default): superpixels when "
                         "the model has an edge map")
-    p.add_argument("--merge-by", choices=("features", "diffusion"), default="features",
+    p.add_argument("--merge-by", choices=("features", "diffusion"), default=None,
                    help="average similarity that merging uses: the feature kernel (paper §6, default) or K_D")
-    p.add_argument("--edge-weight", type=float, default=0.2,
+    p.add_argument("--edge-weight", type=float, default=None,
                    help="superpixels: weight of the contour term against feature similarity (default 0.2)")
-    p.add_argument("--coverage", type=float, default=0.005,
+    p.add_argument("--coverage", type=float, default=None,
                    help="grid: residual coverage at which centre selection stops (default 0.005; paper 0.02)")
-    p.add_argument("--ucm-values", choices=("auto", "spread", "height", "rank"), default="auto",
+    p.add_argument("--ucm-values", choices=("auto", "spread", "height", "rank"), default=None,
                    help="values of the ucm2: spread (merge heights, moved so that every level up to 99 segments "
                         "has a BSDS threshold of its own), rank (merge order), height (merge heights); auto "
                         "(default): spread for superpixels, rank for grid")
@@ -70,9 +71,13 @@ def run(args: argparse.Namespace) -> int:
     from ndd.inference import load_segmentation_model, segment_image
     from tqdm import tqdm
 
-    if not 0.0 <= args.edge_weight <= 1.0 or not 0.0 < args.coverage < 1.0:
+    if (args.edge_weight is not None and not 0.0 <= args.edge_weight <= 1.0) or (
+            args.coverage is not None and not 0.0 < args.coverage < 1.0):
         print("ndd segment: --edge-weight must be in [0, 1] and --coverage in (0, 1)", file=sys.stderr)
         return 2
+    given = {"method": args.method, "merge_by": args.merge_by, "edge_weight": args.edge_weight,
+             "coverage_threshold": args.coverage, "ucm_values": args.ucm_values}
+    options = {k: v for k, v in given.items() if v is not None}
     try:
         model, description = load_segmentation_model(args.model, args.device)
     except (FileNotFoundError, ValueError) as err:
@@ -92,9 +97,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"ndd segment: {err}", file=sys.stderr)
             failures += 1
             continue
-        result = segment_image(image, model, max_side=args.max_side, method=args.method, merge_by=args.merge_by,
-                               ucm_values=args.ucm_values, edge_weight=args.edge_weight,
-                               coverage_threshold=args.coverage, highres=not args.lowres, legacy=args.legacy)
+        result = segment_image(image, model, max_side=args.max_side, highres=not args.lowres, legacy=args.legacy,
+                               **options)
         counts = result.available_levels(args.levels)
         skipped = sorted(set(args.levels) - set(counts))
         if skipped and set(args.format) - {"ucm2"}:

@@ -396,14 +396,14 @@ def hierarchy_from_superpixels(
     superpixels = np.asarray(superpixels, dtype=np.int64)
     n = int(superpixels.max()) + 1
     strength, length = boundary_sums(superpixels, edges, n)
+    if similarity_sums is None:
+        edge_weight = 1.0  # contours alone
     terms = [LinkageTerm(length - strength, length, weight=edge_weight)]
-    if similarity_sums is not None and edge_weight < 1.0:
+    if edge_weight < 1.0:
         if sizes is None:
             raise ValueError("similarity_sums need the region sizes")
         size = np.asarray(sizes, dtype=np.float64)
         terms.append(LinkageTerm(np.asarray(similarity_sums, dtype=np.float64), np.outer(size, size), weight=1.0 - edge_weight))
-    elif edge_weight < 1.0:
-        terms[0] = LinkageTerm(length - strength, length, weight=1.0)
     pairs, scores = agglomerate(None, None, allowed=length > 0, terms=terms)
     return Hierarchy.from_merges(superpixels, pairs, scores)
 
