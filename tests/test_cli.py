@@ -1,3 +1,5 @@
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,27 @@ def write_photo(path: Path, size=(40, 56)) -> Path:
     img = np.clip(img + rng.integers(-10, 10, img.shape), 0, 255).astype(np.uint8)
     Image.fromarray(img).save(path)
     return path
+
+
+def test_help_of_every_subcommand_imports_no_torch():
+    """``ndd --help``, ``--version`` and every ``SUB --help`` print without importing torch (instant start)."""
+    from ndd.cli._commands import SUBCOMMANDS
+
+    script = (
+        "import contextlib, io, sys\n"
+        "from ndd.cli import main\n"
+        "out = io.StringIO()\n"
+        f"for argv in [['--help'], ['--version']] + [[c, '--help'] for c in {[c.name for c in SUBCOMMANDS]!r}]:\n"
+        "    try:\n"
+        "        with contextlib.redirect_stdout(out):\n"
+        "            main(argv)\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code == 0, (argv, exc.code)\n"
+        "print(out.getvalue().count('usage: ndd'), 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-2:] == [str(1 + len(SUBCOMMANDS)), "False"]
 
 
 def test_segment_end_to_end_and_bad_inputs(tmp_path, capsys):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -221,6 +223,25 @@ def test_cli_evaluate_json(tmp_path, capsys):
         } <= set(row)
     code = main(["evaluate", "--results", str(res), "--groundtruth", str(tmp_path / "nowhere"), "--no-boundary"])
     assert code == 1 and "nowhere" in capsys.readouterr().err
+
+
+@needs_mini
+def test_cli_evaluate_never_imports_torch(tmp_path):
+    """The benchmark is NumPy/SciPy only: ``ndd --help`` and ``ndd evaluate`` run without torch."""
+    res, gt = _two_image_dirs(tmp_path)
+    script = (
+        "import sys\n"
+        "from ndd.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        f"code = main(['evaluate', '--results', {str(res)!r}, '--groundtruth', {str(gt)!r}, '--nthresh', '3', "
+        "'--no-boundary'])\n"
+        "assert code == 0, code\n"
+        "print('TORCH', 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "TORCH False" in done.stdout
+    assert "evaluate-kernel" in done.stdout and "train" in done.stdout  # every command is listed
 
 
 # ----------------------------------------------------------------------------- official fixtures

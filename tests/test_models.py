@@ -77,3 +77,24 @@ def test_similarity_maps_for_points():
     maps = net.similarity_maps(torch.rand(1, 3, 33, 41), torch.tensor([0, 5]))
     assert maps.shape == (2, 33, 41)
     assert maps.min() >= 0 and maps.max() <= 1
+
+
+def test_frozen_backbone_gets_no_gradient_and_no_graph():
+    """freeze_backbone: the head still learns; the backbone has no grad and stays in eval mode."""
+    torch.manual_seed(0)
+    net = SpecDiffNet(tiny_config(freeze_backbone=True, freeze_bn=False)).train()
+    assert not any(p.requires_grad for p in net.backbone.parameters())
+    assert not net.backbone.training and net.projection.training
+    emb, levels = net.embed(torch.rand(1, 3, 40, 40))
+    assert emb.requires_grad and not any(f.requires_grad for f in levels)  # no graph through the backbone
+    out = net(torch.rand(1, 3, 40, 40))
+    out.similarity.mean().backward()
+    assert all(p.grad is None for p in net.backbone.parameters())
+    assert all(p.grad is not None for p in net.projection.parameters())
+    assert net.log_mu.grad is not None and net.log_tau.grad.abs() > 0
+    # the same weights, unfrozen, give the same forward values
+    free = SpecDiffNet(tiny_config(freeze_bn=False)).eval()
+    free.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        x = torch.rand(1, 3, 33, 41)
+        assert torch.allclose(free(x).similarity, net.eval()(x).similarity, atol=1e-6)

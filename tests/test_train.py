@@ -228,6 +228,31 @@ def test_resume_is_exact(tiny_run, tmp_path):
     assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
 
 
+def test_frozen_backbone_run_trains_only_the_head(tmp_path):
+    cfg = tiny_config(tmp_path, stage1_steps=2, stage2_steps=1, save_every=0)
+    cfg = cfg.merged({"model": {"freeze_backbone": True}})
+    torch.manual_seed(cfg.seed)  # the run's initial weights
+    first = SpecDiffNet(cfg.model_config())
+    state = torch.load(train(cfg), weights_only=True)["model"]
+    for name, value in first.backbone.state_dict().items():
+        assert torch.equal(value, state[f"backbone.{name}"]), name  # untouched
+    assert any(not torch.equal(v, state[f"projection.{k}"]) for k, v in first.projection.state_dict().items())
+    assert not torch.equal(first.fai.log_gamma.detach(), state["fai.log_gamma"])  # stage 2 trained the gammas
+
+
+def test_resume_accepts_a_checkpoint_without_newer_model_keys(tiny_run, tmp_path):
+    """A checkpoint written before a SpecDiffNetConfig key existed resumes with that key's default."""
+    ckpt = load_checkpoint(tiny_run.parent / "checkpoints" / "step_0000004.pt")
+    del ckpt["model_config"]["freeze_backbone"]
+    old = tmp_path / "old.pt"
+    torch.save(ckpt, old)
+    config = TrainConfig.from_dict(ckpt["train_config"])
+    config = TrainConfig.from_dict({**config.to_dict(), "model": {k: v for k, v in config.model.items()
+                                                                    if k != "freeze_backbone"}})
+    out = train(config.merged({"resume": str(old), "run_dir": str(tmp_path / "run"), "tensorboard": False}))
+    assert torch.load(out, weights_only=True)["step"] == 5
+
+
 def test_legacy_run(tmp_path):
     cfg = tiny_config(tmp_path, legacy=True, stage1_steps=1, stage2_steps=1, save_every=0)
     raw = torch.load(train(cfg), weights_only=True)

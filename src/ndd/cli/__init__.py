@@ -4,6 +4,10 @@ Every subcommand lives in its own module of this package and exposes
 ``register(subparsers)``, which adds its parser and sets ``func`` to a callable
 taking the parsed namespace and returning an exit code.  All work is done by the
 library API, so everything the CLI does is reachable from Python too.
+
+:func:`main` imports only the module of the subcommand being run (the others
+get a parser with their one-line help, from :mod:`ndd.cli._commands`), so
+``ndd evaluate`` never imports torch and ``ndd --help`` starts at once.
 """
 
 from __future__ import annotations
@@ -15,24 +19,41 @@ from collections.abc import Sequence
 
 import ndd
 
-# Subcommand modules, in the order ``ndd --help`` lists them.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("segment", "similarity", "evaluate", "train", "evaluate_kernel")
+from ._commands import SUBCOMMANDS
+
+__all__ = ["build_parser", "main"]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``ndd`` parser.
+
+    Args:
+        command: build only this subcommand's full parser (and importing only its
+            module); the others are listed with their help. ``None``: all of them.
+    """
     parser = argparse.ArgumentParser(
         prog="ndd",
         description="Neural diffusion distance for image segmentation (Sun & Xu, NeurIPS 2019).",
     )
     parser.add_argument("--version", action="version", version=f"ndd {ndd.__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMAND_MODULES:
-        importlib.import_module(f"ndd.cli.{name}").register(subparsers)
+    for sub in SUBCOMMANDS:
+        if command is None or sub.name == command:
+            importlib.import_module(f"ndd.cli.{sub.module}").register(subparsers)
+        else:
+            subparsers.add_parser(sub.name, help=sub.help)
     return parser
 
 
+def _chosen_command(argv: Sequence[str]) -> str:
+    """The subcommand named in ``argv`` (the first word that is one), or ``""`` for none."""
+    names = {sub.name for sub in SUBCOMMANDS}
+    return next((a for a in argv if a in names), "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_chosen_command(argv))
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help()

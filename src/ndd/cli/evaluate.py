@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from ndd.cli._commands import subcommand_help
+
 from ndd.cli._output import write_json_report
 
 __all__ = ["register", "run"]
@@ -19,7 +21,7 @@ __all__ = ["register", "run"]
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = subparsers.add_parser(
         "evaluate",
-        help="BSDS500 region and boundary benchmark of ucm2 / label-map results",
+        help=subcommand_help("evaluate"),
         description=(
             "Score results against BSDS ground truth exactly as the official BSDS500 benchmark: "
             "Segmentation Covering (ODS, OIS, Best), PRI and VI (ODS, OIS), the paper's AVG/MAX covering, "

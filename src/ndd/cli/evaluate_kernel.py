@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+from ndd.cli._commands import subcommand_help
 from typing import Any
 
 from ndd.cli._output import write_json_report
@@ -18,7 +20,7 @@ PAPER_TABLE1 = {"trainval": 0.794, "test": 0.741}
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = subparsers.add_parser(
         "evaluate-kernel",
-        help="kernel accuracy (paper Table 1) of a training checkpoint on BSDS500",
+        help=subcommand_help("evaluate-kernel"),
         description=(
             "Cosine similarity of the predicted K_D with the ground-truth kernel K_gt on the stride-8 feature grid, "
             "per image averaged over its human annotations, then over images; whole images, batch 1."

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ndd.cli._commands import subcommand_help
+
 
 
 
@@ -32,7 +34,7 @@ def _formats(text: str) -> list[str]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("segment", help="hierarchical segmentation of images",
+    p = subparsers.add_parser("segment", help=subcommand_help("segment"),
                               description="Hierarchical segmentation with the neural diffusion distance (paper §6).")
     p.add_argument("images", nargs="+", type=Path, help="image files (any RGB/grey/RGBA format Pillow reads)")
     p.add_argument("--out", type=Path, required=True, help="output folder")

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ndd.cli._commands import subcommand_help
+
 
 
 def _point(text: str) -> tuple[float, float]:
@@ -17,7 +19,7 @@ def _point(text: str) -> tuple[float, float]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("similarity", help="diffusion-similarity maps of chosen pixels",
+    p = subparsers.add_parser("similarity", help=subcommand_help("similarity"),
                               description="Neural diffusion similarity of pixels (rows of K_D up-sampled by FAI).")
     p.add_argument("image", type=Path)
     where = p.add_mutually_exclusive_group(required=True)

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from ndd.cli._commands import subcommand_help
+
 __all__ = ["register", "run", "config_from_args"]
 
 # Model (SpecDiffNetConfig) keys with a flag of their own: flag -> (key, type).
@@ -30,6 +32,7 @@ _MODEL_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--t-init": ("t_init", float, "initial diffusion time t (paper 10)"),
     "--mu-init": ("mu_init", float, "initial mu of the affinity (Eq. 1)"),
     "--tau-init": ("tau_init", float, "initial tau of K_D = exp(-tau D)"),
+    "--affinity": ("affinity", str, "features (paper Eq. 1), contour or features+contour (needs an edge map)"),
 }
 # Flags named differently from their field.
 _ALIASES = {"data_root": ["--data"]}
@@ -64,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     p = subparsers.add_parser(
         "train",
-        help="train spec-diff-net (two stages, checkpoints, exact resume, DDP under torchrun)",
+        help=subcommand_help("train"),
         description=(
             "Train spec-diff-net on BSDS500, a folder of PNG label maps or synthetic dead leaves. Stage 1: LR kernel "
             "matching loss; stage 2: LR + HR segment matching loss. Writes config.yaml, metrics.csv, tb/, "
@@ -88,6 +91,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         )
     mgroup.add_argument("--freeze-bn", dest="model.freeze_bn", action=argparse.BooleanOptionalAction,
                         default=argparse.SUPPRESS, help="freeze batch norm (default: exactly when --weights is given)")
+    mgroup.add_argument("--freeze-backbone", dest="model.freeze_backbone", action=argparse.BooleanOptionalAction,
+                        default=argparse.SUPPRESS,
+                        help="train only projection, mu, t, tau (alpha) and FAI gammas; the backbone runs without a graph")
     mgroup.add_argument("--model", dest="model_items", action="append", metavar="KEY=VALUE", default=[],
                         help="any other SpecDiffNetConfig key (YAML value), e.g. --model fai_gammas=[1,4,8]")
     p.set_defaults(func=run)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .spec_diff_net import SpecDiffNet, SpecDiffNetConfig
+from .specdiffnet import SpecDiffNet, SpecDiffNetConfig
 
 __all__ = ["WeightsEntry", "SpecDiffNetWeights", "spec_diff_net", "load_model", "load_default_model", "save_model"]
 

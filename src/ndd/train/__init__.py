@@ -17,26 +17,40 @@ Modules: :mod:`~ndd.train.config` (``TrainConfig``, YAML), :mod:`~ndd.train.data
 trainer) and :mod:`~ndd.train.kernel_eval` (Table-1 metric).
 """
 
-from .checkpoint import load_checkpoint, load_checkpoint_model, save_checkpoint
-from .config import TrainConfig, load_yaml, save_yaml
-from .distributed import DistInfo, init_distributed
-from .kernel_eval import evaluate_kernel, kernel_cosine_per_annotation
-from .loop import Trainer, seed_everything, train
-from .objective import TrainingObjective
+from __future__ import annotations
 
-__all__ = [
-    "TrainConfig",
-    "load_yaml",
-    "save_yaml",
-    "train",
-    "Trainer",
-    "TrainingObjective",
-    "seed_everything",
-    "evaluate_kernel",
-    "kernel_cosine_per_annotation",
-    "load_checkpoint",
-    "load_checkpoint_model",
-    "save_checkpoint",
-    "DistInfo",
-    "init_distributed",
-]
+from typing import TYPE_CHECKING
+
+from ndd._lazy import lazy_attributes
+
+if TYPE_CHECKING:
+    from .checkpoint import load_checkpoint, load_checkpoint_model, save_checkpoint
+    from .config import TrainConfig, load_yaml, save_yaml
+    from .distributed import DistInfo, init_distributed
+    from .kernel_eval import evaluate_kernel, kernel_cosine_per_annotation
+    from .loop import Trainer, seed_everything, train
+    from .objective import TrainingObjective
+
+# Imported on first use (PEP 562): ``ndd.train.config`` needs no torch, so
+# ``ndd train --help`` starts at once.
+_WHERE = {
+    "TrainConfig": "config",
+    "load_yaml": "config",
+    "save_yaml": "config",
+    "train": "loop",
+    "Trainer": "loop",
+    "TrainingObjective": "objective",
+    "seed_everything": "loop",
+    "evaluate_kernel": "kernel_eval",
+    "kernel_cosine_per_annotation": "kernel_eval",
+    "load_checkpoint": "checkpoint",
+    "load_checkpoint_model": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "DistInfo": "distributed",
+    "init_distributed": "distributed",
+}
+
+__all__ = list(_WHERE)
+
+
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE)

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from ndd.models import SpecDiffNetConfig
+from ndd.models.config import SpecDiffNetConfig
 
 __all__ = ["TrainConfig", "load_yaml", "save_yaml", "field_types", "coerce_value"]
 

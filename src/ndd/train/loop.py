@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ndd.models import SpecDiffNet
+from ndd.models import SpecDiffNet, SpecDiffNetConfig
 
 from .amp import autocast_dtype, autocast_submodules
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
@@ -72,8 +72,10 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
 
         model_cfg = cfg.model_config()
-        if ckpt is not None and _plain(ckpt["model_config"]) != _plain(model_cfg.to_dict()):
-            diff = sorted(k for k, v in _plain(model_cfg.to_dict()).items() if _plain(ckpt["model_config"]).get(k) != v)
+        # keys added since the checkpoint was written compare at their defaults
+        saved = _plain(SpecDiffNetConfig.from_dict(ckpt["model_config"]).to_dict()) if ckpt is not None else None
+        if saved is not None and saved != _plain(model_cfg.to_dict()):
+            diff = sorted(k for k, v in _plain(model_cfg.to_dict()).items() if saved.get(k) != v)
             raise ValueError(f"model config differs from the checkpoint {config.resume} in {diff}")
         seed_everything(cfg.seed)  # same initial weights on every rank
         # When resuming, the weights come from the checkpoint: no pretrained file is needed.
