@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ndd import io
@@ -78,6 +79,60 @@ def test_segment_without_shipped_model_or_bad_checkpoint(tmp_path, capsys):
     bogus.write_bytes(b"not a checkpoint")
     assert main(["segment", str(photo), "--out", str(tmp_path / "o"), "--model", str(bogus)]) == 2
     assert "model.pt" in capsys.readouterr().err
+
+
+def test_segment_checks_inputs_device_and_model_before_any_work(tmp_path, capsys):
+    """Each mistake: exit 2, one line on stderr naming it, no traceback, no --out folder left behind."""
+    photo = write_photo(tmp_path / "p.png")
+    notes = write_photo(tmp_path / "notes.png")  # an image, not a model
+    out = tmp_path / "out"
+    cases = [
+        ([str(tmp_path), str(tmp_path / "missing.png")], [], "no image to segment"),
+        ([str(photo)], ["--device", "gpu"], "unknown device 'gpu'"),
+        ([str(photo)], ["--model", str(notes)], "not an ndd checkpoint or weights file"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append(([str(photo)], ["--device", "cuda"], "CUDA is not available"))
+    for inputs, flags, message in cases:
+        assert main(["segment", *inputs, "--out", str(out), *flags]) == 2, flags
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+        assert not out.exists()
+    main(["segment", str(tmp_path), str(photo), "--out", str(out), "--model", "handcrafted", "--levels", "2"])
+    err = capsys.readouterr().err
+    assert "is a directory, not an image" in err
+
+
+def test_segment_overlay_is_the_photo_and_lists_what_it_wrote(tmp_path, capsys):
+    photo = write_photo(tmp_path / "p.png", size=(48, 64))
+    out = tmp_path / "out"
+    code = main(["segment", str(photo), "--out", str(out), "--model", "handcrafted", "--levels", "2,1000",
+                 "--format", "overlay,mean,labels", "-v"])
+    assert code == 0
+    captured = capsys.readouterr()
+    written = sorted(Path(line).name for line in captured.out.split())
+    assert written == ["p_labels_002.png", "p_mean_002.png", "p_overlay_002.png"]
+    assert sorted(f.name for f in out.iterdir()) == written
+    assert "level 1000 skipped in 1 of 1 image(s)" in captured.err and "1 image(s) segmented, 0 failed" in captured.err
+    original = np.asarray(Image.open(photo))
+    overlay = np.asarray(Image.open(out / "p_overlay_002.png"))
+    labels = io.read_labels(out / "p_labels_002.png")
+    inside = np.ones_like(labels, bool)  # pixels whose 3x3 neighbourhood is one segment
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            inside &= np.roll(labels, (dy, dx), (0, 1)) == labels
+    inside[[0, -1]] = inside[:, [0, -1]] = False
+    assert inside.sum() > 0.5 * labels.size
+    assert np.array_equal(overlay[inside], original[inside])  # the photo itself away from boundaries
+    assert not np.array_equal(np.asarray(Image.open(out / "p_mean_002.png"))[inside], original[inside])
+
+
+def test_similarity_point_outside_is_reported_in_the_users_pixels(tmp_path, capsys):
+    photo = write_photo(tmp_path / "p.png", size=(400, 600))  # processed at 321x481
+    assert main(["similarity", str(photo), "--points", "9999,10", "--model", "handcrafted",
+                 "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "point (9999, 10) lies outside the 600x400 image" in err and len(err.strip().splitlines()) == 1
 
 
 def test_similarity_outputs(tmp_path):

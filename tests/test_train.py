@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from ndd.cli import build_parser
+from ndd.cli import build_parser, main
 from ndd.cli.train import config_from_args
 from ndd.data import DeadLeaves, collate, downsample_labels, label_kernel
 from ndd.losses import kernel_matching_loss
@@ -91,6 +92,24 @@ def test_yaml_round_trip_and_flag_override(tmp_path):
         load_yaml(path)
     with pytest.raises(ValueError, match="crop_size"):
         TrainConfig.from_dict({"crop_size": "abc"})
+
+
+def test_config_sources_precedence_and_print_config_without_data(tiny_run, tmp_path, capsys):
+    """defaults < checkpoint < YAML < overrides < model keys, from Python as from the CLI."""
+    ckpt = tiny_run.parent / "checkpoints" / "step_0000002.pt"
+    path = tmp_path / "cfg.yaml"
+    path.write_text("lr: 0.25\nbatch_size: 4\n")
+    got = TrainConfig.from_sources(resume=ckpt, config_file=path, overrides={"batch_size": 5},
+                                   model={"window": 3})
+    stored = TrainConfig.from_dict(load_checkpoint(ckpt)["train_config"])
+    assert got.resume == str(ckpt) and got.crop_size == stored.crop_size == 48  # from the checkpoint
+    assert got.lr == 0.25 and got.batch_size == 5 and got.model["window"] == 3
+    assert got.model["embed_dim"] == stored.model["embed_dim"]  # model keys merge key by key
+    assert main(["train", "--print-config", "--lr", "0.125"]) == 0  # no --data needed to print
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["lr"] == 0.125 and printed["model"]["backbone"] == TrainConfig().model_config().backbone
+    assert main(["train", "--lr", "0.125"]) == 2  # but training needs it
+    assert "needs data_root" in capsys.readouterr().err
 
 
 def test_poly_schedule_restarts_at_stage_two():

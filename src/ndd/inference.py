@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ndd import spectral
+from ndd.device import resolve_device
 from ndd.interpolate import infer_stride_ratio
 from ndd.models import SpecDiffNet
 from ndd.segment import Hierarchy, segment_from_edges, segment_from_similarity
@@ -261,6 +262,10 @@ def similarity_maps(
     points = [(float(x), float(y)) for x, y in points]
     if not points:
         raise ValueError("no points given")
+    H, W = full
+    for px, py in points:  # checked in the user's pixels, before the network runs
+        if not (np.isfinite(px) and np.isfinite(py) and 0 <= px <= W - 1 and 0 <= py <= H - 1):
+            raise ValueError(f"point ({px:g}, {py:g}) lies outside the {W}x{H} image (x in 0..{W - 1}, y in 0..{H - 1})")
     size = working_size(full, max_side)
     model.eval()
     x = _to_tensor(image, size, _device_of(model))
@@ -285,6 +290,7 @@ def load_segmentation_model(spec: str | None = None, device: torch.device | str 
     """
     from ndd.models import SpecDiffNetConfig, SpecDiffNetWeights, load_model, spec_diff_net
 
+    device = resolve_device(device)  # a bad or absent device fails here, in one line, before any loading
     if spec == "handcrafted":
         return SpecDiffNet(SpecDiffNetConfig.handcrafted()).to(device).eval(), "hand-crafted features (classical diffusion distance)"
     names = {name.lower(): member for name, member in SpecDiffNetWeights.__members__.items()}

@@ -29,6 +29,9 @@ __all__ = [
     "write_ucm2",
     "read_ucm2",
     "write_segs",
+    "SEGMENTATION_FORMATS",
+    "DEFAULT_SEGMENTATION_FORMATS",
+    "write_segmentation",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -185,6 +188,72 @@ def hierarchy_strip(
 def write_hierarchy_strip(path: PathLike, image: np.ndarray, levels: Sequence[np.ndarray], **kwargs) -> None:
     """Save :func:`hierarchy_strip` (same keyword arguments) as a PNG."""
     Image.fromarray(hierarchy_strip(image, levels, **kwargs)).save(_out(path))
+
+
+#: What :func:`write_segmentation` can write: label PNGs, the photo with the segment
+#: boundaries drawn on it, the mean-colour rendering, the strip of all levels, BSDS ``ucm2``.
+SEGMENTATION_FORMATS: tuple[str, ...] = ("labels", "overlay", "mean", "strip", "ucm2")
+DEFAULT_SEGMENTATION_FORMATS: tuple[str, ...] = ("labels", "overlay", "strip", "ucm2")
+
+
+def write_segmentation(
+    out_dir: PathLike,
+    stem: str,
+    image: np.ndarray,
+    levels: dict[int, np.ndarray],
+    ucm2: np.ndarray | None = None,
+    formats: Sequence[str] = DEFAULT_SEGMENTATION_FORMATS,
+) -> list[Path]:
+    """Write the outputs of one segmented image, as ``ndd segment`` does; returns the paths written.
+
+    Files, for each level with ``k`` segments: ``<stem>_labels_<k:03d>.png`` (16-bit ids),
+    ``<stem>_overlay_<k:03d>.png`` (the photo with the boundaries drawn on it),
+    ``<stem>_mean_<k:03d>.png`` (segments filled with their mean colour); once per image:
+    ``<stem>_hierarchy.png`` (the photo and every level, fine to coarse) and ``<stem>.mat``
+    (the ``ucm2``).
+
+    Args:
+        out_dir: folder (created if needed).
+        stem: file-name prefix, usually the image's stem.
+        image: (H, W, 3) float in [0, 1] (or uint8).
+        levels: number of segments -> (H, W) label map.
+        ucm2: (2H+1, 2W+1) map; needed when ``formats`` has ``"ucm2"``.
+        formats: a subset of :data:`SEGMENTATION_FORMATS`.
+
+    Example:
+        >>> import numpy as np, tempfile
+        >>> labels = np.zeros((4, 6), np.int64); labels[:, 3:] = 1
+        >>> paths = write_segmentation(tempfile.mkdtemp(), "x", np.zeros((4, 6, 3)), {2: labels}, formats=["labels"])
+        >>> [p.name for p in paths]
+        ['x_labels_002.png']
+    """
+    unknown = sorted(set(formats) - set(SEGMENTATION_FORMATS))
+    if unknown:
+        raise ValueError(f"unknown output format(s) {unknown}; choose from {', '.join(SEGMENTATION_FORMATS)}")
+    if "ucm2" in formats and ucm2 is None:
+        raise ValueError("format 'ucm2' needs the ucm2 map")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for k in sorted(levels):
+        for fmt, write in (("labels", None), ("overlay", False), ("mean", True)):
+            if fmt not in formats:
+                continue
+            path = out / f"{stem}_{fmt}_{k:03d}.png"
+            if write is None:
+                write_labels(path, levels[k])
+            else:
+                write_overlay(path, image, levels[k], mean_colours=write)
+            written.append(path)
+    if "strip" in formats and levels:
+        path = out / f"{stem}_hierarchy.png"
+        write_hierarchy_strip(path, image, [levels[k] for k in sorted(levels, reverse=True)])
+        written.append(path)
+    if "ucm2" in formats:
+        path = out / f"{stem}.mat"
+        write_ucm2(path, ucm2)  # type: ignore[arg-type]
+        written.append(path)
+    return written
 
 
 # --------------------------------------------------------------------------- BSDS .mat files

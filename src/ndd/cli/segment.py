@@ -8,10 +8,10 @@ from pathlib import Path
 
 from ndd.cli._commands import subcommand_help
 
+# io is NumPy/Pillow only: importing it keeps --help free of torch
+from ndd.io import DEFAULT_SEGMENTATION_FORMATS as DEFAULT_FORMATS
+from ndd.io import SEGMENTATION_FORMATS as FORMATS
 
-
-
-FORMATS = ("labels", "overlay", "strip", "ucm2")
 DEFAULT_LEVELS = (2, 4, 8, 16, 32)
 
 
@@ -42,9 +42,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="'default' (shipped weights), 'handcrafted', or a checkpoint path (default: default)")
     p.add_argument("--levels", type=_int_list, default=list(DEFAULT_LEVELS),
                    help="numbers of segments of the levels to write (default 2,4,8,16,32)")
-    p.add_argument("--format", type=_formats, default=list(FORMATS),
-                   help=f"comma-separated outputs among {','.join(FORMATS)} (default all)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--format", type=_formats, default=list(DEFAULT_FORMATS),
+                   help=f"comma-separated outputs among {','.join(FORMATS)}: label PNGs, the photo with boundaries, "
+                        f"mean-colour segments, a strip of all levels, BSDS ucm2 .mat (default {','.join(DEFAULT_FORMATS)})")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (default cpu)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: when stderr is a terminal)")
+    p.add_argument("-v", "--verbose", action="store_true", help="list every file written")
     p.add_argument("--max-side", type=int, default=481,
                    help="longest side processed (default 481, BSDS500's); larger images are scaled down and results mapped back")
     # hierarchy options default to None: ndd.inference.HierarchyOptions owns their defaults
@@ -68,15 +72,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # Imported here so that other subcommands start without loading torch.
-    from ndd import io
-    from ndd.inference import load_segmentation_model, segment_image
-    from tqdm import tqdm
-
     if (args.edge_weight is not None and not 0.0 <= args.edge_weight <= 1.0) or (
             args.coverage is not None and not 0.0 < args.coverage < 1.0):
         print("ndd segment: --edge-weight must be in [0, 1] and --coverage in (0, 1)", file=sys.stderr)
         return 2
+    # Missing files and folders are found before the model loads (seconds) and before --out exists.
+    images, failures = [], 0
+    for path in args.images:
+        if path.is_file():
+            images.append(path)
+        else:
+            print(f"ndd segment: {path}: {'is a directory, not an image' if path.is_dir() else 'no such file'}",
+                  file=sys.stderr)
+            failures += 1
+    if not images:
+        print("ndd segment: no image to segment", file=sys.stderr)
+        return 2
+
+    # Imported here so that other subcommands start without loading torch.
+    import time
+
+    from tqdm import tqdm
+
+    from ndd import io
+    from ndd.inference import load_segmentation_model, segment_image
+
     given = {"method": args.method, "merge_by": args.merge_by, "edge_weight": args.edge_weight,
              "coverage_threshold": args.coverage, "ucm_values": args.ucm_values}
     options = {k: v for k, v in given.items() if v is not None}
@@ -90,31 +110,34 @@ def run(args: argparse.Namespace) -> int:
               "(use --model default or --method grid)", file=sys.stderr)
         return 2
     print(f"model: {description}", file=sys.stderr)
-    args.out.mkdir(parents=True, exist_ok=True)
-    failures = 0
-    for path in tqdm(args.images, desc="segment", unit="image", disable=len(args.images) < 2):
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    start, done, skipped_in = time.perf_counter(), 0, {}
+    bar = tqdm(images, desc="segment", unit="image", disable=not progress, file=sys.stderr)
+    for path in bar:
         try:
             image = io.read_image(path)
         except (ValueError, OSError) as err:
-            print(f"ndd segment: {err}", file=sys.stderr)
+            bar.write(f"ndd segment: {err}", file=sys.stderr)  # never breaks the bar's line
             failures += 1
             continue
         result = segment_image(image, model, max_side=args.max_side, highres=not args.lowres, legacy=args.legacy,
                                **options)
         counts = result.available_levels(args.levels)
-        skipped = sorted(set(args.levels) - set(counts))
-        if skipped and set(args.format) - {"ucm2"}:
-            print(f"{path}: the hierarchy has {result.hierarchy.n_segments} segments at its finest; "
-                  f"levels {skipped} skipped", file=sys.stderr)
-        levels = result.levels(counts)
-        stem = args.out / path.stem
-        for k, labels in zip(counts, levels):
-            if "labels" in args.format:
-                io.write_labels(f"{stem}_labels_{k:03d}.png", labels)
-            if "overlay" in args.format:
-                io.write_overlay(f"{stem}_overlay_{k:03d}.png", image, labels)
-        if "strip" in args.format and levels:
-            io.write_hierarchy_strip(f"{stem}_hierarchy.png", image, levels[::-1])
-        if "ucm2" in args.format:
-            io.write_ucm2(f"{stem}.mat", result.to_ucm2())
+        for k in set(args.levels) - set(counts):
+            skipped_in.setdefault(k, []).append(result.hierarchy.n_segments)
+        levels = dict(zip(counts, result.levels(counts)))
+        ucm2 = result.to_ucm2() if "ucm2" in args.format else None
+        written = io.write_segmentation(args.out, path.stem, image, levels, ucm2, args.format)
+        done += 1
+        if args.verbose:
+            for file in written:
+                bar.write(str(file), file=sys.stdout)
+    seconds = time.perf_counter() - start
+    if skipped_in and set(args.format) - {"ucm2"}:  # once per run, not once per image
+        for k, finest in sorted(skipped_in.items()):
+            print(f"ndd segment: level {k} skipped in {len(finest)} of {done} image(s): their hierarchies have "
+                  f"{min(finest)}-{max(finest)} segments at the finest", file=sys.stderr)
+    rate = f", {seconds / done:.2f} s per image" if done else ""
+    print(f"ndd segment: {done} image(s) segmented, {failures} failed, in {seconds:.1f} s{rate}; outputs in {args.out}",
+          file=sys.stderr)
     return 1 if failures else 0

@@ -38,8 +38,8 @@ def run(args: argparse.Namespace) -> int:
     from ndd.inference import load_segmentation_model, similarity_maps
 
     try:
+        image = io.read_image(args.image)  # a bad image is reported before the model loads
         model, description = load_segmentation_model(args.model, args.device)
-        image = io.read_image(args.image)
         maps, points = similarity_maps(image, model, args.points, all_grid=args.all_grid, max_side=args.max_side)
     except (FileNotFoundError, ValueError, OSError) as err:
         print(f"ndd similarity: {err}", file=sys.stderr)
@@ -49,8 +49,10 @@ def run(args: argparse.Namespace) -> int:
     stem = args.out / args.image.stem
     tiles = [io.heatmap_overlay(image, m, p) for m, p in zip(maps, points)]
     if args.all_grid:
-        io.write_image(f"{stem}_similarity_grid.png", io.contact_sheet(tiles, columns=args.all_grid))
+        written = {f"{stem}_similarity_grid.png": io.contact_sheet(tiles, columns=args.all_grid)}
     else:
-        for (x, y), tile in zip(points, tiles):
-            io.write_image(f"{stem}_similarity_{round(x)}_{round(y)}.png", tile)
+        written = {f"{stem}_similarity_{round(x)}_{round(y)}.png": tile for (x, y), tile in zip(points, tiles)}
+    for path, picture in written.items():
+        io.write_image(path, picture)
+        print(path)
     return 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import typing
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from typing import Any
 
 import yaml
@@ -43,8 +43,11 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _add_field(group: argparse._ArgumentGroup, name: str, tp: Any, help_text: str) -> None:
+def _add_field(group: argparse._ArgumentGroup, name: str, tp: Any, help_text: str, default: Any) -> None:
     flags = [_flag(name), *_ALIASES.get(name, [])]
+    if default is not None and not isinstance(default, (dict, list)) or isinstance(default, list) and default:
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        help_text += f" (default {shown})"
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     optional = type(None) in args
     if optional:
@@ -83,7 +86,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     group = p.add_argument_group("training config (TrainConfig fields)")
     for f in fields(TrainConfig):
         if f.name not in _SKIP:
-            _add_field(group, f.name, types_[f.name], f.metadata.get("help", ""))
+            default = f.default_factory() if f.default_factory is not MISSING else f.default  # type: ignore[misc]
+            _add_field(group, f.name, types_[f.name], f.metadata.get("help", ""), default)
     mgroup = p.add_argument_group("model config (SpecDiffNetConfig keys)")
     for flag, (key, tp, help_text) in _MODEL_FLAGS.items():
         mgroup.add_argument(
@@ -100,31 +104,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    """The :class:`TrainConfig` the parsed flags describe (see the module docstring)."""
-    from ndd.train.checkpoint import load_checkpoint
-    from ndd.train.config import TrainConfig, load_yaml
+    """The :class:`TrainConfig` the parsed flags describe (:meth:`TrainConfig.from_sources`)."""
+    from ndd.train.config import TrainConfig
 
     ns = vars(args)
-    config = TrainConfig()
-    if "resume" in ns:
-        config = TrainConfig.from_dict(load_checkpoint(ns["resume"])["train_config"])
-    if ns.get("config"):
-        config = config.merged(load_yaml(ns["config"]))
-    overrides: dict[str, Any] = {}
-    model: dict[str, Any] = {}
-    for key, value in ns.items():
-        if key.startswith("model."):
-            model[key[len("model."):]] = value
-        elif key in {f.name for f in fields(TrainConfig)}:
-            overrides[key] = value
+    names = {f.name for f in fields(TrainConfig)}
+    model = {key[len("model."):]: value for key, value in ns.items() if key.startswith("model.")}
     for item in ns.get("model_items", []):
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--model expects KEY=VALUE, got {item!r}")
         model[key.strip()] = yaml.safe_load(value)
-    if model:
-        overrides["model"] = model
-    return config.merged(overrides)
+    return TrainConfig.from_sources(
+        resume=ns.get("resume"),
+        config_file=ns.get("config"),
+        overrides={key: value for key, value in ns.items() if key in names},
+        model=model,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -136,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         if args.print_config:
-            print(yaml.safe_dump(config.resolved().to_dict(), sort_keys=False), end="")
+            # the data folder is only needed to train: the config prints without one
+            print(yaml.safe_dump(config.resolved(check_data=False).to_dict(), sort_keys=False), end="")
             return 0
         trainer = Trainer(config)  # checks config, data and checkpoint before any step
     except (ValueError, FileNotFoundError) as exc:

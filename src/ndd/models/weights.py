@@ -77,14 +77,20 @@ def _read(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    # torch.save writes a zip archive (or, before torch 1.6, a pickle): anything else
+    # would fail deep inside the unpickler with a message that names nothing
+    if magic[:4] != b"PK\x03\x04" and magic[:1] != b"\x80":
+        raise ValueError(f"not an ndd checkpoint or weights file: {path} (not a PyTorch file)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt or not a torch file
-        raise ValueError(f"cannot read model file {path}: {err}") from err
+    except Exception as err:  # corrupt or truncated
+        raise ValueError(f"not an ndd checkpoint or weights file: {path} (unreadable: {err})") from err
     if isinstance(payload, dict) and "model_config" in payload:  # a training checkpoint
         payload = {**payload, "config": payload["model_config"]}
     if not isinstance(payload, dict) or "config" not in payload or "model" not in payload:
-        raise ValueError(f"{path} is not an ndd model file (expected keys 'config' and 'model')")
+        raise ValueError(f"not an ndd checkpoint or weights file: {path} (no 'config' and 'model' entries)")
     return payload
 
 

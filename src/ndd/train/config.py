@@ -112,6 +112,38 @@ class TrainConfig:
         types_ = field_types()
         return cls(**{k: coerce_value(k, v, types_[k]) for k, v in data.items()})
 
+    @classmethod
+    def from_sources(
+        cls,
+        *,
+        resume: str | Path | None = None,
+        config_file: str | Path | None = None,
+        overrides: dict[str, Any] | None = None,
+        model: dict[str, Any] | None = None,
+    ) -> TrainConfig:
+        """A configuration from its sources, later ones winning (what ``ndd train`` does).
+
+        Precedence, lowest first: the dataclass defaults, the training configuration
+        stored in the checkpoint ``resume`` (which also becomes :attr:`resume`), the
+        YAML file ``config_file``, ``overrides`` (field -> value), then ``model``
+        (:class:`~ndd.models.SpecDiffNetConfig` keys, merged key by key).
+
+        Example:
+            >>> TrainConfig.from_sources(overrides={"lr": 1e-3}, model={"backbone": "small_cnn"}).model["backbone"]
+            'small_cnn'
+        """
+        config = cls()
+        if resume is not None:
+            from .checkpoint import load_checkpoint  # torch, only when resuming
+
+            config = cls.from_dict(load_checkpoint(resume)["train_config"]).merged({"resume": str(resume)})
+        if config_file is not None:
+            config = config.merged(load_yaml(config_file))
+        merged = dict(overrides or {})
+        if model:
+            merged["model"] = dict(model)
+        return config.merged(merged)
+
     def merged(self, overrides: dict[str, Any]) -> TrainConfig:
         """A copy with ``overrides`` applied; ``model`` dicts are merged key by key."""
         data = self.to_dict()
@@ -131,16 +163,19 @@ class TrainConfig:
             overrides["legacy"] = True
         return SpecDiffNetConfig.from_dict(overrides)
 
-    def resolved(self) -> TrainConfig:
-        """Validate and make the model configuration explicit (what is saved with the run)."""
-        self.validate()
+    def resolved(self, check_data: bool = True) -> TrainConfig:
+        """Validate and make the model configuration explicit (what is saved with the run).
+
+        ``check_data=False`` accepts a configuration without its data folder (to print it).
+        """
+        self.validate(check_data)
         return self.merged({"model": self.model_config().to_dict()})
 
-    def validate(self) -> None:
+    def validate(self, check_data: bool = True) -> None:
         """Raise ``ValueError`` on inconsistent settings (before any work starts)."""
         if self.dataset not in ("bsds", "folder", "synthetic"):
             raise ValueError(f"dataset must be 'bsds', 'folder' or 'synthetic', got {self.dataset!r}")
-        if self.dataset in ("bsds", "folder") and self.data_root is None and (
+        if check_data and self.dataset in ("bsds", "folder") and self.data_root is None and (
             self.dataset == "bsds" or self.images_dir is None or self.labels_dir is None
         ):
             raise ValueError(f"dataset {self.dataset!r} needs data_root (--data)")

@@ -1,0 +1,49 @@
+"""Device names: one parser and check for every command and API that takes ``device``."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+__all__ = ["DEVICE_NAMES", "resolve_device"]
+
+#: What ``device`` may be, for messages.
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N or mps"
+_PATTERN = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
+
+
+def resolve_device(name: str | torch.device, local_rank: int = 0) -> torch.device:
+    """The torch device that ``name`` means, checked to exist on this machine.
+
+    ``"auto"`` is ``cuda:<local_rank>`` when CUDA is available, else the CPU;
+    ``"cuda"`` without an index is ``cuda:<local_rank>`` (one GPU per process under
+    torchrun). Checking here, before a model loads, turns torch's long
+    driver tracebacks into one line.
+
+    Raises:
+        ValueError: an unknown name, or a device this machine does not have.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    if isinstance(name, torch.device):
+        name = str(name)
+    text = name.strip().lower()
+    if not _PATTERN.fullmatch(text):
+        raise ValueError(f"unknown device {name!r}: use {DEVICE_NAMES}")
+    if text == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(text)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is a CPU-only build" if torch.version.cuda is None else "no NVIDIA GPU or driver found"
+            raise ValueError(f"device {name!r}: CUDA is not available ({why}); use --device cpu")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        if device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r}: Apple MPS is not available on this machine; use --device cpu")
+    return device
