@@ -98,3 +98,27 @@ def test_frozen_backbone_gets_no_gradient_and_no_graph():
     with torch.no_grad():
         x = torch.rand(1, 3, 33, 41)
         assert torch.allclose(free(x).similarity, net.eval()(x).similarity, atol=1e-6)
+
+
+def test_multiscale_edges_average_of_resized_maps():
+    from ndd.models.backbone_base import multiscale_edges
+
+    calls = []
+
+    def edge_map(x):  # an "edge detector" that is linear in x and records its input size
+        calls.append(tuple(x.shape[-2:]))
+        return x.mean(1, keepdim=True)
+
+    x = torch.rand(2, 3, 20, 30)
+    one = edge_map(x)
+    calls.clear()
+    got = multiscale_edges(edge_map, x, (0.5, 1.0, 2.0), at_scale_one=one)
+    assert calls == [(10, 15), (40, 60)]  # scale 1 not recomputed
+    assert got.shape == (2, 1, 20, 30)
+    # a constant image has the same constant edge map at every scale
+    c = torch.full((1, 3, 20, 30), 0.3)
+    assert torch.allclose(multiscale_edges(edge_map, c, (0.5, 1.5)), torch.full((1, 1, 20, 30), 0.3))
+    with pytest.raises(ValueError, match="edge_scales"):
+        SpecDiffNetConfig(edge_scales=())
+    cfg = SpecDiffNetConfig.from_dict({**SpecDiffNetConfig().to_dict(), "edge_scales": [0.5, 1.0]})
+    assert cfg.edge_scales == (0.5, 1.0)

@@ -270,6 +270,21 @@ def test_ucm2_on_many_segments() -> None:
     assert_ucm2_reproduces(hier, "rank")
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (6, 1), (9, 11), (10, 4)])
+@pytest.mark.parametrize("chunk_rows", [1, 2, 3, 512])
+def test_ucm2_from_labels_in_bands_equals_the_edge_definition(shape, chunk_rows) -> None:
+    """Band by band assembly == the whole-array definition, for every band size (odd sizes, one row)."""
+    from ndd.segment import ucm2_from_edges, ucm2_from_labels
+
+    rng = np.random.default_rng(sum(shape) + chunk_rows)
+    L = rng.integers(0, 5, size=shape)
+    V = rng.uniform(0, 1, (5, 5))
+    V = (V + V.T) / 2
+    np.fill_diagonal(V, 0)
+    want = ucm2_from_edges(V[L[:, :-1], L[:, 1:]], V[L[:-1], L[1:]])
+    np.testing.assert_array_equal(ucm2_from_labels(L, V, chunk_rows=chunk_rows), want)
+
+
 def test_ucm2_resized(hierarchy: Hierarchy) -> None:
     u = hierarchy.to_ucm2(size=(45, 50))
     assert u.shape == (91, 101)

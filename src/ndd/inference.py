@@ -9,7 +9,7 @@ result is mapped back to the full size.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -103,9 +103,34 @@ class SegmentationResult:
         """Label maps (nested) with the given numbers of segments (default: every level)."""
         return self.hierarchy.levels(n_segments)
 
+    def level_maps(self, n_segments: Sequence[int]) -> Mapping[int, np.ndarray]:
+        """``{k: labels}`` for the available ``n_segments``, each map computed when it is read.
+
+        Nothing is held: for a 24-megapixel photo five int64 levels would be about 1 GB.
+        """
+        return _LevelMaps(self.hierarchy, self.available_levels(n_segments))
+
     def to_ucm2(self) -> np.ndarray:
         """BSDS doubleSize ultrametric contour map ``(2H+1, 2W+1)`` in ``[0, 1]``."""
         return self.hierarchy.to_ucm2(values=self.ucm_values)
+
+
+class _LevelMaps(Mapping[int, np.ndarray]):
+    """Read-only mapping ``n_segments -> labels`` that computes each level on access."""
+
+    def __init__(self, hierarchy: Hierarchy, counts: Sequence[int]) -> None:
+        self._hierarchy, self._counts = hierarchy, list(counts)
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        if k not in self._counts:
+            raise KeyError(k)
+        return self._hierarchy.labels_at(k)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._counts)
+
+    def __len__(self) -> int:
+        return len(self._counts)
 
 
 def working_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:

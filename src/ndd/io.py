@@ -8,14 +8,14 @@ when an id exceeds 255; BSDS ``segs`` files (1-based) have their own writer.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import zlib
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import scipy.io
 from PIL import Image, ImageOps, UnidentifiedImageError
 from skimage.color import label2rgb
-from skimage.segmentation import mark_boundaries
 
 __all__ = [
     "ImageReadError",
@@ -32,6 +32,8 @@ __all__ = [
     "SEGMENTATION_FORMATS",
     "DEFAULT_SEGMENTATION_FORMATS",
     "write_segmentation",
+    "to_uint8_image",
+    "inner_boundaries",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -137,11 +139,46 @@ def colour_overlay(
     Returns:
         (H, W, 3) uint8.
     """
-    img = _as_float_image(image)
+    # uint8 and int32 throughout (not float64 as skimage's label2rgb / mark_boundaries):
+    # a 24-megapixel photo then needs a few hundred MB here, not several GB
+    img = to_uint8_image(image)
     lab = _resize_labels(np.asarray(labels), img.shape[:2])
-    base = label2rgb(lab, img, kind="avg", bg_label=-1) if mean_colours else img
-    out = mark_boundaries(base, lab, color=boundary_colour, mode="inner")
-    return (np.clip(out, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    lab = lab.astype(np.int32, copy=False) if lab.size and 0 <= lab.min() and lab.max() < 2**31 else lab
+    if mean_colours:
+        flat = lab.ravel()
+        if flat.size and flat.min() >= 0:
+            counts = np.maximum(np.bincount(flat), 1)
+            lut = np.stack([np.bincount(flat, weights=img[..., c].ravel(), minlength=len(counts)) / counts
+                            for c in range(3)], axis=1)
+            out = (lut + 0.5).astype(np.uint8)[lab]
+        else:  # negative ids: fall back to skimage's general version
+            out = (label2rgb(lab, img / 255.0, kind="avg", bg_label=-1) * 255.0 + 0.5).astype(np.uint8)
+    else:
+        out = img.copy()
+    out[inner_boundaries(lab)] = np.round(np.asarray(boundary_colour) * 255.0)
+    return out
+
+
+def inner_boundaries(labels: np.ndarray) -> np.ndarray:
+    """(H, W) bool: pixels of a non-zero segment with a 4-neighbour in another segment.
+
+    The same mask as ``skimage.segmentation.find_boundaries(labels, mode="inner",
+    background=0)`` (what ``mark_boundaries`` draws), from four neighbour comparisons instead
+    of a grey dilation and erosion: about 7x faster on a 24-megapixel map, with bool
+    temporaries only.
+    """
+    lab = np.asarray(labels)
+    mask = np.zeros(lab.shape, dtype=bool)
+    right = lab[:, 1:] != lab[:, :-1]
+    mask[:, 1:] |= right
+    mask[:, :-1] |= right
+    del right
+    down = lab[1:, :] != lab[:-1, :]
+    mask[1:, :] |= down
+    mask[:-1, :] |= down
+    del down
+    mask &= lab != 0
+    return mask
 
 
 def write_overlay(path: PathLike, image: np.ndarray, labels: np.ndarray, mean_colours: bool = True) -> None:
@@ -169,16 +206,16 @@ def hierarchy_strip(
     Returns:
         (h, n_panels * w + (n_panels - 1) * gap, 3) uint8.
     """
-    img = _as_float_image(image)
-    panels = ([(img * 255.0 + 0.5).astype(np.uint8)] if include_image else [])
-    panels += [colour_overlay(img, lab) for lab in levels]
+    img = to_uint8_image(image)
+    H, W = img.shape[:2]
+    if max_height is not None and H > max_height:
+        # shrink first, then draw: the panels of a 24-megapixel photo cost what small ones do
+        W, H = max(1, round(W * max_height / H)), max_height
+        img = np.asarray(Image.fromarray(img).resize((W, H), Image.Resampling.LANCZOS))
+    panels = ([img] if include_image else []) + [colour_overlay(img, _resize_labels(np.asarray(lab), (H, W)))
+                                                 for lab in levels]
     if not panels:
         raise ValueError("nothing to draw: no levels and include_image=False")
-    H, W = panels[0].shape[:2]
-    if max_height is not None and H > max_height:
-        size = (max(1, round(W * max_height / H)), max_height)
-        panels = [np.asarray(Image.fromarray(p).resize(size, Image.Resampling.LANCZOS)) for p in panels]
-        H, W = panels[0].shape[:2]
     strip = np.full((H, len(panels) * W + (len(panels) - 1) * gap, 3), 255, dtype=np.uint8)
     for k, p in enumerate(panels):
         strip[:, k * (W + gap): k * (W + gap) + W] = p
@@ -200,8 +237,8 @@ def write_segmentation(
     out_dir: PathLike,
     stem: str,
     image: np.ndarray,
-    levels: dict[int, np.ndarray],
-    ucm2: np.ndarray | None = None,
+    levels: Mapping[int, np.ndarray],
+    ucm2: np.ndarray | Callable[[], np.ndarray] | None = None,
     formats: Sequence[str] = DEFAULT_SEGMENTATION_FORMATS,
 ) -> list[Path]:
     """Write the outputs of one segmented image, as ``ndd segment`` does; returns the paths written.
@@ -216,8 +253,10 @@ def write_segmentation(
         out_dir: folder (created if needed).
         stem: file-name prefix, usually the image's stem.
         image: (H, W, 3) float in [0, 1] (or uint8).
-        levels: number of segments -> (H, W) label map.
-        ucm2: (2H+1, 2W+1) map; needed when ``formats`` has ``"ucm2"``.
+        levels: number of segments -> (H, W) label map (a lazy mapping is read once per level
+            and once more for the strip).
+        ucm2: (2H+1, 2W+1) map, or a function giving it (called last, when the pictures are
+            written and freed); needed when ``formats`` has ``"ucm2"``.
         formats: a subset of :data:`SEGMENTATION_FORMATS`.
 
     Example:
@@ -235,23 +274,27 @@ def write_segmentation(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    image = to_uint8_image(image)  # once, for every picture
     for k in sorted(levels):
-        for fmt, write in (("labels", None), ("overlay", False), ("mean", True)):
-            if fmt not in formats:
-                continue
+        per_level = [f for f in ("labels", "overlay", "mean") if f in formats]
+        if not per_level:
+            break
+        labels = levels[k]  # read once: a lazy mapping computes it on access
+        for fmt in per_level:
             path = out / f"{stem}_{fmt}_{k:03d}.png"
-            if write is None:
-                write_labels(path, levels[k])
+            if fmt == "labels":
+                write_labels(path, labels)
             else:
-                write_overlay(path, image, levels[k], mean_colours=write)
+                write_overlay(path, image, labels, mean_colours=fmt == "mean")
             written.append(path)
+        del labels
     if "strip" in formats and levels:
         path = out / f"{stem}_hierarchy.png"
         write_hierarchy_strip(path, image, [levels[k] for k in sorted(levels, reverse=True)])
         written.append(path)
     if "ucm2" in formats:
         path = out / f"{stem}.mat"
-        write_ucm2(path, ucm2)  # type: ignore[arg-type]
+        write_ucm2(path, ucm2() if callable(ucm2) else ucm2)  # type: ignore[arg-type]
         written.append(path)
     return written
 
@@ -259,13 +302,54 @@ def write_segmentation(
 # --------------------------------------------------------------------------- BSDS .mat files
 def write_ucm2(path: PathLike, ucm2: np.ndarray) -> None:
     """Save a doubleSize ``ucm2`` ((2H+1, 2W+1), values in [0, 1]) as ``.mat`` key ``ucm2``
-    (float64, MATLAB v5 format, as the BSDS benchmark reads it)."""
+    (float64, MATLAB v5 format, compressed, as the BSDS benchmark reads it)."""
     u = np.asarray(ucm2, dtype=np.float64)
     if u.ndim != 2 or u.shape[0] % 2 == 0 or u.shape[1] % 2 == 0 or min(u.shape) < 3:
         raise ValueError(f"ucm2 must be (2H+1, 2W+1) with H, W >= 1, got {u.shape}")
     if not np.all(np.isfinite(u)) or u.min() < 0.0 or u.max() > 1.0:
         raise ValueError("ucm2 values must be finite and in [0, 1]")
-    scipy.io.savemat(_out(path), {"ucm2": u}, do_compression=True)
+    _write_mat_double(_out(path), "ucm2", u)
+
+
+def _write_mat_double(path: Path, name: str, array: np.ndarray, chunk_columns: int = 256) -> None:
+    """One real 2-D double matrix as a compressed MATLAB v5 ``.mat`` file, streamed.
+
+    Written by hand because ``scipy.io.savemat(do_compression=True)`` builds the whole
+    uncompressed element in memory and copies it again before compressing: three copies of a
+    768 MB ``ucm2`` for a 24-megapixel photo. Here the columns go through ``zlib`` a band at a
+    time. The layout (MATLAB's "MAT-File Format", level 5) is what savemat writes: a 128-byte
+    header, then one ``miCOMPRESSED`` element holding the ``miMATRIX`` element (array flags,
+    dimensions, name, column-major ``miDOUBLE`` data). ``scipy.io.loadmat`` reads it back.
+    """
+    a = np.asarray(array, dtype="<f8")
+    rows, cols = a.shape
+    name_bytes = name.encode("latin1")
+    pad = (-len(name_bytes)) % 8
+
+    def tag(kind: int, nbytes: int) -> bytes:
+        return np.array([kind, nbytes], dtype="<u4").tobytes()
+
+    mi_int8, mi_int32, mi_uint32, mi_double, mi_matrix, mi_compressed, mx_double_class = 1, 5, 6, 9, 14, 15, 6
+    data_bytes = rows * cols * 8
+    body = (
+        tag(mi_uint32, 8) + np.array([mx_double_class, 0], dtype="<u4").tobytes()
+        + tag(mi_int32, 8) + np.array([rows, cols], dtype="<i4").tobytes()
+        + tag(mi_int8, len(name_bytes)) + name_bytes + b"\0" * pad
+        + tag(mi_double, data_bytes)
+    )
+    header = b"MATLAB 5.0 MAT-file, written by ndd".ljust(116, b" ") + b" " * 8 + np.array([0x0100], "<u2").tobytes() + b"IM"
+    compressor = zlib.compressobj()
+    with open(path, "wb") as f:
+        f.write(header)
+        tag_at = f.tell()
+        f.write(tag(mi_compressed, 0))  # its byte count is known only at the end
+        written = f.write(compressor.compress(tag(mi_matrix, len(body) + data_bytes) + body))
+        for c0 in range(0, cols, chunk_columns):  # column-major: columns c0.. one after another
+            band = np.ascontiguousarray(a[:, c0 : c0 + chunk_columns].T)
+            written += f.write(compressor.compress(band.tobytes()))
+        written += f.write(compressor.flush())
+        f.seek(tag_at)
+        f.write(tag(mi_compressed, written))
 
 
 def read_ucm2(path: PathLike) -> np.ndarray:
@@ -290,6 +374,26 @@ def _out(path: PathLike) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     return p
+
+
+def to_uint8_image(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 of a float [0, 1], uint8 (returned as is) or uint16 image; grey is repeated.
+
+    Pictures need no more: a 24-megapixel photo is 72 MB in uint8, 288 MB as float32.
+    """
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"image must be (H, W, 3), got {img.shape}")
+    if img.dtype == np.uint8:
+        return img
+    if np.issubdtype(img.dtype, np.integer):
+        return (img // 257).astype(np.uint8) if img.max() > 255 else img.astype(np.uint8)
+    out = np.empty(img.shape, np.uint8)
+    for c in range(3):  # one channel at a time keeps the float temporaries small
+        out[..., c] = (np.clip(img[..., c], 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return out
 
 
 def _as_float_image(image: np.ndarray) -> np.ndarray:

@@ -120,14 +120,18 @@ def run(args: argparse.Namespace) -> int:
             bar.write(f"ndd segment: {err}", file=sys.stderr)  # never breaks the bar's line
             failures += 1
             continue
+        bar.set_postfix_str(f"{path.name}: segmenting", refresh=True)  # a 24-megapixel photo takes a minute
         result = segment_image(image, model, max_side=args.max_side, highres=not args.lowres, legacy=args.legacy,
                                **options)
         counts = result.available_levels(args.levels)
         for k in set(args.levels) - set(counts):
             skipped_in.setdefault(k, []).append(result.hierarchy.n_segments)
-        levels = dict(zip(counts, result.levels(counts)))
-        ucm2 = result.to_ucm2() if "ucm2" in args.format else None
-        written = io.write_segmentation(args.out, path.stem, image, levels, ucm2, args.format)
+        bar.set_postfix_str(f"{path.name}: writing {','.join(args.format)}", refresh=True)
+        picture = io.to_uint8_image(image)
+        del image  # the float copy is 4x larger and no longer needed
+        written = io.write_segmentation(args.out, path.stem, picture, result.level_maps(counts), result.to_ucm2,
+                                        args.format)
+        del result, picture
         done += 1
         if args.verbose:
             for file in written:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 import torch
@@ -231,3 +231,32 @@ def load_state_strict(
                 parts.append(f"  {title}: {shown}")
         raise ValueError("\n".join(parts))
     module.load_state_dict(state, strict=True)
+
+
+def multiscale_edges(edge_map: Callable[[Tensor], Tensor], images: Tensor, scales: Sequence[float],
+                     at_scale_one: Tensor | None = None) -> Tensor:
+    """Mean of an edge detector's maps over input scales, each resized back to the input size.
+
+    Multi-scale averaging is HED's standard test-time setting (it raises boundary F on
+    BSDS500 by about a point over one scale).
+
+    Args:
+        edge_map: images ``(B, 3, h, w)`` -> edge probabilities ``(B, 1, h, w)``.
+        images: ``(B, 3, H, W)``.
+        scales: input scales, e.g. ``(0.5, 1.0, 1.5)``.
+        at_scale_one: the map at scale 1 when it is already known (it is not recomputed).
+
+    Returns:
+        ``(B, 1, H, W)``.
+    """
+    size = (images.shape[-2], images.shape[-1])
+    maps = []
+    for scale in scales:
+        if scale == 1.0:
+            maps.append(at_scale_one if at_scale_one is not None else edge_map(images))
+            continue
+        scaled = (max(2, round(size[0] * scale)), max(2, round(size[1] * scale)))
+        x = torch.nn.functional.interpolate(images, size=scaled, mode="bilinear", align_corners=False,
+                                            antialias=scale < 1.0)
+        maps.append(torch.nn.functional.interpolate(edge_map(x), size=size, mode="bilinear", align_corners=False))
+    return torch.stack(maps).mean(0)

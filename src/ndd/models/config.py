@@ -54,6 +54,8 @@ class SpecDiffNetConfig:
         edge_detector: optional name of a backbone with an edge head (``"vgg16_hed"``)
             run beside the main backbone to give ``edges`` (for the contour affinity and
             for pixel-accurate hierarchies) when the main backbone has no edge head.
+        edge_scales: input scales whose edge maps are averaged into ``edges``
+            (:func:`ndd.models.backbone_base.multiscale_edges`); ``(1.0,)`` is one pass.
         spectral_dtype: ``"float64"`` (default) or ``"float32"``: the precision of
             the spectral part (subspace iteration, Rayleigh-Ritz, assembly of ``D``;
             see :func:`ndd.spectral.diffusion`); the affinity and the outputs stay in
@@ -85,6 +87,7 @@ class SpecDiffNetConfig:
     affinity: str = "features"
     alpha_init: float = 10.0
     edge_detector: str | None = None
+    edge_scales: tuple[float, ...] = (1.0,)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -94,6 +97,8 @@ class SpecDiffNetConfig:
             raise ValueError(f"affinity must be one of {list(AFFINITIES)}, got {self.affinity!r}")
         if "contour" in self.affinity and self.legacy:
             raise ValueError("the contour affinity has no legacy (authors') variant")
+        if not self.edge_scales or min(self.edge_scales) <= 0:
+            raise ValueError(f"edge_scales must be positive scales, got {self.edge_scales!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,7 +110,7 @@ class SpecDiffNetConfig:
         if unknown:
             raise ValueError(f"unknown SpecDiffNet config keys: {sorted(unknown)}")
         data = dict(data)
-        for key in ("fai_gammas", "legacy_grid"):
+        for key in ("fai_gammas", "legacy_grid", "edge_scales"):
             if key in data and data[key] is not None:
                 data[key] = tuple(data[key])
         return cls(**data)

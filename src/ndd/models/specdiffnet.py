@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from ndd import spectral
 from ndd.interpolate import FeatureAttentionalInterpolation
 
+from .backbone_base import multiscale_edges
 from .backbones import build_backbone
 from .config import SpecDiffNetConfig
 
@@ -174,9 +175,16 @@ class SpecDiffNet(nn.Module):
         if self.config.legacy:
             emb = F.interpolate(emb, size=self.config.legacy_grid, mode="bilinear", align_corners=True)
         edges = out.edges
-        if edges is None and self.edge_detector is not None:
+        scales = tuple(self.config.edge_scales)
+        if edges is not None and scales != (1.0,):
             with torch.no_grad():
-                edges = self.edge_detector(images).edges
+                edges = multiscale_edges(self.backbone.edge_map, images, scales, at_scale_one=edges)
+        elif edges is None and self.edge_detector is not None:
+            with torch.no_grad():
+                if scales == (1.0,):
+                    edges = self.edge_detector(images).edges
+                else:
+                    edges = multiscale_edges(self.edge_detector.edge_map, images, scales)
         return emb, levels, edges
 
     def forward(self, images: Tensor, *, eigenpairs: bool = True) -> SpecDiffNetOutput:

@@ -28,7 +28,7 @@ from .cleanup import absorb_small_segments, keep_largest_component, reattach_pie
 from .hierarchy import Hierarchy, hierarchy_from_segments, hierarchy_from_superpixels, segment_from_edges, segment_from_similarity
 from .kernel_kmeans import kernel_kmeans, kernel_kmeans_distances
 from .merge import LinkageTerm, agglomerate, merge_hierarchy, region_adjacency, segment_similarity_sums
-from .ucm import BSDS_THRESHOLDS, label_stack_from_ucm2, labels_from_ucm2, ucm2_from_edges, ucm2_from_label_stack
+from .ucm import BSDS_THRESHOLDS, label_stack_from_ucm2, labels_from_ucm2, ucm2_from_edges, ucm2_from_label_stack, ucm2_from_labels
 from .superpixels import absorb_small_regions, boundary_sums, grid_similarity_sums, pixel_grid_nodes, watershed_superpixels
 from .upsample import upsample_hierarchy, upsample_labels
 
@@ -60,6 +60,7 @@ __all__ = [
     "segment_similarity_sums",
     "split_components",
     "ucm2_from_edges",
+    "ucm2_from_labels",
     "ucm2_from_label_stack",
     "upsample_hierarchy",
     "upsample_labels",

@@ -15,7 +15,7 @@ from .cleanup import absorb_small_segments, keep_largest_component, split_compon
 from .kernel_kmeans import kernel_kmeans
 from .merge import LinkageTerm, agglomerate, region_adjacency, segment_similarity_sums
 from .superpixels import absorb_small_regions, boundary_sums, grid_similarity_sums, pixel_grid_nodes, watershed_superpixels
-from .ucm import ucm2_from_edges
+from .ucm import ucm2_from_labels
 
 __all__ = ["Hierarchy", "segment_from_similarity", "segment_from_edges", "hierarchy_from_segments", "hierarchy_from_superpixels"]
 
@@ -50,7 +50,8 @@ class Hierarchy:
 
     def __post_init__(self) -> None:
         n = self.n_segments
-        if self.finest.ndim != 2 or self.finest.min() < 0 or len(np.unique(self.finest)) != n:
+        # bincount, not np.unique: no sort of a 24-megapixel map
+        if self.finest.ndim != 2 or self.finest.min() < 0 or np.count_nonzero(np.bincount(self.finest.ravel())) != n:
             raise ValueError("finest must be (H, W) labels using every id 0 .. n-1")
         if self.merges.shape != (n - 1, 2) or self.heights.shape != (n - 1,):
             raise ValueError(f"a hierarchy over {n} segments needs {n - 1} merges and heights")
@@ -182,9 +183,7 @@ class Hierarchy:
             (2H+1, 2W+1) float64 in [0, 1].
         """
         h = self if size is None or tuple(size) == self.shape else self.resized(size)
-        D = h.ultrametric(values)
-        L = h.finest
-        return ucm2_from_edges(D[L[:, :-1], L[:, 1:]], D[L[:-1, :], L[1:, :]])
+        return ucm2_from_labels(h.finest, h.ultrametric(values))
 
     # ----------------------------------------------------------------- resolution
     def resized(self, size: tuple[int, int]) -> Hierarchy:
@@ -208,7 +207,7 @@ class Hierarchy:
         finest = np.asarray(finest, dtype=np.int64)
         n = self.n_segments
         present = np.zeros(n, dtype=bool)
-        present[np.unique(finest)] = True
+        present[: finest.max() + 1] = np.bincount(finest.ravel()) > 0
         if present.all():
             return Hierarchy(finest, self.merges, self.similarities, self.heights,
                              self.segment_similarity, self.segment_sizes)

@@ -25,6 +25,7 @@ from skimage.measure import label as cc_label
 
 __all__ = [
     "ucm2_from_edges",
+    "ucm2_from_labels",
     "ucm2_from_label_stack",
     "labels_from_ucm2",
     "label_stack_from_ucm2",
@@ -53,14 +54,55 @@ def ucm2_from_edges(horizontal: np.ndarray, vertical: np.ndarray) -> np.ndarray:
     u = np.zeros((2 * H + 1, 2 * W + 1), dtype=np.float64)
     u[1:-1:2, 2:-1:2] = horizontal
     u[2:-1:2, 1:-1:2] = vertical
-    # junction: max over the edges above, below, left and right of it
-    if H > 1 and W > 1:
-        u[2:-1:2, 2:-1:2] = np.maximum.reduce(
-            [horizontal[:-1, :], horizontal[1:, :], vertical[:, :-1], vertical[:, 1:]]
-        )
+    _finish_ucm2(u)
+    return u
+
+
+def ucm2_from_labels(labels: np.ndarray, pair_values: np.ndarray, chunk_rows: int = 512) -> np.ndarray:
+    """The ``ucm2`` whose edge between 4-neighbours ``p, q`` is ``pair_values[labels[p], labels[q]]``.
+
+    The same map as ``ucm2_from_edges(V[L[:, :-1], L[:, 1:]], V[L[:-1], L[1:]])``, built a
+    band of rows at a time, so that a 24-megapixel label map needs the output and little more.
+
+    Args:
+        labels: (H, W) integer ids ``0 .. n-1``.
+        pair_values: (n, n) value between two ids (0 on the diagonal), e.g. an ultrametric.
+        chunk_rows: rows per band.
+
+    Returns:
+        (2H+1, 2W+1) float64.
+
+    Example:
+        >>> L = np.array([[0, 1]]); V = np.array([[0.0, 0.5], [0.5, 0.0]])
+        >>> ucm2_from_labels(L, V)[1]
+        array([0. , 0. , 0.5, 0. , 0. ])
+    """
+    L = np.asarray(labels)
+    V = np.asarray(pair_values, dtype=np.float64)
+    H, W = L.shape
+    u = np.zeros((2 * H + 1, 2 * W + 1), dtype=np.float64)
+    for r0 in range(0, H, chunk_rows):
+        r1 = min(H, r0 + chunk_rows)
+        band = L[r0:r1]
+        u[2 * r0 + 1 : 2 * r1 : 2, 2:-1:2] = V[band[:, :-1], band[:, 1:]]
+        below = L[r0 + 1 : min(H, r1 + 1)]  # vertical edges between row r and r + 1, r in [r0, r1)
+        if len(below):
+            u[2 * r0 + 2 : 2 * (r0 + len(below)) + 1 : 2, 1:-1:2] = V[band[: len(below)], below]
+    _finish_ucm2(u, chunk_rows)
+    return u
+
+
+def _finish_ucm2(u: np.ndarray, chunk_rows: int = 512) -> None:
+    """Junctions = max of their four edges, then the frame copied from the next row/column, in place."""
+    n_junction_rows = (u.shape[0] - 3) // 2  # junction rows sit at 2, 4, .., 2H - 2
+    if u.shape[1] > 3:
+        for j0 in range(0, n_junction_rows, chunk_rows):
+            rows = 2 + 2 * np.arange(j0, min(n_junction_rows, j0 + chunk_rows))
+            u[rows, 2:-1:2] = np.maximum(
+                np.maximum(u[rows - 1, 2:-1:2], u[rows + 1, 2:-1:2]), np.maximum(u[rows, 1:-2:2], u[rows, 3::2])
+            )
     u[0, :], u[-1, :] = u[1, :], u[-2, :]
     u[:, 0], u[:, -1] = u[:, 1], u[:, -2]
-    return u
 
 
 def ucm2_from_label_stack(stack: Sequence[np.ndarray], values: Sequence[float] | None = None) -> np.ndarray:
