@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -282,19 +283,22 @@ def write_segmentation(
         labels = levels[k]  # read once: a lazy mapping computes it on access
         for fmt in per_level:
             path = out / f"{stem}_{fmt}_{k:03d}.png"
-            if fmt == "labels":
-                write_labels(path, labels)
-            else:
-                write_overlay(path, image, labels, mean_colours=fmt == "mean")
+            with _atomically(path) as tmp:
+                if fmt == "labels":
+                    write_labels(tmp, labels)
+                else:
+                    write_overlay(tmp, image, labels, mean_colours=fmt == "mean")
             written.append(path)
         del labels
     if "strip" in formats and levels:
         path = out / f"{stem}_hierarchy.png"
-        write_hierarchy_strip(path, image, [levels[k] for k in sorted(levels, reverse=True)])
+        with _atomically(path) as tmp:
+            write_hierarchy_strip(tmp, image, [levels[k] for k in sorted(levels, reverse=True)])
         written.append(path)
     if "ucm2" in formats:
         path = out / f"{stem}.mat"
-        write_ucm2(path, ucm2() if callable(ucm2) else ucm2)  # type: ignore[arg-type]
+        with _atomically(path) as tmp:
+            write_ucm2(tmp, ucm2() if callable(ucm2) else ucm2)  # type: ignore[arg-type]
         written.append(path)
     return written
 
@@ -370,6 +374,18 @@ def write_segs(path: PathLike, levels: Sequence[np.ndarray]) -> None:
 
 
 # --------------------------------------------------------------------------- helpers
+@contextmanager
+def _atomically(path: Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` (same suffix, so writers pick the same format), renamed
+    to ``path`` once written: a killed run leaves a whole file or none, never a half one."""
+    tmp = path.with_name(f".partial-{path.name}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _out(path: PathLike) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)

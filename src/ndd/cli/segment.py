@@ -36,7 +36,9 @@ def _formats(text: str) -> list[str]:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("segment", help=subcommand_help("segment"),
                               description="Hierarchical segmentation with the neural diffusion distance (paper §6).")
-    p.add_argument("images", nargs="+", type=Path, help="image files (any RGB/grey/RGBA format Pillow reads)")
+    p.add_argument("images", nargs="+", metavar="INPUT",
+                   help="image files (any format Pillow reads), folders (their images), glob patterns ('dir/*.jpg') "
+                        "or @FILE (a list of paths, one per line)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--model", default=None,
                    help="'default' (shipped weights), 'handcrafted', or a checkpoint path (default: default)")
@@ -49,6 +51,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")
     p.add_argument("-v", "--verbose", action="store_true", help="list every file written")
+    p.add_argument("--workers", type=int, default=1, metavar="K",
+                   help="processes on the CPU, each with its own model (default 1); on GPUs use "
+                        "torchrun --nproc_per_node=G -m ndd segment ... (each rank takes a share)")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="skip inputs that an earlier run into --out completed (default: on)")
     p.add_argument("--max-side", type=int, default=481,
                    help="longest side processed (default 481, BSDS500's); larger images are scaled down and results mapped back")
     # hierarchy options default to None: ndd.inference.HierarchyOptions owns their defaults
@@ -76,32 +83,45 @@ def run(args: argparse.Namespace) -> int:
             args.coverage is not None and not 0.0 < args.coverage < 1.0):
         print("ndd segment: --edge-weight must be in [0, 1] and --coverage in (0, 1)", file=sys.stderr)
         return 2
-    # Missing files and folders are found before the model loads (seconds) and before --out exists.
-    images, failures = [], 0
-    for path in args.images:
-        if path.is_file():
-            images.append(path)
-        else:
-            print(f"ndd segment: {path}: {'is a directory, not an image' if path.is_dir() else 'no such file'}",
-                  file=sys.stderr)
-            failures += 1
+    if args.workers < 1:
+        print("ndd segment: --workers must be >= 1", file=sys.stderr)
+        return 2
+    from ndd.batch import SegmentJob, collect_inputs, segment_files
+
+    # Missing inputs are found before the model loads (seconds) and before --out exists.
+    images, problems = collect_inputs(args.images)
+    for problem in problems:
+        print(f"ndd segment: {problem}", file=sys.stderr)
     if not images:
         print("ndd segment: no image to segment", file=sys.stderr)
         return 2
 
     # Imported here so that other subcommands start without loading torch.
+    import os
     import time
 
     from tqdm import tqdm
 
-    from ndd import io
-    from ndd.inference import load_segmentation_model, segment_image
+    from ndd.inference import load_segmentation_model
 
     given = {"method": args.method, "merge_by": args.merge_by, "edge_weight": args.edge_weight,
              "coverage_threshold": args.coverage, "ucm_values": args.ucm_values}
-    options = {k: v for k, v in given.items() if v is not None}
+    job = SegmentJob(args.out, tuple(args.format), tuple(args.levels), args.max_side, not args.lowres, args.legacy,
+                     {k: v for k, v in given.items() if v is not None})
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # under torchrun: one share per rank
+    rank, world, info = 0, 1, None
+    device = args.device
+    if distributed:
+        from ndd.train.distributed import init_distributed
+
+        try:
+            info = init_distributed(args.device if args.device != "cpu" else "cpu")
+        except ValueError as err:
+            print(f"ndd segment: {err}", file=sys.stderr)
+            return 2
+        rank, world, device = info.rank, info.world_size, str(info.device)
     try:
-        model, description = load_segmentation_model(args.model, args.device)
+        model, description = load_segmentation_model(args.model, device)
     except (FileNotFoundError, ValueError) as err:
         print(f"ndd segment: {err}", file=sys.stderr)
         return 2
@@ -109,39 +129,47 @@ def run(args: argparse.Namespace) -> int:
         print(f"ndd segment: --method superpixels needs a model with an edge map; {description} has none "
               "(use --model default or --method grid)", file=sys.stderr)
         return 2
-    print(f"model: {description}", file=sys.stderr)
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
-    start, done, skipped_in = time.perf_counter(), 0, {}
-    bar = tqdm(images, desc="segment", unit="image", disable=not progress, file=sys.stderr)
-    for path in bar:
-        try:
-            image = io.read_image(path)
-        except (ValueError, OSError) as err:
-            bar.write(f"ndd segment: {err}", file=sys.stderr)  # never breaks the bar's line
-            failures += 1
-            continue
-        bar.set_postfix_str(f"{path.name}: segmenting", refresh=True)  # a 24-megapixel photo takes a minute
-        result = segment_image(image, model, max_side=args.max_side, highres=not args.lowres, legacy=args.legacy,
-                               **options)
-        counts = result.available_levels(args.levels)
-        for k in set(args.levels) - set(counts):
-            skipped_in.setdefault(k, []).append(result.hierarchy.n_segments)
-        bar.set_postfix_str(f"{path.name}: writing {','.join(args.format)}", refresh=True)
-        picture = io.to_uint8_image(image)
-        del image  # the float copy is 4x larger and no longer needed
-        written = io.write_segmentation(args.out, path.stem, picture, result.level_maps(counts), result.to_ucm2,
-                                        args.format)
-        del result, picture
-        done += 1
-        if args.verbose:
-            for file in written:
+    if rank == 0:
+        print(f"model: {description}", file=sys.stderr)
+    if args.workers > 1:
+        del model  # each worker process loads its own
+    progress = (sys.stderr.isatty() if args.progress is None else args.progress) and rank == 0
+    counts = {"done": 0, "skipped": 0, "failed": len(problems) if rank == 0 else 0}
+    missing: dict[int, list[int]] = {}
+    start = time.perf_counter()
+    bar = tqdm(total=len(images[rank::world]), desc="segment", unit="image", disable=not progress, file=sys.stderr)
+    outcomes = segment_files(images, job, model=None if args.workers > 1 else model, model_spec=args.model,
+                             device=device, workers=args.workers, resume=args.resume, rank=rank, world_size=world)
+    for outcome in outcomes:
+        counts[outcome.status] += 1
+        bar.update(1)
+        if outcome.error:
+            bar.write(f"ndd segment: {outcome.error}", file=sys.stderr)  # never breaks the bar's line
+        for k in outcome.missing_levels:
+            missing.setdefault(k, []).append(outcome.finest)
+        if args.verbose and outcome.status == "done":
+            for file in outcome.written:
                 bar.write(str(file), file=sys.stdout)
+    bar.close()
     seconds = time.perf_counter() - start
-    if skipped_in and set(args.format) - {"ucm2"}:  # once per run, not once per image
-        for k, finest in sorted(skipped_in.items()):
-            print(f"ndd segment: level {k} skipped in {len(finest)} of {done} image(s): their hierarchies have "
-                  f"{min(finest)}-{max(finest)} segments at the finest", file=sys.stderr)
-    rate = f", {seconds / done:.2f} s per image" if done else ""
-    print(f"ndd segment: {done} image(s) segmented, {failures} failed, in {seconds:.1f} s{rate}; outputs in {args.out}",
-          file=sys.stderr)
-    return 1 if failures else 0
+    if info is not None:  # every rank's counts, reported once by rank 0
+        import torch
+
+        from ndd.train.distributed import shutdown_distributed
+
+        total = torch.tensor([counts["done"], counts["skipped"], counts["failed"]], dtype=torch.float64,
+                             device=info.device)
+        torch.distributed.all_reduce(total)
+        counts = dict(zip(("done", "skipped", "failed"), (int(v) for v in total.tolist()), strict=True))
+        shutdown_distributed()
+        if rank != 0:
+            return 1 if counts["failed"] else 0
+    for k, finest in sorted(missing.items()):  # once per run, not once per image
+        print(f"ndd segment: level {k} skipped in {len(finest)} of {counts['done']} image(s): their hierarchies "
+              f"have {min(finest)}-{max(finest)} segments at the finest", file=sys.stderr)
+    done = counts["done"]
+    rate = f", {done / seconds:.2f} images/s" if done else ""
+    skipped = f", {counts['skipped']} skipped (completed earlier; --no-resume redoes them)" if counts["skipped"] else ""
+    print(f"ndd segment: {done} image(s) segmented{skipped}, {counts['failed']} failed, in {seconds:.1f} s{rate}; "
+          f"outputs in {args.out}", file=sys.stderr)
+    return 1 if counts["failed"] else 0

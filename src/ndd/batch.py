@@ -1,0 +1,265 @@
+"""Segmenting many images: inputs, resumable runs, worker processes and torchrun ranks.
+
+What ``ndd segment`` does over a collection, as plain functions:
+
+* :func:`collect_inputs` turns files, folders, glob patterns and ``@list.txt`` files
+  into image paths (checked to exist, output names checked not to collide);
+* :func:`segment_file` segments one image and writes its outputs
+  (:func:`ndd.io.write_segmentation`; every file is written under a temporary name and
+  renamed, so a killed run never leaves a half-written file);
+* :func:`segment_files` runs over many, in this process, in ``workers`` processes
+  (:class:`concurrent.futures.ProcessPoolExecutor`, one model per process) or as one rank
+  of ``torchrun`` (rank ``r`` of ``R`` takes inputs ``r, r + R, ...``), and skips inputs
+  that a previous run completed. Completion is recorded after the last output file of an
+  image is in place, as one JSON line in ``<out>/.ndd-segment.rank<r>.jsonl``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "SegmentJob",
+    "ImageOutcome",
+    "collect_inputs",
+    "completed_inputs",
+    "segment_file",
+    "segment_files",
+]
+
+#: Suffixes a folder given as input is searched for (case-insensitive).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"})
+_MANIFEST_GLOB = ".ndd-segment.rank*.jsonl"
+
+
+@dataclass(frozen=True)
+class SegmentJob:
+    """What to do with every image: where outputs go and how the hierarchy is built.
+
+    Attributes:
+        out_dir: output folder.
+        formats: subset of :data:`ndd.io.SEGMENTATION_FORMATS`.
+        levels: numbers of segments of the levels to write (those a hierarchy has).
+        max_side, highres, legacy: as for :func:`ndd.inference.segment_image`.
+        options: :class:`ndd.inference.HierarchyOptions` fields to override.
+    """
+
+    out_dir: Path
+    formats: tuple[str, ...]
+    levels: tuple[int, ...] = (2, 4, 8, 16, 32)
+    max_side: int | None = 481
+    highres: bool = True
+    legacy: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ImageOutcome:
+    """What happened to one input.
+
+    ``status`` is ``"done"``, ``"skipped"`` (completed by an earlier run) or ``"failed"``
+    (``error`` says why, in one line); ``missing_levels`` are the requested levels finer
+    than this image's hierarchy (``finest`` segments).
+    """
+
+    path: Path
+    status: str
+    written: list[Path] = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+    missing_levels: list[int] = field(default_factory=list)
+    finest: int = 0
+
+
+def collect_inputs(specs: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], list[str]]:
+    """Image paths from files, folders (their images, sorted, not recursive), glob patterns and
+    ``@FILE`` lists (one path per line, ``#`` comments), in the order given, without repeats.
+
+    Returns:
+        ``(paths, problems)``: ``problems`` are one-line messages (a missing file, a folder
+        without images, a pattern that matches nothing, two inputs whose outputs would share a
+        name).
+
+    Example:
+        >>> collect_inputs(["no/such.jpg"])[1]
+        ['no/such.jpg: no such file']
+    """
+    paths: list[Path] = []
+    problems: list[str] = []
+
+    def add(spec: str) -> None:
+        path = Path(spec)
+        if spec.startswith("@"):
+            listing = Path(spec[1:])
+            try:
+                lines = listing.read_text().splitlines()
+            except OSError as err:
+                problems.append(f"{listing}: cannot read the list of inputs ({err.strerror or err})")
+                return
+            for line in lines:
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    add(line)
+        elif path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                problems.append(f"{path}: folder holds no image ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            paths.extend(found)
+        elif path.is_file():
+            paths.append(path)
+        elif glob.has_magic(spec):
+            found = sorted(Path(p) for p in glob.glob(spec) if Path(p).is_file())
+            if not found:
+                problems.append(f"{spec}: pattern matches no file")
+            paths.extend(found)
+        else:
+            problems.append(f"{path}: no such file")
+
+    for spec in specs:
+        add(os.fspath(spec))
+    unique = list(dict.fromkeys(paths))
+    by_stem: dict[str, Path] = {}
+    for path in unique:
+        if path.stem in by_stem:  # outputs are named by stem: the second would overwrite the first
+            problems.append(f"{path}: its outputs would overwrite those of {by_stem[path.stem]} (same name)")
+        else:
+            by_stem[path.stem] = path
+    return [p for p in unique if by_stem.get(p.stem) == p], problems
+
+
+def _manifest_key(path: Path) -> str:
+    return str(path.resolve())
+
+
+def completed_inputs(out_dir: str | os.PathLike[str]) -> dict[str, list[str]]:
+    """Inputs (resolved paths) that earlier runs into ``out_dir`` completed, with their files.
+
+    An input counts as completed only if every file recorded for it still exists.
+    """
+    out = Path(out_dir)
+    done: dict[str, list[str]] = {}
+    for manifest in sorted(out.glob(_MANIFEST_GLOB)):
+        for line in manifest.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill: that image is redone
+                continue
+            if all((out / name).is_file() for name in row.get("files", [])):
+                done[row["input"]] = row["files"]
+    return done
+
+
+def segment_file(path: Path, model: Any, job: SegmentJob) -> ImageOutcome:
+    """Segment one image and write its outputs; errors become a ``"failed"`` outcome."""
+    from ndd import io
+    from ndd.inference import segment_image
+
+    start = time.perf_counter()
+    try:
+        image = io.read_image(path)
+    except (ValueError, OSError) as err:
+        return ImageOutcome(path, "failed", error=str(err))
+    result = segment_image(image, model, max_side=job.max_side, highres=job.highres, legacy=job.legacy,
+                           **job.options)
+    counts = result.available_levels(job.levels)
+    picture = io.to_uint8_image(image)
+    del image  # the float copy is 4x the size of the picture and no longer needed
+    written = io.write_segmentation(job.out_dir, path.stem, picture, result.level_maps(counts), result.to_ucm2,
+                                    job.formats)
+    missing = sorted(set(job.levels) - set(counts)) if set(job.formats) - {"ucm2"} else []
+    return ImageOutcome(path, "done", written, seconds=time.perf_counter() - start, missing_levels=missing,
+                        finest=result.hierarchy.n_segments)
+
+
+# -- worker processes ------------------------------------------------------------ #
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(model_spec: str | None, device: str, threads: int, job: SegmentJob) -> None:
+    import torch
+
+    from ndd.inference import load_segmentation_model
+
+    torch.set_num_threads(threads)
+    _WORKER["model"], _ = load_segmentation_model(model_spec, device)
+    _WORKER["job"] = job
+
+
+def _work(path: Path) -> ImageOutcome:
+    try:
+        return segment_file(path, _WORKER["model"], _WORKER["job"])
+    except Exception as err:  # one bad input must not stop the other workers
+        return ImageOutcome(path, "failed", error=f"{path}: {type(err).__name__}: {err}")
+
+
+def segment_files(
+    paths: Sequence[Path],
+    job: SegmentJob,
+    *,
+    model: Any = None,
+    model_spec: str | None = None,
+    device: str = "cpu",
+    workers: int = 1,
+    resume: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[ImageOutcome]:
+    """Segment ``paths`` into ``job.out_dir``, yielding one outcome per input as it finishes.
+
+    Args:
+        paths: images (e.g. from :func:`collect_inputs`).
+        job: outputs and hierarchy settings.
+        model: a loaded :class:`~ndd.models.SpecDiffNet` for ``workers == 1``.
+        model_spec, device: what each worker process loads (as ``ndd segment --model``),
+            for ``workers > 1`` (or when ``model`` is ``None``).
+        workers: processes; each loads the model once and uses ``torch threads / workers``.
+        resume: skip inputs that an earlier run into the same folder completed.
+        rank, world_size: this process's share of ``paths`` (``torchrun``: ``RANK``,
+            ``WORLD_SIZE``): inputs ``rank, rank + world_size, ...``.
+    """
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    share = list(paths)[rank::world_size]
+    done = completed_inputs(job.out_dir) if resume else {}
+    todo = []
+    for path in share:
+        if _manifest_key(path) in done:
+            yield ImageOutcome(path, "skipped", [job.out_dir / f for f in done[_manifest_key(path)]])
+        else:
+            todo.append(path)
+    manifest = job.out_dir / f".ndd-segment.rank{rank}.jsonl"
+
+    def record(outcome: ImageOutcome) -> ImageOutcome:
+        if outcome.status == "done":  # after every file is in place: a kill before this redoes the image
+            row = {"input": _manifest_key(outcome.path), "files": [p.name for p in outcome.written]}
+            with open(manifest, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        return outcome
+
+    if workers <= 1:
+        if model is None:
+            from ndd.inference import load_segmentation_model
+
+            model, _ = load_segmentation_model(model_spec, device)
+        for path in todo:
+            yield record(segment_file(path, model, job))
+        return
+    import multiprocessing
+
+    import torch
+
+    threads = max(1, torch.get_num_threads() // workers)
+    # spawn, not fork: forking a process whose torch thread pools are running can hang
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                             initargs=(model_spec, device, threads, job)) as pool:
+        for outcome in pool.map(_work, todo):
+            yield record(outcome)
