@@ -6,10 +6,16 @@ Inputs, one per image id:
   by default) or ``segs`` (a cell of label maps; scales 1..S);
 * ``<id>.npz`` with ``ucm2`` ((2h+1, 2w+1)) or ``segs`` ((S, h, w));
 * ``<id>/`` a folder of PNG label maps, one per scale, in name order;
-* ``<id>.png`` a soft boundary map (uint8/255), boundary benchmark only.
+* ``<id>.png`` a soft boundary map (8-bit /255 or 16-bit /65535), boundary
+  benchmark only;
+* ``<id>.npy`` a soft boundary map ((h, w) float in [0, 1], or uint8/uint16),
+  or a ``.mat``/``.npz`` whose soft map is stored as ``pb``, ``edges`` or ``E``.
+
+Soft boundary maps can be thinned first by the edge papers' non-maximum
+suppression (``nms=True``, :mod:`ndd.evaluation.nms`).
 
 PNG files and folders count only when named after a ground-truth image that
-has no ``.mat``/``.npz`` result (other PNGs, such as the overlays ``ndd
+has no ``.mat``/``.npz``/``.npy`` result (other PNGs, such as the overlays ``ndd
 segment`` writes beside its ``<id>.mat``, are listed as ignored).
 
 Ground truth: ``<id>.mat`` with the BSDS ``groundTruth`` cell.  Every problem
@@ -48,6 +54,7 @@ from ndd.evaluation.boundary import (
     ucm2_boundary_maps,
 )
 from ndd.evaluation.matching import Tiebreak
+from ndd.evaluation.nms import nms_edge_map
 from ndd.evaluation.region import RegionCounts, region_counts, segs_hierarchy, thresholds_linspace, ucm2_hierarchy
 
 __all__ = [
@@ -58,12 +65,17 @@ __all__ = [
     "MachineResult",
     "evaluate_dataset",
     "evaluate_image",
+    "SOFT_MAP_KEYS",
+    "check_pairing",
     "find_results",
     "load_groundtruth",
     "load_result",
 ]
 
 ResultKind = Literal["ucm2", "segs", "pb"]
+
+#: variable names of a soft boundary map inside a ``.mat`` / ``.npz`` result
+SOFT_MAP_KEYS = ("pb", "edges", "E")
 
 
 class EvaluationError(ValueError):
@@ -180,9 +192,39 @@ def _check_ucm2(ucm2: Any, path: Path) -> np.ndarray:
     return ucm2
 
 
+def _soft_map(arr: Any, where: str) -> np.ndarray:
+    """A soft boundary map in [0, 1] from a stored (h, w) array.
+
+    uint8 is scaled by 1/255 and uint16 by 1/65535 (PNG conventions), bool to
+    0/1; floats must be finite and within [0, 1] (a map outside it would be
+    thresholded wrongly by the 1/(n+1) .. n/(n+1) scales, so it is an error).
+    """
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):  # an RGB(A) save of a grey map
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise EvaluationError(f"{where}: soft boundary map must be 2-D, got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float64) / 255.0
+    if arr.dtype == np.uint16:
+        return arr.astype(np.float64) / 65535.0
+    if arr.dtype == bool:
+        return arr.astype(np.float64)
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise EvaluationError(f"{where}: soft boundary map must be float in [0, 1], uint8 or uint16, got {arr.dtype}")
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise EvaluationError(f"{where}: soft boundary map contains NaN/Inf")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < -1e-6 or hi > 1 + 1e-6:
+        raise EvaluationError(f"{where}: soft boundary map values must lie in [0, 1], got [{lo:g}, {hi:g}]")
+    return np.clip(arr, 0.0, 1.0)
+
+
 def load_result(path: str | os.PathLike[str]) -> MachineResult:
-    """Read one machine result (.mat / .npz with ``ucm2`` or ``segs``, a PNG
-    label-map folder, or a PNG soft boundary map)."""
+    """Read one machine result (.mat / .npz with ``ucm2``, ``segs`` or a soft
+    map ``pb``/``edges``/``E``, a PNG label-map folder, or a soft boundary map
+    as 8/16-bit PNG or ``.npy``)."""
     path = Path(path)
     if path.is_dir():
         files = sorted((p for p in path.iterdir() if p.suffix.lower() == ".png"), key=lambda p: _natural_key(p.name))
@@ -194,9 +236,17 @@ def load_result(path: str | os.PathLike[str]) -> MachineResult:
         img = np.asarray(_imread(path))
         if img.ndim == 3:
             img = img[..., 0]
-        if img.dtype != np.uint8:
-            raise EvaluationError(f"{path}: soft boundary PNG must be 8-bit grey, got {img.dtype}")
-        return MachineResult("pb", img.astype(np.float64) / 255.0, path)
+        if img.dtype not in (np.uint8, np.uint16):
+            raise EvaluationError(f"{path}: soft boundary PNG must be 8- or 16-bit grey, got {img.dtype}")
+        return MachineResult("pb", _soft_map(img, str(path)), path)
+    if suffix == ".npy":
+        if not path.is_file():
+            raise EvaluationError(f"{path}: file not found")
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except Exception as exc:
+            raise EvaluationError(f"{path}: cannot read .npy file ({type(exc).__name__}: {exc})") from exc
+        return MachineResult("pb", _soft_map(arr, str(path)), path)
     if suffix == ".npz":
         if not path.is_file():
             raise EvaluationError(f"{path}: file not found")
@@ -208,7 +258,7 @@ def load_result(path: str | os.PathLike[str]) -> MachineResult:
     elif suffix == ".mat":
         data = _loadmat(path)
     else:
-        raise EvaluationError(f"{path}: unsupported result format (expected .mat, .npz, .png or a folder)")
+        raise EvaluationError(f"{path}: unsupported result format (expected .mat, .npz, .npy, .png or a folder)")
     if "ucm2" in data:
         return MachineResult("ucm2", _check_ucm2(data["ucm2"], path), path)
     if "segs" in data:
@@ -222,8 +272,13 @@ def load_result(path: str | os.PathLike[str]) -> MachineResult:
         if not items:
             raise EvaluationError(f"{path}: 'segs' is empty")
         return MachineResult("segs", [_label_image(s, f"{path}: segs{{{k + 1}}}") for k, s in enumerate(items)], path)
+    for key in SOFT_MAP_KEYS:
+        if key in data:
+            return MachineResult("pb", _soft_map(data[key], f"{path}: '{key}'"), path)
     keys = sorted(k for k in data if not k.startswith("__"))
-    raise EvaluationError(f"{path}: no 'ucm2' or 'segs' variable (found {keys})")
+    raise EvaluationError(
+        f"{path}: no 'ucm2' or 'segs' variable, nor a soft map {', '.join(map(repr, SOFT_MAP_KEYS))} (found {keys})"
+    )
 
 
 def _imread(path: Path) -> np.ndarray:
@@ -240,9 +295,9 @@ def find_results(
 ) -> tuple[dict[str, Path], list[str]]:
     """Map image id → result path for the results in a folder (see module doc).
 
-    ``.mat``/``.npz`` files are always results.  PNG files and PNG folders are
-    results only when named after an image of ``image_ids`` (when given) that
-    has no ``.mat``/``.npz``: other PNGs (``ndd segment`` writes overlays and
+    ``.mat``/``.npz``/``.npy`` files are always results.  PNG files and PNG
+    folders are results only when named after an image of ``image_ids`` (when
+    given) that has no ``.mat``/``.npz``/``.npy``: other PNGs (``ndd segment`` writes overlays and
     label maps beside its ``<id>.mat``) are returned as ignored names.
     Returns ``(results, ignored)``.
     """
@@ -259,7 +314,7 @@ def find_results(
                 pngs[p.name] = p
         elif p.suffix.lower() == ".png":
             pngs[p.stem] = p
-        elif p.suffix.lower() in (".mat", ".npz"):
+        elif p.suffix.lower() in (".mat", ".npz", ".npy"):
             if p.stem in found:
                 raise EvaluationError(
                     f"{results_dir}: two results for image {p.stem}: {found[p.stem].name} and {p.name}"
@@ -297,6 +352,8 @@ def evaluate_image(
     max_dist: float = 0.0075,
     tiebreak: Tiebreak = "greedy",
     image_id: str | None = None,
+    nms: bool = False,
+    nms_radius: int = 1,
 ) -> ImageEvaluation:
     """Region and boundary counts of one image.
 
@@ -304,6 +361,11 @@ def evaluate_image(
     path or loaded annotations.  A ucm2 or soft boundary map is evaluated at
     ``nthresh`` thresholds ``linspace(1/(n+1), 1-1/(n+1), n)``; a stack of S
     segmentations at its S levels (``nthresh`` is then ignored, as officially).
+    ``nms``: thin a soft boundary map first with the edge papers' non-maximum
+    suppression (:func:`~ndd.evaluation.nms.nms_edge_map`); ucm2 and label
+    maps are unaffected (their boundaries are already one pixel wide).
+    ``nms_radius``: its suppression radius ``r`` (1 as ``edgesNms``/HED; the
+    RCF and PiDiNet scripts use 2 on BSDS500).
     """
     res = result if isinstance(result, MachineResult) else load_result(result)
     gt_where = str(groundtruth) if isinstance(groundtruth, (str, os.PathLike)) else "ground truth"
@@ -342,7 +404,8 @@ def evaluate_image(
         elif res.kind == "segs":
             maps = segs_boundary_maps(res.data)
         else:
-            maps = (res.data >= t for t in thresholds)
+            pb = nms_edge_map(res.data, r=nms_radius) if nms else res.data
+            maps = (pb >= t for t in thresholds)
         bdry = boundary_counts(maps, [a.boundaries for a in gts], thresholds, max_dist=max_dist, tiebreak=tiebreak)
     return ImageEvaluation(iid, res.kind, len(gts), reg, bdry)
 
@@ -356,8 +419,12 @@ def _evaluate_pair(
     boundary: bool,
     max_dist: float,
     tiebreak: Tiebreak,
+    nms: bool = False,
+    nms_radius: int = 1,
 ) -> ImageEvaluation:
-    return evaluate_image(result_path, gt_path, nthresh, region, boundary, max_dist, tiebreak, image_id=iid)
+    return evaluate_image(
+        result_path, gt_path, nthresh, region, boundary, max_dist, tiebreak, iid, nms=nms, nms_radius=nms_radius
+    )
 
 
 # ----------------------------------------------------------------------------- data set
@@ -368,7 +435,10 @@ class DatasetEvaluation:
     """All per-image counts and the aggregated figures of a data set.
 
     ``missing_results``: ground-truth ids without a result (``allow_missing``);
-    ``ignored_files``: PNGs of the results folder not named after an image.
+    ``ignored_files``: PNGs of the results folder not named after an image;
+    ``nms``: soft boundary maps were thinned by non-maximum suppression;
+    ``official_rounding``: per-image region values were rounded to ``%10g``
+    before aggregating (see :func:`~ndd.evaluation.aggregate.round_g10`).
     """
 
     images: list[ImageEvaluation]
@@ -377,6 +447,8 @@ class DatasetEvaluation:
     paper: PaperCovering | None
     missing_results: list[str] = field(default_factory=list)
     ignored_files: list[str] = field(default_factory=list)
+    nms: bool = False
+    official_rounding: bool = True
 
     @property
     def image_ids(self) -> list[str]:
@@ -465,6 +537,8 @@ def evaluate_dataset(
     allow_missing: bool = False,
     official_rounding: bool = True,
     progress: Callable[[int, int, str], None] | None = None,
+    nms: bool = False,
+    nms_radius: int = 1,
 ) -> DatasetEvaluation:
     """Evaluate every result of ``results_dir`` against ``groundtruth_dir``.
 
@@ -473,34 +547,33 @@ def evaluate_dataset(
     A result without ground truth is an error; a ground-truth image without a
     result is an error unless ``allow_missing`` (then it is listed in
     ``missing_results`` and the figures cover the results only).
-    ``progress(done, total, image_id)`` is called after each image.
+    ``progress(done, total, image_id)`` is called after each image.  ``nms``
+    thins soft boundary maps first, with suppression radius ``nms_radius``
+    (see :func:`evaluate_image`).
     """
     if not region and not boundary:
         raise ValueError("nothing to evaluate: region and boundary both off")
+    if nms_radius < 1:
+        raise ValueError(f"nms_radius must be >= 1, got {nms_radius}")
     gt_dir = Path(groundtruth_dir)
     if not gt_dir.is_dir():
         raise EvaluationError(f"{gt_dir}: ground-truth folder not found")
     gts = {p.stem: p for p in gt_dir.glob("*.mat")}
+    if not gts:
+        raise EvaluationError(f"{gt_dir}: no ground truth (<id>.mat) found")
     results, ignored = find_results(results_dir, set(gts))
     if not results:
-        raise EvaluationError(f"{results_dir}: no result (.mat, .npz, .png or PNG folder) found")
-    no_gt = sorted(set(results) - set(gts))
-    if no_gt:
-        raise EvaluationError(
-            f"no ground truth in {gt_dir} for {len(no_gt)} result(s): "
-            + ", ".join(str(results[i]) for i in no_gt[:5])
-            + (" ..." if len(no_gt) > 5 else "")
-        )
+        hint = ""
+        if ignored:
+            hint = (
+                f"; {len(ignored)} PNG file(s)/folder(s) are not named after a ground-truth image "
+                f"(e.g. {ignored[0]}, while the ground truth has e.g. {min(gts)}.mat)"
+            )
+        raise EvaluationError(f"{results_dir}: no result (.mat, .npz, .npy, .png or PNG folder) found{hint}")
+    check_pairing(results, gts, results_dir, gt_dir, allow_missing)
     missing = sorted(set(gts) - set(results))
-    if missing and not allow_missing:
-        raise EvaluationError(
-            f"{len(missing)} ground-truth image(s) of {gt_dir} have no result in {results_dir}: "
-            + ", ".join(missing[:5])
-            + (" ..." if len(missing) > 5 else "")
-            + " (pass allow_missing / --allow-missing to evaluate the subset)"
-        )
     ids = sorted(results)
-    args = [(i, results[i], gts[i], nthresh, region, boundary, max_dist, tiebreak) for i in ids]
+    args = [(i, results[i], gts[i], nthresh, region, boundary, max_dist, tiebreak, nms, nms_radius) for i in ids]
     done: dict[str, ImageEvaluation] = {}
     if workers <= 1:
         for k, a in enumerate(args):
@@ -531,7 +604,48 @@ def evaluate_dataset(
     reg = collect_eval_reg(reg_counts, official_rounding) if region else None
     pap = paper_covering(reg_counts) if region else None
     bd = collect_eval_bdry(bdry_counts) if boundary else None
-    return DatasetEvaluation(images, reg, bd, pap, missing, ignored)
+    return DatasetEvaluation(images, reg, bd, pap, missing, ignored, nms, official_rounding)
+
+
+def _name_list(names: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def check_pairing(
+    results: dict[str, Path],
+    groundtruth: dict[str, Path],
+    results_dir: str | os.PathLike[str],
+    groundtruth_dir: str | os.PathLike[str],
+    allow_missing: bool = False,
+) -> None:
+    """Raise one :class:`EvaluationError` listing every id that does not pair up.
+
+    ``results`` / ``groundtruth``: image id → file.  A result without ground
+    truth is always an error; a ground-truth image without result is one
+    unless ``allow_missing``.  Both lists go in the same message, so a wrong
+    folder (e.g. val results against test ground truth) shows at once.
+    """
+    no_gt = sorted(set(results) - set(groundtruth))
+    missing = [] if allow_missing else sorted(set(groundtruth) - set(results))
+    if not no_gt and not missing:
+        return
+    parts = []
+    if no_gt:
+        parts.append(
+            f"{len(no_gt)} result(s) in {results_dir} have no ground truth in {groundtruth_dir}: "
+            + _name_list([results[i].name for i in no_gt])
+        )
+    if missing:
+        parts.append(
+            f"{len(missing)} ground-truth image(s) of {groundtruth_dir} have no result in {results_dir}: "
+            + _name_list(missing)
+            + " (pass allow_missing / --allow-missing to evaluate the subset)"
+        )
+    common = len(set(results) & set(groundtruth))
+    raise EvaluationError(
+        f"results and ground truth do not pair up ({common} image(s) in common): " + "; ".join(parts)
+    )
 
 
 def _check_same_scales(images: Sequence[ImageEvaluation], results: dict[str, Path]) -> None:
