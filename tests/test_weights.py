@@ -66,3 +66,13 @@ def test_default_is_an_alias_and_meta_says_how_to_use_each_model():
         assert meta["max_side"] == DEFAULT_MAX_SIDE and meta["grid_stride"] == 8
         cov, paper = meta["metrics"]["covering_ods_ois_best"], meta["metrics"]["paper_avg_max"]
         assert len(cov) == 3 and all(0 < v < 1 for v in (*cov, *paper))
+
+
+def test_entry_config_is_applied_over_the_file_config():
+    from ndd.models import load_model, spec_diff_net
+
+    member = SpecDiffNetWeights.BSDS500_HED
+    assert spec_diff_net(member).config.edge_scales == tuple(member.value.config["edge_scales"])
+    plain = load_model(member.value.path)  # the file itself: one scale
+    assert plain.config.edge_scales == (1.0,)
+    assert load_model(member.value.path, edge_scales=(1.0, 2.0)).config.edge_scales == (1.0, 2.0)
