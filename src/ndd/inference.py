@@ -329,3 +329,46 @@ def load_segmentation_model(spec: str | None = None, device: torch.device | str 
             )
         return spec_diff_net(member, device=device).eval(), f"shipped model {member.name} ({entry.filename})"
     return load_model(spec, device), f"checkpoint {spec}"
+
+
+@torch.no_grad()
+def similarity_maps_from_output(
+    out,
+    model: SpecDiffNet,
+    points: Sequence[tuple[float, float]],
+    image_size: tuple[int, int],
+    working_size: tuple[int, int],
+) -> np.ndarray:
+    """:func:`similarity_maps` from a forward that was already run (no network call).
+
+    The same steps as :func:`similarity_maps` after its forward: points scaled to the working
+    size, :func:`points_to_nodes`, rows of ``K_D`` up-sampled by ``model.upsample`` (FAI), a
+    bilinear resize to the full size, clamped to ``[0, 1]``.
+
+    Args:
+        out: the :class:`ndd.models.specdiffnet.SpecDiffNetOutput` of ``model`` on the image
+            resized to ``working_size`` (batch item 0 is used).
+        model: the model that produced ``out`` (its FAI is used).
+        points: ``(x, y)`` pixel positions in the full-size image.
+        image_size: ``(H, W)`` of the full-size image.
+        working_size: ``(h, w)`` the model saw (e.g. :attr:`SegmentationResult.working_size`).
+
+    Returns:
+        ``(M, H, W)`` float32 maps in ``[0, 1]``.
+    """
+    full, size = tuple(image_size), tuple(working_size)
+    H, W = full
+    pts = [(float(x), float(y)) for x, y in points]
+    if not pts:
+        raise ValueError("no points given")
+    for px, py in pts:
+        if not (np.isfinite(px) and np.isfinite(py) and 0 <= px <= W - 1 and 0 <= py <= H - 1):
+            raise ValueError(f"point ({px:g}, {py:g}) lies outside the {W}x{H} image (x in 0..{W - 1}, y in 0..{H - 1})")
+    scale_pts = [(px * size[1] / full[1], py * size[0] / full[0]) for px, py in pts]
+    nodes = points_to_nodes(scale_pts, size, out.grid_shape).to(out.similarity.device)
+    h, w = out.grid_shape
+    maps = out.similarity[0, nodes].reshape(1, -1, h, w)
+    up = model.upsample(maps, [f[:1] for f in out.levels], size)
+    if size != full:
+        up = F.interpolate(up, size=full, mode="bilinear", align_corners=False)
+    return up[0].clamp(0, 1).cpu().numpy()

@@ -25,6 +25,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("evaluate", "evaluate", "BSDS500 region and boundary benchmark of ucm2 / label-map results"),
     Subcommand("train", "train", "train spec-diff-net (two stages, checkpoints, exact resume, DDP under torchrun)"),
     Subcommand("evaluate-kernel", "evaluate_kernel", "kernel accuracy (paper Table 1) of a model on BSDS500"),
+    Subcommand("demo", "demo", "interactive web page: segment an image, explore its diffusion similarity (needs [demo])"),
 )
 
 
