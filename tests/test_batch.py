@@ -88,3 +88,39 @@ def test_ranks_take_disjoint_shares(tmp_path):
     shares = [[o.path for o in segment_files(paths, job, model=model, rank=r, world_size=2)] for r in (0, 1)]
     assert shares == [paths[0::2], paths[1::2]]
     assert len(completed_inputs(job.out_dir)) == 5  # both ranks' records are read back
+
+
+def test_default_levels_fit_every_hierarchy(tmp_path):
+    from ndd.batch import auto_levels, segment_file
+
+    assert auto_levels(500) == (2, 4, 8, 16, 32) and auto_levels(20) == (2, 4, 8, 16, 20)
+    assert auto_levels(1) == (1,) and auto_levels(3) == (2, 3)
+    model = SpecDiffNet(SpecDiffNetConfig.handcrafted()).eval()
+    outcome = segment_file(photos(tmp_path / "in", 1)[0], model, SegmentJob(tmp_path / "out", ("labels",)))
+    assert outcome.missing_levels == []
+    written = sorted(int(p.stem.rsplit("_", 1)[1]) for p in outcome.written)
+    assert written == list(auto_levels(outcome.finest))
+
+
+def test_a_large_photo_segments_under_a_memory_cap(tmp_path):
+    """4000x3000 through ndd segment in a fresh process: peak RSS (getrusage) under 2 GB."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 255, (15, 20, 3), dtype=np.uint8)
+    Image.fromarray(small).resize((4000, 3000), Image.Resampling.NEAREST).save(tmp_path / "big.jpg", quality=85)
+    script = (
+        "import resource, sys\n"
+        "from ndd.cli import main\n"
+        f"code = main(['segment', {str(tmp_path / 'big.jpg')!r}, '--out', {str(tmp_path / 'out')!r}, "
+        "'--model', 'handcrafted', '--format', 'labels,overlay,strip,ucm2', '--levels', '2,8'])\n"
+        "print(code, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    code, peak_kib = done.stdout.split()[-2:]
+    assert code == "0"
+    labels = np.asarray(Image.open(tmp_path / "out" / "big_labels_008.png"))
+    assert labels.shape == (3000, 4000)  # written at the input's size
+    assert int(peak_kib) / 1024**2 < 2.0, f"peak {int(peak_kib) / 1024**2:.2f} GB"

@@ -29,6 +29,7 @@ from typing import Any
 __all__ = [
     "IMAGE_SUFFIXES",
     "SegmentJob",
+    "auto_levels",
     "ImageOutcome",
     "collect_inputs",
     "completed_inputs",
@@ -48,14 +49,15 @@ class SegmentJob:
     Attributes:
         out_dir: output folder.
         formats: subset of :data:`ndd.io.SEGMENTATION_FORMATS`.
-        levels: numbers of segments of the levels to write (those a hierarchy has).
+        levels: numbers of segments of the levels to write (those a hierarchy has), or ``None``
+            for :func:`auto_levels` of each image's hierarchy.
         max_side, highres, legacy: as for :func:`ndd.inference.segment_image`.
         options: :class:`ndd.inference.HierarchyOptions` fields to override.
     """
 
     out_dir: Path
     formats: tuple[str, ...]
-    levels: tuple[int, ...] = (2, 4, 8, 16, 32)
+    levels: tuple[int, ...] | None = None
     max_side: int | None = 481
     highres: bool = True
     legacy: bool = False
@@ -170,14 +172,34 @@ def segment_file(path: Path, model: Any, job: SegmentJob) -> ImageOutcome:
         return ImageOutcome(path, "failed", error=str(err))
     result = segment_image(image, model, max_side=job.max_side, highres=job.highres, legacy=job.legacy,
                            **job.options)
-    counts = result.available_levels(job.levels)
+    wanted = job.levels if job.levels is not None else auto_levels(result.hierarchy.n_segments)
+    counts = result.available_levels(wanted)
     picture = io.to_uint8_image(image)
     del image  # the float copy is 4x the size of the picture and no longer needed
     written = io.write_segmentation(job.out_dir, path.stem, picture, result.level_maps(counts), result.to_ucm2,
                                     job.formats)
-    missing = sorted(set(job.levels) - set(counts)) if set(job.formats) - {"ucm2"} else []
+    missing = sorted(set(wanted) - set(counts)) if set(job.formats) - {"ucm2"} else []
     return ImageOutcome(path, "done", written, seconds=time.perf_counter() - start, missing_levels=missing,
                         finest=result.hierarchy.n_segments)
+
+
+def auto_levels(finest: int, coarsest: int = 2, most: int = 32) -> tuple[int, ...]:
+    """The levels written by default: 2, 4, 8, ... up to ``most`` segments, capped by the hierarchy.
+
+    A hierarchy finer than ``most`` gives ``2, 4, 8, 16, 32``; one with 20 segments at its
+    finest gives ``2, 4, 8, 16, 20``, so no default level is ever missing.
+
+    Example:
+        >>> auto_levels(20)
+        (2, 4, 8, 16, 20)
+    """
+    levels = []
+    k = coarsest
+    while k < min(finest, most):
+        levels.append(k)
+        k *= 2
+    levels.append(min(finest, most))
+    return tuple(sorted(set(max(1, v) for v in levels)))
 
 
 # -- worker processes ------------------------------------------------------------ #

@@ -12,7 +12,6 @@ from ndd.cli._commands import subcommand_help
 from ndd.io import DEFAULT_SEGMENTATION_FORMATS as DEFAULT_FORMATS
 from ndd.io import SEGMENTATION_FORMATS as FORMATS
 
-DEFAULT_LEVELS = (2, 4, 8, 16, 32)
 
 
 def _int_list(text: str) -> list[int]:
@@ -42,8 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--model", default=None,
                    help="'default' (shipped weights), 'handcrafted', or a checkpoint path (default: default)")
-    p.add_argument("--levels", type=_int_list, default=list(DEFAULT_LEVELS),
-                   help="numbers of segments of the levels to write (default 2,4,8,16,32)")
+    p.add_argument("--levels", type=_int_list, default=None,
+                   help="numbers of segments of the levels to write, e.g. 2,5,10 (default: 2,4,8,16,32 capped "
+                        "at each hierarchy's finest level)")
     p.add_argument("--format", type=_formats, default=list(DEFAULT_FORMATS),
                    help=f"comma-separated outputs among {','.join(FORMATS)}: label PNGs, the photo with boundaries, "
                         f"mean-colour segments, a strip of all levels, BSDS ucm2 .mat (default {','.join(DEFAULT_FORMATS)})")
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
 
     given = {"method": args.method, "merge_by": args.merge_by, "edge_weight": args.edge_weight,
              "coverage_threshold": args.coverage, "ucm_values": args.ucm_values}
-    job = SegmentJob(args.out, tuple(args.format), tuple(args.levels), args.max_side, not args.lowres, args.legacy,
+    job = SegmentJob(args.out, tuple(args.format), tuple(args.levels) if args.levels else None, args.max_side, not args.lowres, args.legacy,
                      {k: v for k, v in given.items() if v is not None})
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # under torchrun: one share per rank
     rank, world, info = 0, 1, None
