@@ -284,25 +284,23 @@ def similarity_maps(
         ys = (np.arange(all_grid) + 0.5) * full[0] / all_grid
         xs = (np.arange(all_grid) + 0.5) * full[1] / all_grid
         points = [(float(x), float(y)) for y in ys for x in xs]
-    points = [(float(x), float(y)) for x, y in points]
-    if not points:
-        raise ValueError("no points given")
-    H, W = full
-    for px, py in points:  # checked in the user's pixels, before the network runs
-        if not (np.isfinite(px) and np.isfinite(py) and 0 <= px <= W - 1 and 0 <= py <= H - 1):
-            raise ValueError(f"point ({px:g}, {py:g}) lies outside the {W}x{H} image (x in 0..{W - 1}, y in 0..{H - 1})")
+    points = _checked_points(points, full)  # in the user's pixels, before the network runs
     size = working_size(full, max_side)
     model.eval()
-    x = _to_tensor(image, size, _device_of(model))
-    scale_pts = [(px * size[1] / full[1], py * size[0] / full[0]) for px, py in points]
-    out = model(x, eigenpairs=False)
-    nodes = points_to_nodes(scale_pts, size, out.grid_shape).to(out.similarity.device)
-    h, w = out.grid_shape
-    maps = out.similarity[0, nodes].reshape(1, -1, h, w)
-    up = model.upsample(maps, [f[:1] for f in out.levels], size)
-    if tuple(size) != tuple(full):
-        up = F.interpolate(up, size=full, mode="bilinear", align_corners=False)
-    return up[0].clamp(0, 1).cpu().numpy(), points
+    out = model(_to_tensor(image, size, _device_of(model)), eigenpairs=False)
+    return similarity_maps_from_output(out, model, points, full, size), points
+
+
+def _checked_points(points: Sequence[tuple[float, float]], image_size: tuple[int, int]) -> list[tuple[float, float]]:
+    """``points`` as floats; ``ValueError`` for none, or one outside the ``(H, W)`` image."""
+    H, W = image_size
+    pts = [(float(x), float(y)) for x, y in points]
+    if not pts:
+        raise ValueError("no points given")
+    for px, py in pts:
+        if not (np.isfinite(px) and np.isfinite(py) and 0 <= px <= W - 1 and 0 <= py <= H - 1):
+            raise ValueError(f"point ({px:g}, {py:g}) lies outside the {W}x{H} image (x in 0..{W - 1}, y in 0..{H - 1})")
+    return pts
 
 
 def load_segmentation_model(spec: str | None = None, device: torch.device | str = "cpu") -> tuple[SpecDiffNet, str]:
@@ -357,13 +355,7 @@ def similarity_maps_from_output(
         ``(M, H, W)`` float32 maps in ``[0, 1]``.
     """
     full, size = tuple(image_size), tuple(working_size)
-    H, W = full
-    pts = [(float(x), float(y)) for x, y in points]
-    if not pts:
-        raise ValueError("no points given")
-    for px, py in pts:
-        if not (np.isfinite(px) and np.isfinite(py) and 0 <= px <= W - 1 and 0 <= py <= H - 1):
-            raise ValueError(f"point ({px:g}, {py:g}) lies outside the {W}x{H} image (x in 0..{W - 1}, y in 0..{H - 1})")
+    pts = _checked_points(points, full)
     scale_pts = [(px * size[1] / full[1], py * size[0] / full[0]) for px, py in pts]
     nodes = points_to_nodes(scale_pts, size, out.grid_shape).to(out.similarity.device)
     h, w = out.grid_shape

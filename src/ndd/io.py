@@ -276,10 +276,8 @@ def write_segmentation(
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     image = to_uint8_image(image)  # once, for every picture
-    for k in sorted(levels):
-        per_level = [f for f in ("labels", "overlay", "mean") if f in formats]
-        if not per_level:
-            break
+    per_level = [f for f in ("labels", "overlay", "mean") if f in formats]
+    for k in sorted(levels) if per_level else []:
         labels = levels[k]  # read once: a lazy mapping computes it on access
         for fmt in per_level:
             path = out / f"{stem}_{fmt}_{k:03d}.png"

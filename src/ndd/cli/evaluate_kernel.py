@@ -48,17 +48,15 @@ def run(args: argparse.Namespace) -> int:
     from ndd.data import BSDS500
     from ndd.inference import load_segmentation_model
     from ndd.train import evaluate_kernel
-    from ndd.train.distributed import resolve_device
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     try:
-        device = resolve_device(args.device)
         if args.checkpoint is not None and args.model is not None:
             raise ValueError("give --model or --checkpoint, not both")
         spec = str(args.checkpoint) if args.checkpoint is not None else args.model
-        model, description = load_segmentation_model(spec, device)
+        model, description = load_segmentation_model(spec, args.device)  # checks the device first
         step = _checkpoint_step(spec)
         datasets = {s: BSDS500(args.data, s, annotation="all") for s in args.split}
     except (ValueError, FileNotFoundError, RuntimeError) as exc:

@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         from ndd.train.distributed import init_distributed
 
         try:
-            info = init_distributed(args.device if args.device != "cpu" else "cpu")
+            info = init_distributed(args.device)
         except ValueError as err:
             print(f"ndd segment: {err}", file=sys.stderr)
             return 2

@@ -45,7 +45,8 @@ def _flag(name: str) -> str:
 
 def _add_field(group: argparse._ArgumentGroup, name: str, tp: Any, help_text: str, default: Any) -> None:
     flags = [_flag(name), *_ALIASES.get(name, [])]
-    if default is not None and not isinstance(default, (dict, list)) or isinstance(default, list) and default:
+    shown_default = default not in (None, {}, [])  # unset, empty model dict, empty list: nothing to show
+    if shown_default:
         shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
         help_text += f" (default {shown})"
     origin, args = typing.get_origin(tp), typing.get_args(tp)

@@ -249,8 +249,7 @@ class DemoBackend:
         start = time.perf_counter()
         cached = self._cached(key)
         if cached is None:
-            return LevelView("Upload an image or pick an example first." if key is None else
-                             "This image is no longer in the cache; open it again.")
+            return LevelView(_not_cached_message(key))
         stem, analysis = cached
         k = self._clamp(analysis, n_segments)
         view = self._level(key, stem, analysis, k)
@@ -263,8 +262,7 @@ class DemoBackend:
         start = time.perf_counter()
         cached = self._cached(key)
         if cached is None:
-            return ClickView("Upload an image or pick an example first." if key is None else
-                             "This image is no longer in the cache; open it again.")
+            return ClickView(_not_cached_message(key))
         _, analysis = cached
         H, W = analysis.size
         try:
@@ -313,3 +311,10 @@ def _safe(stem: str) -> str:
     """A file-name stem made of letters, digits, ``-``, ``_`` and ``.`` only (an upload's name is not trusted)."""
     cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem).strip("._")
     return cleaned[:80] or "image"
+
+
+def _not_cached_message(key: str | None) -> str:
+    """What the page says when a slider move or click comes without an analysed image."""
+    if key is None:
+        return "Upload an image or pick an example first."
+    return "This image is no longer in the cache; open it again."

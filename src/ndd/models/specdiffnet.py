@@ -175,16 +175,10 @@ class SpecDiffNet(nn.Module):
         if self.config.legacy:
             emb = F.interpolate(emb, size=self.config.legacy_grid, mode="bilinear", align_corners=True)
         edges = out.edges
-        scales = tuple(self.config.edge_scales)
-        if edges is not None and scales != (1.0,):
-            with torch.no_grad():
-                edges = multiscale_edges(self.backbone.edge_map, images, scales, at_scale_one=edges)
-        elif edges is None and self.edge_detector is not None:
-            with torch.no_grad():
-                if scales == (1.0,):
-                    edges = self.edge_detector(images).edges
-                else:
-                    edges = multiscale_edges(self.edge_detector.edge_map, images, scales)
+        detector = self.backbone if edges is not None else self.edge_detector
+        if detector is not None and (edges is None or tuple(self.config.edge_scales) != (1.0,)):
+            with torch.no_grad():  # a fixed cue: no gradient through the edge maps
+                edges = multiscale_edges(detector.edge_map, images, self.config.edge_scales, at_scale_one=edges)
         return emb, levels, edges
 
     def forward(self, images: Tensor, *, eigenpairs: bool = True) -> SpecDiffNetOutput:

@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from ndd.device import resolve_device
 
-__all__ = ["DistInfo", "init_distributed", "shutdown_distributed", "resolve_device", "all_reduce_mean", "barrier"]
+__all__ = ["DistInfo", "init_distributed", "shutdown_distributed", "all_reduce_mean", "barrier"]
 
 
 @dataclass(frozen=True)
