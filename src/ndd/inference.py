@@ -22,7 +22,7 @@ from ndd import spectral
 from ndd.device import resolve_device
 from ndd.interpolate import infer_stride_ratio
 from ndd.models import SpecDiffNet
-from ndd.segment import Hierarchy, segment_from_edges, segment_from_similarity
+from ndd.segment import Hierarchy, segment_from_edges, segment_from_similarity, upsample_hierarchy
 from ndd.segment.hierarchy import UcmValues
 
 __all__ = ["HierarchyOptions", "SegmentationResult", "working_size", "segment_image", "similarity_maps", "points_to_nodes", "load_segmentation_model"]
@@ -202,7 +202,7 @@ def segment_image(
             def fai(maps: torch.Tensor) -> torch.Tensor:
                 return model.upsample(maps.to(levels[0]), levels, size)
 
-            hier = grid.upsample(size, upsample=fai)
+            hier = upsample_hierarchy(grid, size, upsample=fai)
         else:
             hier = grid.resized(size)
     else:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from skimage.measure import label as cc_label
 
-from .merge import region_adjacency
+from .regions import region_adjacency
 
 __all__ = [
     "split_components",

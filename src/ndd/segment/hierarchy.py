@@ -1,23 +1,23 @@
-"""The ``Hierarchy`` result type and the top-level segmentation from a similarity matrix."""
+"""``Hierarchy``: a value type for a hierarchy of nested segmentations.
+
+Finest labels plus a sequence of pair merges and their values; from these, every level
+(:meth:`Hierarchy.levels`), the ultrametric and the BSDS ``ucm2``
+(:meth:`Hierarchy.to_ucm2`), and the same hierarchy on other finest labels
+(:meth:`Hierarchy.resized`, :meth:`Hierarchy.with_finest`). How a hierarchy is built lives in
+``pipeline.py``; how a grid hierarchy is brought to full resolution in ``upsample.py``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import torch
-from torch import Tensor
 
-from .centers import coverage_centers
-from .cleanup import absorb_small_segments, keep_largest_component, split_components
-from .kernel_kmeans import kernel_kmeans
-from .merge import LinkageTerm, agglomerate, region_adjacency, segment_similarity_sums
-from .superpixels import absorb_small_regions, boundary_sums, grid_similarity_sums, pixel_grid_nodes, watershed_superpixels
 from .ucm import ucm2_from_labels
 
-__all__ = ["Hierarchy", "segment_from_similarity", "segment_from_edges", "hierarchy_from_segments", "hierarchy_from_superpixels"]
+__all__ = ["Hierarchy", "UcmValues"]
 
 UcmValues = Literal["height", "rank", "spread"]
 
@@ -39,6 +39,13 @@ class Hierarchy:
             merging used); needed to re-run the merging at another resolution.
         segment_sizes: optional (n,) sizes of the finest segments on the grid where
             ``segment_similarity`` was measured.
+
+    Example:
+        >>> hier = Hierarchy.from_merges(np.array([[0, 1, 2]]), [(0, 1, 0.75), (2, 3, 0.25)])
+        >>> hier.labels_at(2).tolist(), hier.heights.tolist()
+        ([[0, 0, 1]], [0.25, 0.75])
+        >>> hier.to_ucm2().shape
+        (3, 7)
     """
 
     finest: np.ndarray
@@ -229,17 +236,6 @@ class Hierarchy:
         return Hierarchy.from_merges(new_id[finest], np.asarray(pairs, dtype=np.int64).reshape(-1, 2),
                                      np.asarray(sims, dtype=np.float64), seg_sim, seg_size)
 
-    def upsample(
-        self,
-        size: tuple[int, int],
-        upsample: Callable[[Tensor], Tensor] | None = None,
-        mode: str = "bilinear",
-    ) -> Hierarchy:
-        """Full-resolution hierarchy ("Ours-HR"); see :func:`ndd.segment.upsample_hierarchy`."""
-        from .upsample import upsample_hierarchy  # upsample.py imports this module
-
-        return upsample_hierarchy(self, size, upsample=upsample, mode=mode)
-
 
 def _spread_heights(heights: np.ndarray, steps: int = 100) -> np.ndarray:
     """See :meth:`Hierarchy.merge_values` ``"spread"``.
@@ -265,184 +261,3 @@ def _spread_heights(heights: np.ndarray, steps: int = 100) -> np.ndarray:
     # finer merges (more than steps - 1 segments) stay below the first separated step, in order
     out[: len(v) - k] = np.minimum(v[: len(v) - k], b[0] / steps)
     return np.maximum.accumulate(out)
-
-
-def segment_from_similarity(
-    K: Tensor,
-    grid_shape: tuple[int, int],
-    merge_similarity: Tensor | None = None,
-    coverage_threshold: float = 0.02,
-    max_centers: int | None = None,
-    first: Literal["argmax", "fixed"] | int | None = None,
-    temperature: float | None = None,
-    n_iter: int = 30,
-    cleanup: Literal["split", "largest"] | None = None,
-    min_size: int | None = None,
-    adjacency: Literal["adjacent", "any"] = "adjacent",
-    legacy: bool = False,
-) -> Hierarchy:
-    """Hierarchical segmentation on the feature grid from a similarity matrix ("Ours-LR").
-
-    Coverage centres (Eq. 9) → kernel k-means with ``K`` as the kernel → spatially connected
-    finest segments → greedy merging by largest average similarity down to one segment.
-
-    Args:
-        K: (N, N) similarity in [0, 1] with ``N = h * w`` in row-major grid order (``K_D``).
-        grid_shape: (h, w).
-        merge_similarity: (N, N) similarity used for merging (default ``K``; the authors' code
-            used the feature kernel ``W``).
-        coverage_threshold: residual coverage at which centre selection stops (paper 0.02).
-        max_centers: cap on centres (default none; legacy 9).
-        first: first centre, see :func:`coverage_centers` (default ``"argmax"``; legacy
-            ``"fixed"``).
-        temperature: ``None`` for hard kernel k-means (default), else the soft variant's
-            temperature (legacy 50).
-        n_iter: k-means iterations.
-        cleanup: ``"split"`` (default: every 4-connected piece of a cluster is a segment,
-            pieces below ``min_size`` join their most similar neighbour) or ``"largest"``
-            (legacy: keep each cluster's largest piece, the others join the most frequent
-            neighbouring label).
-        min_size: ``"split"`` only: minimum segment size in grid cells (default
-            ``max(2, N // 400)``, i.e. 0.25 % of the grid).
-        adjacency: merge only 4-adjacent segments (default) or ``"any"`` pair.
-        legacy: use the authors' choices for every argument left at ``None`` above.
-
-    Returns:
-        :class:`Hierarchy` on the (h, w) grid.
-    """
-    h, w = int(grid_shape[0]), int(grid_shape[1])
-    K = torch.as_tensor(K)
-    if K.shape != (h * w, h * w):
-        raise ValueError(f"K must be ({h * w}, {h * w}) for grid {h}x{w}, got {tuple(K.shape)}")
-    K = K.detach()
-    if first is None:
-        first = "fixed" if legacy else "argmax"
-    if max_centers is None and legacy:
-        max_centers = 9
-    if temperature is None and legacy:
-        temperature = 50.0
-    if cleanup is None:
-        cleanup = "largest" if legacy else "split"
-    if min_size is None:
-        min_size = max(2, (h * w) // 400)
-    M = K if merge_similarity is None else torch.as_tensor(merge_similarity).detach()
-
-    centers = coverage_centers(K, coverage_threshold, max_centers, first)
-    clusters = kernel_kmeans(K, centers, n_iter=n_iter, temperature=temperature)
-    clusters = clusters.cpu().numpy().reshape(h, w)
-    if cleanup == "split":
-        finest = split_components(clusters)
-        if min_size > 1:
-            sums, _ = segment_similarity_sums(finest, M)
-            finest = absorb_small_segments(finest, min_size, sums)
-    elif cleanup == "largest":
-        finest = keep_largest_component(clusters)
-    else:
-        raise ValueError(f"cleanup must be 'split' or 'largest', got {cleanup!r}")
-    return hierarchy_from_segments(finest, M, adjacency)
-
-
-def hierarchy_from_segments(
-    finest: np.ndarray,
-    similarity: Tensor | np.ndarray,
-    adjacency: Literal["adjacent", "any"] = "adjacent",
-) -> Hierarchy:
-    """Merge given finest segments into a :class:`Hierarchy` (see ``merge_hierarchy``).
-
-    Args:
-        finest: (h, w) labels ``0 .. n-1``.
-        similarity: (h*w, h*w) pixel similarity to average over segment pairs.
-        adjacency: ``"adjacent"`` or ``"any"``.
-    """
-    finest = np.asarray(finest, dtype=np.int64)
-    n = int(finest.max()) + 1
-    sums, sizes = segment_similarity_sums(finest, similarity)
-    if adjacency not in ("adjacent", "any"):
-        raise ValueError(f"adjacency must be 'adjacent' or 'any', got {adjacency!r}")
-    allowed = region_adjacency(finest, n) if adjacency == "adjacent" else None
-    pairs, sims = agglomerate(sums, sizes, allowed)
-    return Hierarchy.from_merges(finest, pairs, sims, sums / np.outer(sizes, sizes), sizes)
-
-
-def hierarchy_from_superpixels(
-    superpixels: np.ndarray,
-    edges: np.ndarray,
-    similarity_sums: np.ndarray | None = None,
-    sizes: np.ndarray | None = None,
-    edge_weight: float = 0.5,
-) -> Hierarchy:
-    """Merge pixel-accurate regions by contour strength and region similarity.
-
-    Adjacent regions ``a, b`` merge in order of the largest score
-    ``edge_weight * (1 - mean edge strength on their border) + (1 - edge_weight) * mean
-    similarity``, both averages over the unions as regions grow (the mean-boundary rule of
-    OWT-UCM plus average linkage); merge heights are ``1 - score``.
-
-    Args:
-        superpixels: (H, W) labels ``0 .. n-1``, every region 4-connected
-            (e.g. :func:`ndd.segment.watershed_superpixels`).
-        edges: (H, W) edge strength in [0, 1].
-        similarity_sums: optional (n, n) similarity sums over region pairs
-            (:func:`ndd.segment.grid_similarity_sums` of ``K_D``); ``None`` merges by edges only.
-        sizes: (n,) region sizes that ``similarity_sums`` are averaged by.
-        edge_weight: weight of the contour term in [0, 1].
-
-    Returns:
-        :class:`Hierarchy` at the resolution of ``superpixels``.
-    """
-    if not 0.0 <= edge_weight <= 1.0:
-        raise ValueError(f"edge_weight must be in [0, 1], got {edge_weight}")
-    superpixels = np.asarray(superpixels, dtype=np.int64)
-    n = int(superpixels.max()) + 1
-    strength, length = boundary_sums(superpixels, edges, n)
-    if similarity_sums is None:
-        edge_weight = 1.0  # contours alone
-    terms = [LinkageTerm(length - strength, length, weight=edge_weight)]
-    if edge_weight < 1.0:
-        if sizes is None:
-            raise ValueError("similarity_sums need the region sizes")
-        size = np.asarray(sizes, dtype=np.float64)
-        terms.append(LinkageTerm(np.asarray(similarity_sums, dtype=np.float64), np.outer(size, size), weight=1.0 - edge_weight))
-    pairs, scores = agglomerate(None, None, allowed=length > 0, terms=terms)
-    return Hierarchy.from_merges(superpixels, pairs, scores)
-
-
-def segment_from_edges(
-    edges: np.ndarray,
-    similarity: Tensor | np.ndarray | None = None,
-    grid_shape: tuple[int, int] | None = None,
-    depth: float = 0.02,
-    min_size: int = 200,
-    edge_weight: float = 0.2,
-) -> Hierarchy:
-    """Pixel-accurate hierarchy from an edge map and a grid similarity.
-
-    Watershed regions of ``edges`` (:func:`ndd.segment.watershed_superpixels`), slivers under
-    ``min_size`` pixels absorbed (:func:`ndd.segment.absorb_small_regions`), then merged by
-    contour strength and the average of ``similarity`` between regions
-    (:func:`hierarchy_from_superpixels`).
-
-    Args:
-        edges: (H, W) edge strength in [0, 1].
-        similarity: optional (N, N) similarity on an ``(h, w)`` grid whose node ``j`` sits on
-            pixel ``8 j`` (the feature kernel or ``K_D`` of a model); ``None``: edges only.
-        grid_shape: ``(h, w)`` of ``similarity``.
-        depth, min_size, edge_weight: see the functions above.
-
-    Returns:
-        :class:`Hierarchy` at (H, W).
-
-    Example::
-
-        hier = segment_from_edges(out.edges[0, 0].numpy(), K, out.grid_shape)
-        ucm2 = hier.to_ucm2()
-    """
-    edges = np.asarray(edges, dtype=np.float64)
-    regions = absorb_small_regions(watershed_superpixels(edges, depth), edges, int(min_size))
-    if similarity is None:
-        return hierarchy_from_superpixels(regions, edges, edge_weight=1.0)
-    if grid_shape is None:
-        raise ValueError("a grid similarity needs its grid_shape")
-    nodes = pixel_grid_nodes(edges.shape, grid_shape)
-    sums, sizes = grid_similarity_sums(regions, similarity, nodes)
-    return hierarchy_from_superpixels(regions, edges, sums, sizes, edge_weight=edge_weight)

@@ -1,71 +1,20 @@
-"""Greedy average-linkage merging of segments, one pair at a time, down to one segment.
+"""Greedy agglomeration of clusters from pair sums: numbers in, merges out.
 
-Everything after one block sum of the pixel similarity matrix works on segment-level
-quantities: with ``S_ab`` = sum of similarities over all cross pairs and ``n_a`` = sizes,
-the average linkage of a merged pair is updated by adding rows of ``S`` and sizes, so no
-merge ever looks at pixels again.
+Everything here works on region-level quantities (the pair sums of :mod:`ndd.segment.regions`),
+never on label maps: with ``S_ab`` = sum of similarities over all cross pairs and ``n_a`` =
+sizes, the average linkage of a merged pair is updated by adding rows of ``S`` and sizes, so
+no merge ever looks at pixels again. Further :class:`LinkageTerm` s (e.g. the mean contour
+strength along shared borders) add to the score the same way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
-import torch
-from torch import Tensor
 
-__all__ = ["LinkageTerm", "agglomerate", "merge_hierarchy", "region_adjacency", "segment_similarity_sums"]
-
-
-def region_adjacency(labels: np.ndarray, n_segments: int | None = None) -> np.ndarray:
-    """Which segments touch along a pixel edge (4-neighbourhood).
-
-    4- rather than 8-adjacency: two segments that touch only at a corner would form a region
-    that a BSDS ``ucm2`` cannot represent (its regions are 4-connected), see ``ucm.py``.
-
-    Args:
-        labels: (h, w) integer labels in ``0 .. n_segments-1``.
-        n_segments: number of segments (default ``labels.max() + 1``).
-
-    Returns:
-        (n, n) symmetric boolean matrix with a False diagonal.
-    """
-    labels = np.asarray(labels)
-    n = int(labels.max()) + 1 if n_segments is None else n_segments
-    adj = np.zeros((n, n), dtype=bool)
-    for a, b in ((labels[:, :-1], labels[:, 1:]), (labels[:-1, :], labels[1:, :])):
-        diff = a != b
-        adj[a[diff], b[diff]] = True
-    adj |= adj.T
-    np.fill_diagonal(adj, False)
-    return adj
-
-
-def segment_similarity_sums(labels: np.ndarray, similarity: Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Block sums of a pixel similarity matrix over pairs of segments.
-
-    Args:
-        labels: (h, w) or (N,) integer labels ``0 .. n-1`` in the row-major order of ``similarity``.
-        similarity: (N, N) pixel similarity (``K_D`` or a feature kernel ``W``).
-
-    Returns:
-        ``(S, sizes)``: (n, n) float64 ``S_ab = Σ_{i∈a, j∈b} (K_ij + K_ji) / 2`` (symmetrised)
-        and (n,) float64 segment sizes.
-    """
-    K = torch.as_tensor(similarity).detach()
-    flat = torch.as_tensor(np.asarray(labels).reshape(-1), dtype=torch.int64, device=K.device)
-    if K.ndim != 2 or K.shape != (flat.numel(), flat.numel()):
-        raise ValueError(f"similarity must be ({flat.numel()}, {flat.numel()}), got {tuple(K.shape)}")
-    # Z^T K Z with one-hot Z as two index-adds (N² + nN adds, on K's device); the second stage,
-    # which sums up to N values per entry, runs in float64
-    n = int(flat.max()) + 1
-    rows = torch.zeros(n, K.shape[1], dtype=K.dtype, device=K.device).index_add_(0, flat, K)
-    S = torch.zeros(n, n, dtype=torch.float64, device=K.device).index_add_(1, flat, rows.to(torch.float64))
-    S = S.cpu().numpy()
-    S = 0.5 * (S + S.T)
-    return S, torch.bincount(flat, minlength=n).cpu().numpy().astype(np.float64)
+__all__ = ["LinkageTerm", "agglomerate"]
 
 
 @dataclass(frozen=True)
@@ -104,7 +53,7 @@ def agglomerate(
     pair are recomputed in full; the others only compare against the new row.
 
     Args:
-        sums: (n, n) symmetric sums of cross similarities (:func:`segment_similarity_sums`),
+        sums: (n, n) symmetric sums of cross similarities (:func:`ndd.segment.segment_similarity_sums`),
             or ``None`` when only ``terms`` score.
         sizes: (n,) positive sizes (ignored when ``sums`` is None, except for ``n``).
         allowed: optional (n, n) boolean: which pairs may merge (unions inherit their members'
@@ -116,6 +65,12 @@ def agglomerate(
     Returns:
         ``(merges, scores)``: (n-1, 2) int64 cluster ids (smaller first) and (n-1,) float64
         score of each merged pair (the average similarity when only ``sums`` is given).
+
+    Example:
+        >>> S = np.array([[2.0, 1.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 1.0]])
+        >>> merges, scores = agglomerate(S, np.ones(3))
+        >>> merges.tolist(), scores.tolist()
+        ([[0, 1], [2, 3]], [1.0, 0.0])
     """
     all_terms = list(terms)
     if sums is not None:
@@ -204,48 +159,3 @@ def _linkage(scores: np.ndarray, adj: np.ndarray) -> tuple[np.ndarray, np.ndarra
     n = len(A)
     best_j = np.argmax(A, axis=1) if n else np.zeros(0, dtype=np.int64)
     return A, A[np.arange(n), best_j], best_j
-
-
-def merge_hierarchy(
-    labels: np.ndarray,
-    similarity: Tensor | np.ndarray,
-    adjacency: Literal["adjacent", "any"] = "adjacent",
-) -> list[tuple[int, int, float]]:
-    """Merge segments pairwise by largest average similarity until one segment is left.
-
-    The average similarity of two segments is the mean of ``similarity`` over all their
-    cross pairs. By default only segments sharing a pixel edge merge: merging by similarity
-    alone joins far-apart look-alike regions into spatially disconnected segments (a known
-    failure mode), and a disconnected region is not representable in a BSDS ``ucm2``.
-
-    Args:
-        labels: (h, w) integer labels ``0 .. n-1`` (every id present), row-major w.r.t.
-            ``similarity``.
-        similarity: (h*w, h*w) pixel similarity: ``K_D`` (default of the pipeline) or the
-            feature kernel ``W`` (authors' code).
-        adjacency: ``"adjacent"`` (4-neighbour touching segments only) or ``"any"``.
-
-    Returns:
-        ``n - 1`` merges ``(a, b, average_similarity)`` in order, with scipy-linkage cluster
-        ids: leaves ``0 .. n-1``, merge ``m`` creates cluster ``n + m``.
-    """
-    labels = np.asarray(labels)
-    n = _check_labels(labels)
-    S, sizes = segment_similarity_sums(labels, similarity)
-    if adjacency == "adjacent":
-        allowed = region_adjacency(labels, n)
-    elif adjacency == "any":
-        allowed = None
-    else:
-        raise ValueError(f"adjacency must be 'adjacent' or 'any', got {adjacency!r}")
-    merges, sims = agglomerate(S, sizes, allowed)
-    return [(int(a), int(b), float(s)) for (a, b), s in zip(merges, sims)]
-
-
-def _check_labels(labels: np.ndarray) -> int:
-    if labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError("labels must be a non-empty integer array")
-    n = int(labels.max()) + 1
-    if labels.min() < 0 or len(np.unique(labels)) != n:
-        raise ValueError("labels must use every id in 0 .. n-1")
-    return n

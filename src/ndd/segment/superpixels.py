@@ -1,4 +1,4 @@
-"""Pixel-accurate finest segments from an edge map, and the region statistics merging needs.
+"""Pixel-accurate finest regions from an edge map.
 
 The grid hierarchy of paper §6 lives on the stride-8 feature grid: its finest segments are
 blocks of 8x8 pixels (or FAI-snapped versions of them) and it has only a few dozen of them.
@@ -9,24 +9,24 @@ borders (as OWT-UCM does) and the neural diffusion similarity between regions gi
 hierarchy with pixel-accurate boundaries at every level.
 
 * :func:`watershed_superpixels` - watershed of the edge map from its h-minima;
-* :func:`boundary_sums` - per pair of adjacent regions: summed edge strength and border length;
-* :func:`grid_similarity_sums` - a grid similarity (``K_D`` on the stride-8 grid) summed over
-  pairs of pixel regions.
+* :func:`absorb_small_regions` - slivers between the flanks of a contour join the neighbour
+  behind their weakest border.
+
+The region statistics the merging needs (:func:`ndd.segment.boundary_sums`,
+:func:`ndd.segment.grid_similarity_sums`) live in :mod:`ndd.segment.regions`.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
-import torch
 from skimage.measure import label as cc_label
 from skimage.morphology import local_minima, reconstruction
 from skimage.segmentation import watershed
-from torch import Tensor
 
 from .cleanup import relabel_consecutive
+from .regions import boundary_sums
 
-__all__ = ["watershed_superpixels", "absorb_small_regions", "boundary_sums", "grid_similarity_sums", "pixel_grid_nodes"]
+__all__ = ["watershed_superpixels", "absorb_small_regions"]
 
 
 def watershed_superpixels(edges: np.ndarray, depth: float = 0.02) -> np.ndarray:
@@ -79,6 +79,12 @@ def absorb_small_regions(labels: np.ndarray, edges: np.ndarray, min_size: int) -
 
     Returns:
         (H, W) int64 labels ``0 .. n'-1``, still 4-connected.
+
+    Example:
+        >>> labels = np.array([[0, 0, 1, 2, 2]] * 3)  # region 1: a 3-pixel sliver
+        >>> edges = np.array([[0.0, 0.9, 0.0, 0.3, 0.0]] * 3)
+        >>> absorb_small_regions(labels, edges, min_size=4)[0].tolist()  # joins 2: weaker border
+        [0, 0, 1, 1, 1]
     """
     labels = relabel_consecutive(labels)
     n = int(labels.max()) + 1
@@ -104,76 +110,3 @@ def absorb_small_regions(labels: np.ndarray, edges: np.ndarray, min_size: int) -
         alive[s] = False
         target[target == s] = t
     return relabel_consecutive(target[labels])
-
-
-def boundary_sums(labels: np.ndarray, strength: np.ndarray, n_segments: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Summed edge strength and length of the border between every pair of regions.
-
-    A border element is a pair of 4-neighbouring pixels with different labels; its strength is
-    the larger of ``strength`` at the two pixels (the ridge of an edge map lies on one side).
-
-    Args:
-        labels: (H, W) int labels ``0 .. n-1``.
-        strength: (H, W) edge strength.
-        n_segments: ``n`` (default ``labels.max() + 1``).
-
-    Returns:
-        ``(sums, lengths)``: (n, n) symmetric float64; ``sums / lengths`` is the mean contour
-        strength between two adjacent regions (``lengths == 0`` for non-adjacent pairs).
-    """
-    labels = np.asarray(labels, dtype=np.int64)
-    strength = np.asarray(strength, dtype=np.float64)
-    if labels.shape != strength.shape or labels.ndim != 2:
-        raise ValueError(f"labels {labels.shape} and strength {strength.shape} must be the same (H, W)")
-    n = int(labels.max()) + 1 if n_segments is None else int(n_segments)
-    pairs, values = [], []
-    for (la, lb), (sa, sb) in (
-        ((labels[:, :-1], labels[:, 1:]), (strength[:, :-1], strength[:, 1:])),
-        ((labels[:-1, :], labels[1:, :]), (strength[:-1, :], strength[1:, :])),
-    ):
-        cut = la != lb
-        pairs.append(la[cut] * n + lb[cut])
-        values.append(np.maximum(sa[cut], sb[cut]))
-    idx = np.concatenate(pairs)
-    val = np.concatenate(values)
-    sums = np.bincount(idx, weights=val, minlength=n * n).reshape(n, n)
-    lengths = np.bincount(idx, minlength=n * n).reshape(n, n).astype(np.float64)
-    return sums + sums.T, lengths + lengths.T
-
-
-def pixel_grid_nodes(size: tuple[int, int], grid_shape: tuple[int, int], stride: int = 8) -> np.ndarray:
-    """(H, W) index of the grid node nearest to each pixel (node ``j`` sits on pixel ``stride j``)."""
-    H, W = int(size[0]), int(size[1])
-    h, w = int(grid_shape[0]), int(grid_shape[1])
-    rows = np.minimum(np.floor(np.arange(H) / stride + 0.5).astype(np.int64), h - 1)
-    cols = np.minimum(np.floor(np.arange(W) / stride + 0.5).astype(np.int64), w - 1)
-    return rows[:, None] * w + cols[None, :]
-
-
-def grid_similarity_sums(labels: np.ndarray, similarity: Tensor | np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Block sums over pixel regions of a similarity that lives on a coarse grid.
-
-    Every pixel takes the similarity of its grid node (``nodes``), so ``S_ab`` sums
-    ``similarity[node(p), node(q)]`` over the pixels ``p`` of region ``a`` and ``q`` of ``b``:
-    ``S = Z K Z^T`` with ``Z`` the (n, N) count of each region's pixels at each node.
-
-    Args:
-        labels: (H, W) int labels ``0 .. n-1``.
-        similarity: (N, N) grid similarity (e.g. ``K_D``).
-        nodes: (H, W) grid node of each pixel (:func:`pixel_grid_nodes`).
-
-    Returns:
-        ``(S, sizes)``: (n, n) symmetric float64 sums and (n,) pixel counts.
-    """
-    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-    nodes = np.asarray(nodes, dtype=np.int64).reshape(-1)
-    K = torch.as_tensor(similarity).detach().to("cpu", torch.float64).numpy()
-    N = K.shape[0]
-    if K.shape != (N, N) or nodes.shape != labels.shape or nodes.max() >= N:
-        raise ValueError(f"similarity {K.shape} does not fit the pixel-to-node map (max node {nodes.max()})")
-    n = int(labels.max()) + 1
-    Z = sp.csr_matrix((np.ones(labels.size), (labels, nodes)), shape=(n, N))
-    ZK = np.asarray(Z @ K)  # (n, N)
-    S = np.asarray(Z @ ZK.T)  # (n, n)
-    S = 0.5 * (S + S.T)
-    return S, np.asarray(Z.sum(axis=1)).reshape(-1)

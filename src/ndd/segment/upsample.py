@@ -5,6 +5,9 @@ function (the feature-attentional interpolation of ``ndd.interpolate`` in the pa
 bilinear), and the per-pixel argmax gives full-resolution finest labels. The coarser levels
 are then rebuilt from those with the grid hierarchy's merge sequence, so every level is
 nested in the next one at full resolution too.
+
+This module imports :class:`Hierarchy`, never the reverse: a hierarchy is a value, and
+up-sampling is one thing done to it (``upsample_hierarchy(hier, (H, W), upsample=fai)``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from torch import Tensor
 
 from .cleanup import reattach_pieces
 from .hierarchy import Hierarchy
-from .merge import agglomerate, region_adjacency
+from .merge import agglomerate
+from .regions import region_adjacency
 
 __all__ = ["upsample_labels", "upsample_hierarchy"]
 
@@ -95,6 +99,11 @@ def upsample_hierarchy(
 
     Returns:
         :class:`Hierarchy` at (H, W).
+
+    Example:
+        >>> hier = Hierarchy.from_merges(np.array([[0, 1]]), [(0, 1, 0.5)])
+        >>> upsample_hierarchy(hier, (2, 4), mode="nearest").finest.tolist()
+        [[0, 0, 1, 1], [0, 0, 1, 1]]
     """
     fine = upsample_labels(hierarchy.finest, size, upsample, mode)
     # prefer the neighbour that is closest in the hierarchy (lowest joining height)
