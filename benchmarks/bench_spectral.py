@@ -1,33 +1,69 @@
 """Speed and accuracy of the diffusion-distance paths on one BSDS-sized grid.
 
-One 321x481 image at stride 8 gives a 41x61 grid (N = 2501); 17x17 window;
-Ne = 50; t = 10. Prints, from one run: the time of the approximate path
-(accelerated simultaneous iteration + Rayleigh-Ritz on the banded operator), with
-its spectral part in float32 and in float64 (``spectral_dtype``; the affinity is
-float32 in both), of the exact path (dense ``eigh`` of the symmetric conjugate,
-float32) and of SciPy's ARPACK ``eigsh`` (top Ne of the same sparse matrix), their
-ratios, the relative Frobenius error of D against the exact spectrum truncated to
-Ne, and peak memory.
+One 321x481 image at stride 8 gives a 41x61 grid (N = 2501); 17x17 window; Ne = 50; t = 10;
+hand-crafted Lab + position features (the same graph in every run). For the affinity given
+banded (``BandedAffinity``) and as a dense ``(1, N, N)`` tensor, with the spectral part in
+float32 and in float64 (``spectral_dtype``; the affinity is float32 in both), it times
+side by side, interleaved and repeated (best of ``--repeats``, median in brackets):
 
-    python benchmarks/bench_spectral.py [--device cuda] [--image PATH]
+* ``diffusion_distance`` with the default solver (block Krylov + Rayleigh-Ritz),
+* the paper's accelerated simultaneous iteration (``solver="subspace"``, ``T`` QR steps of
+  ``round(2t)`` products) and a cheaper setting of it (``--fast-power`` products),
+* the exact path (dense ``eigh`` of the symmetric conjugate, then D),
+* SciPy ARPACK ``eigsh`` (top Ne of the sparse ``S``; for the dense input also of the dense
+  array, and of ``csr_matrix(S)`` with the conversion timed) + the same Eq. 4 assembly of D,
+
+and prints the ratios, the relative Frobenius error of every D against the exact spectrum
+truncated to Ne (float64), peak memory, and a whole ``SpecDiffNet`` forward. On a GPU
+(``--device cuda``) it prints the same timings there (ARPACK stays on the CPU) and peak
+CUDA memory.
+
+    python benchmarks/bench_spectral.py [--threads 1] [--repeats 5] [--device cuda] [--image PATH]
+    python benchmarks/bench_spectral.py --accuracy-only --model-images 13
+
+The second checks the shipped default model on real photos (``examples/coffee.jpg`` and the
+BSDS mini images): D of the default solver and of the paper's against the exact spectrum.
+
+``--threads`` sets torch's and the BLAS (OpenBLAS, MKL) thread counts, before NumPy or SciPy
+load, so ARPACK gets the same number as torch.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
-import time
-from pathlib import Path
+import os
+import sys
 
-import numpy as np
-import scipy.sparse
-import scipy.sparse.linalg
-import torch
-import torch.nn.functional as F
 
-from ndd import spectral
+def _threads_from_argv(argv: list[str], default: int = 1) -> int:
+    for i, arg in enumerate(argv):
+        if arg == "--threads" and i + 1 < len(argv):
+            return int(argv[i + 1])
+        if arg.startswith("--threads="):
+            return int(arg.split("=", 1)[1])
+    return default
+
+
+# BLAS libraries read these once, when loaded: set them before NumPy/SciPy/torch import.
+_THREADS = _threads_from_argv(sys.argv)
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = str(_THREADS)
+
+import resource  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import scipy.sparse  # noqa: E402
+import scipy.sparse.linalg  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from ndd import spectral  # noqa: E402
 
 MINI = Path(__file__).resolve().parents[1].parent / "shared/data/bsds500-mini/BSDS500/data/images/test/100007.jpg"
+COFFEE = Path(__file__).resolve().parents[1] / "examples/coffee.jpg"
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def grid_features(path: Path | None, device: torch.device) -> torch.Tensor:
@@ -51,14 +87,6 @@ def grid_features(path: Path | None, device: torch.device) -> torch.Tensor:
     return torch.cat([lab, ys[None, None], xs[None, None]], 1).to(device)
 
 
-def eigenpairs(S, n_eigs: int, n_iter: int, n_power: int, dtype: torch.dtype = torch.float32):
-    """What ARPACK returns: the top eigenpairs (subspace iteration + Rayleigh-Ritz) in ``dtype``."""
-    S = spectral.BandedAffinity(S.weights.to(dtype), S.grid_shape, S.window)
-    U, H = spectral.subspace_iteration(S, n_eigs, n_iter=n_iter, n_power=n_power)
-    lam, Y = torch.linalg.eigh(H)
-    return lam, U @ Y
-
-
 def literal_eq5_distance(W, t: float, n_eigs: int, n_iter: int) -> torch.Tensor:
     """Eq. 5 read literally: the QR columns as eigenvectors and diag(R) of S^(2t) as lambda^(2t)."""
     d = spectral.degree(W)
@@ -76,16 +104,76 @@ def literal_eq5_distance(W, t: float, n_eigs: int, n_iter: int) -> torch.Tensor:
     return (diag.unsqueeze(-1) + diag.unsqueeze(-2) - 2 * M).clamp_min(0)
 
 
-def timed(fn, repeats: int, device: torch.device):
-    fn()  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
+class Clock:
+    """Times named callables in interleaved rounds (load drifts hit every path alike)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.times, self.outputs = device, {}, {}
+
+    def run(self, name: str, fn) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
         out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return out, (time.perf_counter() - start) / repeats
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.times.setdefault(name, []).append(time.perf_counter() - start)
+        self.outputs[name] = out
+
+    def best(self, name: str) -> float:
+        return min(self.times[name])
+
+    def show(self, name: str) -> str:
+        t = self.times[name]
+        return f"{min(t) * 1e3:8.1f} ms [{np.median(t) * 1e3:7.1f}]"
+
+
+def arpack_then_assembly(S_scipy, scale: torch.Tensor, t: float, n_eigs: int, out_dtype: torch.dtype) -> torch.Tensor:
+    """What a user would do instead: top-Ne eigenpairs by ARPACK, then the same Eq. 4 assembly."""
+    lam, V = scipy.sparse.linalg.eigsh(S_scipy, k=n_eigs, which="LM")
+    lam, V = torch.from_numpy(lam).to(scale.dtype), torch.from_numpy(V).to(scale.dtype)
+    G = scale.unsqueeze(-1) * V * lam.square().pow(t / 2)  # sqrt(vol) D^-1/2 v |lambda|^t
+    return spectral._assemble_distance(G.unsqueeze(0), out_dtype)
+
+
+def krylov_eigenpairs(W, n_eigs: int, dtype: torch.dtype):
+    """The default solver up to its eigenpairs (what ARPACK returns): block Krylov + Rayleigh-Ritz."""
+    W = spectral.BandedAffinity(W.weights.to(dtype), W.grid_shape, W.window)
+    block, blocks = spectral.krylov_size(n_eigs, W.num_nodes)
+    Q, H = spectral.block_krylov(spectral.symmetric_normalize(W), block, blocks)
+    theta, Y = torch.linalg.eigh(H)
+    top = theta.abs().topk(n_eigs, dim=-1).indices
+    return theta.gather(-1, top), Q @ Y.gather(-1, top.unsqueeze(-2).expand(-1, Y.shape[-2], -1))
+
+
+def model_accuracy(n_images: int, n_eigs: int, n_iter: int, device: torch.device) -> None:
+    """The shipped default model's affinity on real photos: D of the default solver and of the
+    paper's against the exact spectrum truncated to Ne (all float64 spectral parts)."""
+    from ndd import io
+    from ndd.inference import working_size
+    from ndd.models import load_default_model
+
+    model = load_default_model(device)
+    t = float(model.t.detach())
+    paths = [COFFEE] + sorted(MINI.parents[1].glob("*/*.jpg"))
+    worst = [0.0, 0.0, 0.0]
+    print(f"\nshipped model (t={t:.3f}, Ne={n_eigs}): relative Frobenius error of D "
+          f"against the exact truncated spectrum")
+    print(f"  {'image':<12} {'default solver':>15} {'paper (T=' + str(n_iter) + ')':>15} {'default vs paper':>17}")
+    for path in paths[:n_images]:
+        image = io.read_image(path)
+        x = torch.from_numpy(image).permute(2, 0, 1)[None].to(device)
+        x = F.interpolate(x, size=working_size(image.shape[:2], 481), mode="bilinear", antialias=True).clamp(0, 1)
+        with torch.no_grad():
+            out = model(x, eigenpairs=False)  # out.distance: the default solver
+            W = out.affinity
+            paper = spectral.diffusion_distance(W, t, n_eigs, n_iter, solver="subspace")
+            exact = spectral.diffusion_distance(W, t, n_eigs, solver="eigh").double()
+        pairs = ((out.distance, exact), (paper, exact), (out.distance, paper.double()))
+        errors = [float((a.double() - b).norm() / b.norm()) for a, b in pairs]
+        worst = [max(w, e) for w, e in zip(worst, errors)]
+        print(f"  {path.stem:<12} {errors[0]:15.1e} {errors[1]:15.1e} {errors[2]:17.1e}", flush=True)
+    print(f"  {'worst':<12} {worst[0]:15.1e} {worst[1]:15.1e} {worst[2]:17.1e}")
 
 
 def main() -> None:
@@ -96,77 +184,144 @@ def main() -> None:
     parser.add_argument("--t", type=float, default=10.0)
     parser.add_argument("--n-iter", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--fast-power", type=int, default=6, help="a second, cheaper products-per-QR-step setting")
+    parser.add_argument("--threads", type=int, default=_THREADS, help="torch and BLAS threads (default 1)")
+    parser.add_argument("--fast-power", type=int, default=6,
+                        help="a cheaper products-per-QR-step setting of the paper's solver")
+    parser.add_argument("--skip-model", action="store_true", help="skip the whole-SpecDiffNet forward timings")
+    parser.add_argument("--model-images", type=int, default=0,
+                        help="also check the shipped model's D on coffee.jpg and this many images in all (BSDS mini)")
+    parser.add_argument("--accuracy-only", action="store_true", help="only the shipped-model accuracy check")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
+    load = os.getloadavg()
+    if args.accuracy_only:
+        model_accuracy(max(1, args.model_images), args.n_eigs, args.n_iter, device)
+        return
 
     feats = grid_features(args.image, device)
-    mu = 1.0
-    W = spectral.local_affinity(feats, mu, window=17)
-    n = W.num_nodes
-    print(f"graph: 41x61 grid (N={n}), 17x17 window, Ne={args.n_eigs}, t={args.t}, T={args.n_iter}, "
-          f"device={device}, torch threads={torch.get_num_threads()}")
+    W = spectral.local_affinity(feats, 1.0, window=17)  # float32, banded
+    Wd = W.to_dense()  # the same affinity as a dense (1, N, N) tensor
+    n, ne, t = W.num_nodes, args.n_eigs, args.t
+    block, blocks = spectral.krylov_size(ne, n)
+    print(f"graph: 41x61 grid (N={n}), 17x17 window, Ne={ne}, t={t}; device={device}, torch threads="
+          f"{torch.get_num_threads()}, BLAS threads={os.environ['OPENBLAS_NUM_THREADS']}; "
+          f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs")
+    print(f"default solver: block Krylov, {blocks} products on {block} columns ({block * blocks} column products), "
+          f"then Rayleigh-Ritz; paper: T={args.n_iter} QR steps x {spectral.default_power(t)} products on {ne} columns "
+          f"({args.n_iter * spectral.default_power(t) * ne} column products)")
 
-    powers = [spectral.default_power(args.t), args.fast_power]
-    dtypes = {"float32": torch.float32, "float64": torch.float64}
     with torch.no_grad():
-        S_band = spectral.symmetric_normalize(W)
-        approx = {}
-        for p in powers:
-            for name, dtype in dtypes.items():
-                D_p, t_p = timed(lambda: spectral.diffusion_distance(W, args.t, args.n_eigs, args.n_iter, n_power=p,
-                                                                     spectral_dtype=dtype), args.repeats, device)
-                _, t_eig = timed(lambda: eigenpairs(S_band, args.n_eigs, args.n_iter, p, dtype), args.repeats, device)
-                approx[p, name] = (D_p, t_p, t_eig)
-        Wd = W.to_dense()
-        D_full, t_eigh = timed(lambda: spectral.diffusion_distance(Wd, args.t, spectral_dtype=torch.float32), 2, device)
-        D_full64 = spectral.diffusion_distance(Wd.double(), args.t)
-        D_trunc64 = spectral.diffusion_distance(W.to_dense().double(), args.t, args.n_eigs, solver="eigh")
+        D_full64 = spectral.diffusion_distance(Wd.double(), t)
+        D_trunc64 = spectral.diffusion_distance(Wd.double(), t, ne, solver="eigh")
+        D_literal = literal_eq5_distance(W, t, ne, args.n_iter)
+        # ARPACK's inputs, built once (not timed): S in each dtype, sparse and dense, and sqrt(vol) D^-1/2
+        arpack_in = {}
+        for name, dtype in DTYPES.items():
+            W_c = W.weights.to(dtype)
+            d = W_c.sum(-1)[0]
+            S = spectral.symmetric_normalize(spectral.BandedAffinity(W_c, W.grid_shape, W.window)).to_dense()[0]
+            S_np = S.cpu().numpy()
+            arpack_in[name] = (scipy.sparse.csr_matrix(S_np), S_np, (d.sum() / d).sqrt().cpu())
 
-        D_literal = literal_eq5_distance(W, args.t, args.n_eigs, args.n_iter)
+    paths = {
+        "krylov": lambda W_, dt: spectral.diffusion_distance(W_, t, ne, spectral_dtype=dt),
+        "paper": lambda W_, dt: spectral.diffusion_distance(W_, t, ne, args.n_iter, solver="subspace",
+                                                            spectral_dtype=dt),
+        "fast": lambda W_, dt: spectral.diffusion_distance(W_, t, ne, args.n_iter, n_power=args.fast_power,
+                                                           spectral_dtype=dt),
+        "exact": lambda W_, dt: spectral.diffusion_distance(W_, t, spectral_dtype=dt),
+    }
+    clock = Clock(device)
+    with torch.no_grad():
+        for name, dtype in DTYPES.items():  # warm-up (caches, lazy imports)
+            paths["krylov"](W, dtype), paths["krylov"](Wd, dtype), krylov_eigenpairs(W, ne, dtype)
+        for _ in range(args.repeats):
+            for name, dtype in DTYPES.items():
+                csr, dense_np, scale = arpack_in[name]
+                for key, fn in paths.items():
+                    if key != "exact":
+                        clock.run(f"{key} band {name}", lambda: fn(W, dtype))
+                    clock.run(f"{key} dense {name}", lambda: fn(Wd, dtype))
+                clock.run(f"krylov eig {name}", lambda: krylov_eigenpairs(W, ne, dtype))
+                clock.run(f"arpack eig {name}", lambda: scipy.sparse.linalg.eigsh(csr, k=ne, which="LM"))
+                clock.run(f"arpack+D sparse {name}", lambda: arpack_then_assembly(csr, scale, t, ne, torch.float32))
+                clock.run(f"arpack+D dense {name}", lambda: arpack_then_assembly(dense_np, scale, t, ne, torch.float32))
+                clock.run(f"arpack+D csr(S) {name}",
+                          lambda: arpack_then_assembly(scipy.sparse.csr_matrix(dense_np), scale, t, ne, torch.float32))
+    load_end = os.getloadavg()
 
-    S = spectral.symmetric_normalize(Wd)[0].cpu().double().numpy()
-    S_sparse = scipy.sparse.csr_matrix(S)
-    _, t_arpack = timed(lambda: scipy.sparse.linalg.eigsh(S_sparse.astype(np.float32), k=args.n_eigs, which="LM"), 2, torch.device("cpu"))
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a.double().cpu() - b.double().cpu()).norm() / b.double().cpu().norm())
 
-    def rel(a, b):
-        return float((a.double() - b.double()).norm() / b.double().norm())
+    def err(key: str) -> str:
+        return f"{rel(clock.outputs[key], D_trunc64):.1e}"
 
-    print(f"time exact path: dense eigh of S + D (float32):                {t_eigh * 1e3:8.1f} ms")
-    print(f"time ARPACK eigsh (sparse S, top {args.n_eigs} eigenpairs only, float32):  {t_arpack * 1e3:8.1f} ms")
-    for p in powers:
-        label = "paper default round(2t)" if p == powers[0] else "fewer products"
-        print(f"approximate path, {p:2d} products per QR step ({label}), spectral part float32 | float64:")
-        (D32, t32, e32), (D64, t64, e64) = approx[p, "float32"], approx[p, "float64"]
-        print(f"    eigenpairs (subspace iteration + Rayleigh-Ritz): {e32 * 1e3:7.1f} ms | {e64 * 1e3:7.1f} ms  "
-              f"({t_arpack / e32:5.1f}x | {t_arpack / e64:5.1f}x faster than ARPACK)")
-        print(f"    whole D:                                         {t32 * 1e3:7.1f} ms | {t64 * 1e3:7.1f} ms  "
-              f"({t_eigh / t32:5.1f}x | {t_eigh / t64:5.1f}x faster than the exact path)")
-        print(f"    relative Frobenius error of D vs exact spectrum truncated to Ne (float64): "
-              f"{rel(D32, D_trunc64):.2e} | {rel(D64, D_trunc64):.2e}")
-    print(f"relative Frobenius error of D, truncated-to-Ne vs full spectrum (float64):                        {rel(D_trunc64, D_full64):.2e}")
-    print(f"relative Frobenius error of D, literal Eq. 5 reading (QR columns, diag R) vs truncated exact:      {rel(D_literal, D_trunc64):.2e}")
-    print(f"relative Frobenius error of D, exact float32 eigh vs float64:                                     {rel(D_full, D_full64):.2e}")
+    print(f"\n{args.repeats} interleaved rounds, best [median]; load average at the end "
+          f"{load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}. Errors: relative Frobenius error of D "
+          f"against the exact spectrum truncated to Ne (float64).")
+    for name in DTYPES:
+        print(f"\n--- spectral part in {name} (affinity float32, D returned float32) ---")
+        for form in ("band", "dense"):
+            label = "BandedAffinity" if form == "band" else "dense (1, N, N) W"
+            exact = clock.best(f"exact dense {name}")
+            arpack_sparse = clock.best(f"arpack+D sparse {name}")
+            print(f"{label}:")
+            print(f"  exact path (dense eigh of S, then D)               {clock.show(f'exact dense {name}')}")
+            for key, what in (("krylov", "default: block Krylov + Rayleigh-Ritz"),
+                              ("paper", f"paper: T={args.n_iter} x S^{spectral.default_power(t)}, Rayleigh-Ritz"),
+                              ("fast", f"paper's solver, n_power={args.fast_power}")):
+                k = f"{key} {form} {name}"
+                print(f"  {what:<50} {clock.show(k)}  error {err(k)}  {exact / clock.best(k):5.1f}x exact, "
+                      f"{arpack_sparse / clock.best(k):4.1f}x ARPACK+D")
+            print(f"  ARPACK eigsh on sparse S + same assembly of D     {clock.show(f'arpack+D sparse {name}')}  "
+                  f"error {err(f'arpack+D sparse {name}')}")
+            if form == "dense":
+                kd = f"krylov dense {name}"
+                for key, what in (("dense", "ARPACK eigsh on the dense array + D"),
+                                  ("csr(S)", "ARPACK on csr_matrix(S), conversion timed, + D")):
+                    a = f"arpack+D {key} {name}"
+                    print(f"  {what:<50} {clock.show(a)}  error {err(a)}  "
+                          f"(default solver {clock.best(a) / clock.best(kd):4.1f}x faster)")
+        print(f"eigenpairs only: block Krylov + Rayleigh-Ritz {clock.show(f'krylov eig {name}')}, ARPACK eigsh "
+              f"{clock.show(f'arpack eig {name}')} "
+              f"({clock.best(f'arpack eig {name}') / clock.best(f'krylov eig {name}'):.1f}x)")
+    print()
+    print(f"D of the default solver vs the paper's (float64, banded): relative difference "
+          f"{rel(clock.outputs['krylov band float64'], clock.outputs['paper band float64']):.1e}")
+    for what, value in (("truncated-to-Ne vs full spectrum (float64)", rel(D_trunc64, D_full64)),
+                        ("literal Eq. 5 reading (QR columns, diag R) vs truncated exact", rel(D_literal, D_trunc64)),
+                        ("exact path float32 vs float64", rel(clock.outputs["exact dense float32"], D_full64))):
+        print(f"relative Frobenius error of D, {what + ':':<63} {value:.2e}")
     if device.type == "cuda":
-        for name, dtype in dtypes.items():
+        for name, dtype in DTYPES.items():
             torch.cuda.reset_peak_memory_stats()
             with torch.no_grad():
-                spectral.diffusion_distance(W, args.t, args.n_eigs, args.n_iter, spectral_dtype=dtype)
-            print(f"peak CUDA memory of the approximate path, spectral part {name}: "
+                spectral.diffusion_distance(W, t, ne, spectral_dtype=dtype)
+            print(f"peak CUDA memory of the default approximate path, spectral part {name}: "
                   f"{torch.cuda.max_memory_allocated() / 2**20:.1f} MiB")
-    from ndd.models import SpecDiffNet, SpecDiffNetConfig
+    if not args.skip_model:
+        from ndd.models import SpecDiffNet, SpecDiffNetConfig
 
-    for backbone in ("small_cnn", "efficientnet_lite0"):
         image = torch.rand(1, 3, 321, 481, device=device)
-        times = []
-        for name in dtypes:
-            net = SpecDiffNet(SpecDiffNetConfig(backbone=backbone, spectral_dtype=name)).to(device).eval()
+        for backbone in ("small_cnn", "efficientnet_lite0"):
+            configs = {(s, p): SpecDiffNetConfig(backbone=backbone, spectral_dtype=s, n_power=p)
+                       for s in DTYPES for p in (None, spectral.default_power(t))}  # n_power: the paper's solver
+            nets = {key: SpecDiffNet(cfg).to(device).eval() for key, cfg in configs.items()}
+            model_clock = Clock(device)
             with torch.no_grad():
-                times.append(timed(lambda: net(image, eigenpairs=False), args.repeats, device)[1])
-        print(f"whole SpecDiffNet forward, {backbone}, one 321x481 image (window 17, Ne 50, T 2, t 10), "
-              f"spectral part float32 | float64: {times[0] * 1e3:8.1f} ms | {times[1] * 1e3:8.1f} ms")
+                for net in nets.values():
+                    net(image, eigenpairs=False)
+                for _ in range(args.repeats):
+                    for key, net in nets.items():
+                        model_clock.run(str(key), lambda: net(image, eigenpairs=False))
+            row = " | ".join(f"{s} {model_clock.show(str((s, None))).strip()} (paper's solver "
+                             f"{model_clock.show(str((s, spectral.default_power(t)))).strip()})" for s in DTYPES)
+            print(f"whole SpecDiffNet forward, {backbone}, one 321x481 image, default solver: {row}")
     print(f"peak resident memory of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    if args.model_images:
+        model_accuracy(args.model_images, args.n_eigs, args.n_iter, device)
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ def test_rayleigh_ritz_beats_literal_reading():
     f = grid_features(10, 10, seed=7)
     W = spectral.local_affinity(f, 0.2, window=5)
     reference = spectral.diffusion_distance(W, 3.0, n_eigs=12, solver="eigh")
-    ours = spectral.diffusion_distance(W, 3.0, n_eigs=12, n_iter=2)
+    ours = spectral.diffusion_distance(W, 3.0, n_eigs=12, n_iter=2, solver="subspace")
     S = spectral.symmetric_normalize(W)
     U = spectral.initial_subspace(100, 12, (10, 10), torch.float64).expand(1, -1, -1)
     for _ in range(2):
@@ -275,7 +275,8 @@ def test_float32_gradient_of_accelerated_iteration_is_accurate(orth_every, ok, m
         monkeypatch.setattr(spectral, "subspace_iteration", lambda *a, **k: original(*a, **{**k, "orth_every": orth}))
         feats = feats.clone().requires_grad_()
         # spectral_dtype=None: the iteration in the features' dtype (float32 here), as this test is about.
-        D = spectral.diffusion_distance(spectral.local_affinity(feats, 0.5, 9), 10.0, n_eigs=50, n_iter=2, spectral_dtype=None)
+        D = spectral.diffusion_distance(spectral.local_affinity(feats, 0.5, 9), 10.0, n_eigs=50, n_iter=2,
+                                       solver="subspace", spectral_dtype=None)
         loss = (spectral.diffusion_similarity(D, 1.0) - 0.5).square().mean()
         return torch.autograd.grad(loss, feats)[0].double()
 
@@ -296,13 +297,15 @@ def piecewise_constant_features(h: int, w: int, regions: int = 20, channels: int
     return f + 1e-3 * torch.randn(f.shape, generator=g, dtype=torch.float64)
 
 
-def test_float64_spectral_part_keeps_gradient_on_nearly_disconnected_regions():
+def test_float64_spectral_part_keeps_gradient_on_nearly_disconnected_regions(solver_calls):
     """Float32 affinity + float64 spectral part (the default) matches an all-float64 pipeline;
     the spectral part in float32 loses the gradient on nearly disconnected regions.
 
-    Measured (31x31 grid, 20 regions, window 17, mu 10, t 10, Ne 50, T 2; seeds 0-5):
-    spectral_dtype=float64: D 1e-7 - 3e-7, gradient 8e-6 - 1.7e-5 relative error;
-    spectral_dtype=float32: D 3e-6 - 1e-5, gradient 1.8 - 22 (cosine 0.05 - 0.5).
+    Measured (31x31 grid, 20 regions, window 17, mu 10, t 10, Ne 50; seeds 0-5), default solver
+    (block Krylov in float64; in float32 the 20 eigenvalues at 1 are one multiple eigenvalue, so
+    it falls back to the subspace iteration): spectral_dtype=float64: D 1e-7 - 3.4e-7, gradient
+    1.8e-5 - 2e-4 relative error (the subspace iteration: 8e-6 - 1.7e-5);
+    spectral_dtype=float32: D 3e-6 - 1e-5, gradient 1.4 - 19 (cosine 0.05 - 0.6).
     """
     f64 = piecewise_constant_features(31, 31)
     probe = torch.randn(1, 961, 961, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -318,7 +321,10 @@ def test_float64_spectral_part_keeps_gradient_on_nearly_disconnected_regions():
 
     D_ref, g_ref = distance_and_gradient(f64, None)  # everything in float64
     D, g = distance_and_gradient(f64.float(), torch.float64)
+    assert solver_calls == {"krylov": 2, "subspace": 0}  # float64 tells the 20 regions apart
     D32, g32 = distance_and_gradient(f64.float(), torch.float32)
+    assert solver_calls == {"krylov": 3, "subspace": 1}  # float32 cannot: the fallback
+    assert rel(D32, D_ref) < 1e-4  # measured 6.6e-6 (the Krylov space alone: 1.2e-3)
     assert rel(D, D_ref) < 1e-5
     assert rel(g, g_ref) < 1e-4
     # Float32 is off by O(1) here on every seed tried (the float64 one by ~1e-5).
@@ -425,3 +431,226 @@ def test_feature_kernel_is_the_unmasked_gaussian_of_the_features() -> None:
     # inside the window it is the banded local affinity
     W = spectral.local_affinity(features, 0.7, window=3).to_dense()
     torch.testing.assert_close(K * (W > 0), W)
+
+
+# --------------------------------------------------------------------------- #
+# Block Krylov solver (the default with n_eigs), sparse dense W                 #
+# --------------------------------------------------------------------------- #
+def community_graph(n: int, communities: int, p_in: float, p_out: float, seed: int = 0) -> torch.Tensor:
+    """A random graph with communities (dense for large p): ``(n, n)`` float64, self-loops."""
+    g = torch.Generator().manual_seed(seed)
+    label = torch.randint(0, communities, (n,), generator=g)
+    p = torch.where(label[:, None] == label[None, :], p_in, p_out).double()
+    A = torch.rand(n, n, generator=g, dtype=torch.float64) * (torch.rand(n, n, generator=g, dtype=torch.float64) < p)
+    return 0.5 * (A + A.T) + torch.eye(n, dtype=torch.float64)
+
+
+@pytest.fixture
+def solver_calls(monkeypatch):
+    """Counts calls of the Krylov and subspace iterations made through :func:`spectral.diffusion`."""
+    calls = {"krylov": 0, "subspace": 0}
+    krylov, subspace = spectral._block_krylov, spectral.subspace_iteration
+
+    def count(name, fn):
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(spectral, "_block_krylov", count("krylov", krylov))
+    monkeypatch.setattr(spectral, "subspace_iteration", count("subspace", subspace))
+    return calls
+
+
+def test_krylov_is_the_default_and_paper_solver_stays_available(solver_calls):
+    W = spectral.local_affinity(grid_features(16, 18, seed=2), 0.5, window=5)
+    assert spectral.krylov_size(8, 288) == (8, 12)
+    spectral.diffusion(W, 4.0, n_eigs=8)
+    assert solver_calls == {"krylov": 1, "subspace": 0}
+    spectral.diffusion(W, 4.0, n_eigs=8, n_iter=3, n_power=5)  # the paper's knobs select its procedure
+    spectral.diffusion(W, 4.0, n_eigs=8, solver="subspace")
+    assert solver_calls == {"krylov": 1, "subspace": 2}
+    with pytest.raises(ValueError, match="solver"):
+        spectral.diffusion(W, 4.0, n_eigs=8, solver="lanczos")
+    with pytest.raises(ValueError, match="block_size"):
+        spectral.diffusion(W, 4.0, n_eigs=8, block_size=2, n_blocks=3)  # a 6-dimensional space for 8 pairs
+
+
+def test_krylov_matches_truncated_spectrum_on_a_grid_graph(solver_calls):
+    W = spectral.local_affinity(grid_features(24, 30, c=3, seed=1), 0.3, window=9)
+    reference = spectral.diffusion(W, 5.0, n_eigs=12, solver="eigh")
+    result = spectral.diffusion(W, 5.0, n_eigs=12)
+    assert solver_calls["krylov"] == 1
+    error = rel(result.distance, reference.distance)
+    assert error < 1e-4, error  # measured 1e-5
+    # more accurate than the paper's procedure (T = 2, S^10 on Ne columns; measured 1.4e-2)
+    assert error < 0.1 * rel(spectral.diffusion_distance(W, 5.0, n_eigs=12, solver="subspace"), reference.distance)
+    assert torch.allclose(result.eigenvalues[0, :6], reference.eigenvalues[0, :6], atol=1e-8)
+    # the eigenvectors reproduce D through Eq. 4
+    lam, psi = result.eigenvalues[0], result.eigenvectors[0]
+    D_eig = ((lam.square() ** 5.0) * (psi[:, None] - psi[None]).square()).sum(-1)
+    assert rel(D_eig, result.distance[0]) < 1e-10
+
+
+@pytest.mark.parametrize("p_in, p_out, n_eigs", [(0.6, 0.1, 10), (0.2, 0.01, 6)])  # dense products, then sparse
+def test_krylov_matches_truncated_spectrum_on_a_random_graph(p_in, p_out, n_eigs, solver_calls):
+    W = community_graph(300, 6, p_in, p_out)
+    assert (spectral._dense_pattern(W[None]) is not None) == (p_in < 0.5)
+    reference = spectral.diffusion_distance(W, 5.0, n_eigs=n_eigs, solver="eigh")
+    error = rel(spectral.diffusion_distance(W, 5.0, n_eigs=n_eigs), reference)
+    assert solver_calls["krylov"] == 1
+    assert error < 2e-4, error  # measured 1e-5 and 2e-5 (the paper's procedure: 6e-5 and 2.4e-3)
+
+
+def test_krylov_gradcheck():
+    f = grid_features(8, 9, c=2, seed=1)
+    directions = torch.randn(3, *f.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    z = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    mu = torch.tensor(0.6, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor(2.3, dtype=torch.float64, requires_grad=True)
+    probes = torch.randn(3, 72, 72, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+
+    def fn(z, mu, t):
+        W = spectral.local_affinity(f + 0.1 * torch.einsum("k,k...->...", z, directions), mu, window=3)
+        D = spectral.diffusion_distance(W, t, n_eigs=6, block_size=3, n_blocks=6)  # 18 of 72 dimensions
+        return (D * probes).sum((-1, -2))
+
+    assert torch.autograd.gradcheck(fn, (z, mu, t))
+
+
+def test_krylov_gradcheck_nearly_disconnected_regions(solver_calls):
+    """Three regions joined by weights ~1e-9: a cluster of three eigenvalues at 1 within 1e-8,
+    wider than the 2-column block; float64 resolves it, and the gradient is right."""
+    base = piecewise_constant_features(8, 9, regions=3, channels=4, seed=2)
+    directions = torch.randn(3, *base.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    z = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+    probes = torch.randn(3, 72, 72, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+
+    def fn(z, t):
+        f = base + 1e-2 * torch.einsum("k,k...->...", z, directions)
+        D = spectral.diffusion_distance(spectral.local_affinity(f, 10.0, window=5), t, n_eigs=6, block_size=2, n_blocks=9)
+        return (D * probes).sum((-1, -2))
+
+    assert torch.autograd.gradcheck(fn, (z, t))
+    assert solver_calls["krylov"] > 0 and solver_calls["subspace"] == 0  # no fallback
+
+
+def test_krylov_gradient_matches_exact_truncated_gradient(solver_calls):
+    f = piecewise_constant_features(16, 18, regions=6, channels=3, seed=1).requires_grad_()
+    probe = torch.randn(1, 288, 288, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+
+    def grad(solver):
+        D = spectral.diffusion_distance(spectral.local_affinity(f, 1.0, window=5), 5.0, n_eigs=12, solver=solver)
+        return torch.autograd.grad((D * probe).sum(), f)[0]
+
+    assert rel(grad("krylov"), grad("eigh")) < 1e-4  # measured 1.3e-6
+    assert solver_calls["krylov"] == 1
+
+
+def test_ritz_distance_truncation_gradcheck():
+    """The truncated matrix function of the Rayleigh-Ritz step, with a repeated kept eigenvalue."""
+    g = torch.Generator().manual_seed(9)
+    Q, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64, generator=g))
+    H0 = (Q * torch.tensor([0.9, 0.9, -0.7, 0.5, 0.2, 0.1], dtype=torch.float64)) @ Q.T
+    C = torch.randn(1, 10, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    B = torch.zeros(1, 6, 6, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
+
+    def fn(C, B, t):
+        H = H0 + 0.5 * (B + B.transpose(-1, -2))
+        return spectral._RitzDistance.apply(C, H, t, 4, torch.float64)[0]
+
+    assert torch.autograd.gradcheck(fn, (C, B, t))
+    # k = 4 keeps 0.9, 0.9, -0.7, 0.5: D is the Eq. 4 sum over exactly those
+    D, theta, X = spectral._RitzDistance.apply(C, H0[None], t, 4, torch.float64)
+    assert torch.allclose(theta.abs().sort().values, torch.tensor([[0.5, 0.7, 0.9, 0.9]], dtype=torch.float64))
+    weights = theta.square() ** t
+    assert torch.allclose(D[0], ((X[0, :, None] - X[0, None]).square() * weights[0]).sum(-1), atol=1e-12)
+
+
+def test_dense_banded_W_gives_the_banded_result_without_dense_products(monkeypatch):
+    band = spectral.local_affinity(piecewise_constant_features(16, 18, regions=6, channels=3, seed=1), 1.0, window=5)
+    dense = band.to_dense()
+    assert spectral._dense_pattern(dense) is not None  # at most 25 of 288 entries per row
+    product = spectral._Operator.__call__
+
+    def no_dense_products(self, X):
+        assert self.banded is not None, "a dense N x N product was used"
+        return product(self, X)
+
+    monkeypatch.setattr(spectral._Operator, "__call__", no_dense_products)
+    from_band = spectral.diffusion(band, 5.0, n_eigs=12)
+    # the same start (the grid's cosines) gives the same result, to rounding
+    start = spectral.krylov_start(288, 8, (16, 18), torch.float64)
+    from_dense = spectral.diffusion(dense, 5.0, n_eigs=12, U0=start)
+    assert rel(from_dense.distance, from_band.distance) < 1e-12
+    assert torch.allclose(from_dense.eigenvalues, from_band.eigenvalues, atol=1e-14)
+    # its default start (no grid: Gaussian columns) converges to the same distance
+    reference = spectral.diffusion_distance(dense, 5.0, n_eigs=12, solver="eigh")
+    assert rel(spectral.diffusion_distance(dense, 5.0, n_eigs=12), reference) < 1e-5  # measured 1.9e-6
+    # the subspace solver through the non-zeros too
+    assert rel(spectral.diffusion_distance(dense, 5.0, n_eigs=12, solver="subspace", n_power=40), reference) < 1e-4
+    # batched, with a different pattern per graph (window 5 and 3): as one graph at a time
+    narrow = spectral.local_affinity(piecewise_constant_features(16, 18, regions=6, channels=3, seed=2), 1.0, 3).to_dense()
+    both = spectral.diffusion_distance(torch.cat([dense, narrow]), 5.0, n_eigs=12)
+    for b, W in enumerate((dense, narrow)):
+        assert rel(both[b], spectral.diffusion_distance(W, 5.0, n_eigs=12)[0]) < 1e-10
+
+
+def test_sparse_dense_W_gradient_is_the_dense_one(monkeypatch):
+    """A dense W is differentiated in full, zeros included, though multiplied through its non-zeros."""
+    W = spectral.local_affinity(grid_features(9, 10, seed=5), 0.5, window=3).to_dense()[0]
+    probe = torch.randn(90, 90, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+
+    def grad():
+        Wg = W.clone().requires_grad_()
+        D = spectral.diffusion_distance(Wg, 3.0, n_eigs=6)
+        return torch.autograd.grad((D * probe).sum(), Wg)[0]
+
+    sparse = grad()
+    monkeypatch.setattr(spectral, "SPARSE_DENSITY", -1.0)  # every W multiplied densely
+    assert spectral._dense_pattern(W[None]) is None
+    dense = grad()
+    assert (sparse[W == 0] != 0).any()  # the entries outside the pattern get their gradient
+    assert rel(sparse, dense) < 1e-9
+
+
+def test_krylov_falls_back_to_subspace_iteration_on_a_wide_degenerate_cluster(solver_calls):
+    """Ten disconnected components: eigenvalue 1 ten times, more than a 4-column block can hold."""
+    g = torch.Generator().manual_seed(10)
+    blocks = [torch.rand(12, 12, generator=g, dtype=torch.float64) for _ in range(10)]
+    W = torch.block_diag(*[0.5 * (b + b.T) for b in blocks])
+    result = spectral.diffusion(W, 2.0, n_eigs=10, block_size=4, n_blocks=12)
+    assert solver_calls == {"krylov": 1, "subspace": 1}
+    assert torch.allclose(result.eigenvalues, torch.ones(10, dtype=torch.float64), atol=1e-10)
+    assert rel(result.distance, spectral.diffusion_distance(W, 2.0, n_eigs=10, solver="eigh")) < 1e-10
+
+
+def test_krylov_on_a_small_graph_is_the_exact_truncated_distance(solver_calls):
+    W = random_graph(30, 2)
+    assert spectral.krylov_size(10, 30) is None
+    D = spectral.diffusion_distance(W, 2.5, n_eigs=10)
+    assert solver_calls == {"krylov": 0, "subspace": 0}
+    assert rel(D, spectral.diffusion_distance(W, 2.5, n_eigs=10, solver="eigh")) < 1e-10
+    assert rel(spectral.diffusion_distance(W, 2.5, n_eigs=30), spectral.diffusion_distance(W, 2.5)) < 1e-10
+
+
+def test_block_krylov_basis_and_start():
+    W = spectral.local_affinity(grid_features(10, 12, seed=7), 0.5, window=5)
+    S = spectral.symmetric_normalize(W)
+    Q, H = spectral.block_krylov(S, 3, 8)
+    assert Q.shape == (1, 120, 24) and H.shape == (1, 24, 24)
+    assert torch.allclose(Q.transpose(-1, -2) @ Q, torch.eye(24, dtype=Q.dtype), atol=1e-12)
+    assert torch.allclose(H, Q.transpose(-1, -2) @ S.to_dense() @ Q, atol=1e-12)
+    # the space is span[U0, S U0, ..., S^7 U0]
+    U0 = spectral.krylov_start(120, 3, (10, 12), torch.float64)
+    K = torch.cat([torch.linalg.matrix_power(S.to_dense()[0], k) @ U0 for k in range(8)], 1)
+    K = K / K.norm(dim=0)
+    assert (K - Q[0] @ (Q[0].T @ K)).norm() < 1e-8 * K.norm()
+    # grid cosines: orthogonal columns, the first constant
+    C = spectral.krylov_start(120, 6, (10, 12), torch.float64)
+    gram = C.T @ C
+    assert torch.allclose(gram, torch.diag(gram.diagonal()), atol=1e-12)
+    assert torch.allclose(C[:, 0], torch.ones(120, dtype=torch.float64))
+    assert torch.equal(spectral.krylov_start(50, 4), spectral.krylov_start(50, 4))  # seeded without a grid

@@ -25,6 +25,18 @@ divided differences (instead of through individual eigenvectors) keeps gradients
 finite when eigenvalues cluster, which is the normal case near ``lambda = 1`` for
 images with several nearly disconnected regions.
 
+Solvers. The subspace ``U`` comes by default from block Lanczos (:func:`block_krylov`:
+12 products by ``S`` on 16 smooth start columns for ``Ne = 50``, Rayleigh-Ritz on the
+192-dimensional Krylov space, the ``Ne`` Ritz pairs of largest modulus kept); the paper's
+accelerated simultaneous iteration (``T`` QR steps after ``round(2t)`` products each, on
+``Ne`` columns, :func:`subspace_iteration`) stays available (``solver="subspace"``, or
+``n_power`` given). A Krylov space of degree ``q`` contains every polynomial filter of
+that degree applied to its start, ``S^(q-1) U0`` and the Chebyshev filters included, so
+per product it converges much faster: on the benchmark graph and on the shipped model's
+affinities it is as accurate or more at a tenth of the column products. A dense ``W``
+that is mostly zeros (a banded affinity given densely) is multiplied through its
+non-zeros (CSR), with the full dense gradient.
+
 Precision. :func:`diffusion` (and :func:`diffusion_distance`,
 :func:`diffusion_embedding`, :func:`legacy_diffusion_distance`) take a
 ``spectral_dtype``: the affinity values stay in the caller's dtype (float32 for a
@@ -52,6 +64,7 @@ import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -69,6 +82,9 @@ __all__ = [
     "window_offsets",
     "initial_subspace",
     "subspace_iteration",
+    "krylov_start",
+    "krylov_size",
+    "block_krylov",
     "spectral_power",
     "DiffusionResult",
     "diffusion",
@@ -360,8 +376,15 @@ def _cast_affinity(W: Tensor | BandedAffinity, dtype: torch.dtype | None) -> Ten
     return W.to(dtype)
 
 
-def _validate_affinity(W: Tensor | BandedAffinity) -> tuple[Tensor | BandedAffinity, bool]:
-    """Check an affinity and add a batch dimension; returns ``(W, was_batched)``."""
+def _validate_affinity(
+    W: Tensor | BandedAffinity, pattern: _DensePattern | None = None
+) -> tuple[Tensor | BandedAffinity, bool]:
+    """Check an affinity and add a batch dimension; returns ``(W, was_batched)``.
+
+    ``pattern``: the non-zeros of a dense ``W`` (:func:`_dense_pattern`); symmetry is then
+    checked on them only, which is the same test (a pair with both entries zero is
+    symmetric) without reading ``W`` transposed, the slow part for a large ``W``.
+    """
     if isinstance(W, BandedAffinity):
         values = W.weights
         if values.dim() != 3 or values.shape[1] != W.num_nodes or values.shape[2] != W.window**2:
@@ -373,13 +396,21 @@ def _validate_affinity(W: Tensor | BandedAffinity) -> tuple[Tensor | BandedAffin
         batched = W.dim() == 3
         values = W if batched else W.unsqueeze(0)
         W = values
-    if not torch.isfinite(values).all():
+    # One pass for NaN/Inf and the sign (aminmax propagates NaN).
+    low, high = torch.aminmax(values.detach())
+    if not bool(torch.isfinite(low) & torch.isfinite(high)):
         raise ValueError("the affinity contains NaN or Inf")
-    if bool((values < 0).any()):
+    if bool(low < 0):
         raise ValueError("the affinity has negative weights; it must be non-negative")
     if isinstance(W, Tensor):
-        scale = values.detach().abs().amax().clamp_min(torch.finfo(values.dtype).tiny)
-        if not torch.allclose(values, values.transpose(-1, -2), atol=1e-5 * float(scale), rtol=1e-4):
+        scale = high.clamp_min(torch.finfo(values.dtype).tiny)
+        if pattern is None:
+            symmetric = torch.allclose(values, values.transpose(-1, -2), atol=1e-5 * float(scale), rtol=1e-4)
+        else:
+            flat = values.detach().reshape(-1)
+            a, b = flat.index_select(0, pattern.index), flat.index_select(0, pattern.transpose)
+            symmetric = bool(((a - b).abs() <= 1e-5 * scale + 1e-4 * b.abs()).all())
+        if not symmetric:
             raise ValueError("W must be symmetric")
     if bool((degree(W) <= 0).any()):
         raise ValueError("every node needs a positive degree (an isolated node has no random walk)")
@@ -398,7 +429,7 @@ def symmetric_normalize(W: Tensor | BandedAffinity) -> Tensor | BandedAffinity:
     d_isqrt = degree(W).rsqrt()
     if isinstance(W, BandedAffinity):
         index, _ = _neighbour_index(*W.grid_shape, W.window, W.weights.device)
-        neighbour = d_isqrt[:, index]  # (B, N, K)
+        neighbour = d_isqrt.index_select(1, index.reshape(-1)).view(d_isqrt.shape[0], *index.shape)  # (B, N, K)
         return BandedAffinity(W.weights * d_isqrt.unsqueeze(-1) * neighbour, W.grid_shape, W.window)
     return W * d_isqrt.unsqueeze(-1) * d_isqrt.unsqueeze(-2)
 
@@ -466,6 +497,125 @@ class _BandedMatmul(torch.autograd.Function):
         return grad_values, None, grad_X, None, None
 
 
+class _DensePattern(NamedTuple):
+    """Non-zeros of a dense ``(B, N, N)`` affinity, as a block-diagonal ``(B N, B N)`` CSR matrix.
+
+    Attributes:
+        index: ``(nnz,)`` positions in ``W.reshape(-1)``, row-major (CSR order).
+        transpose: ``(nnz,)`` positions of the mirrored entries ``W[b, j, i]``.
+        rows, cols: ``(nnz,)`` int64 row and column in the block-diagonal matrix.
+        offsets: ``(B N + 1,)`` int64 row starts; ``crow``, ``col``: the int32 CSR structure.
+    """
+
+    index: Tensor
+    transpose: Tensor
+    rows: Tensor
+    cols: Tensor
+    offsets: Tensor
+    crow: Tensor
+    col: Tensor
+
+
+#: Densest dense ``W`` still multiplied as a sparse matrix: above it a dense product
+#: (a BLAS GEMM) is about as fast as a CSR one and the index arrays get large.
+SPARSE_DENSITY = 0.25
+
+
+def _dense_pattern(W: Tensor, max_density: float | None = None) -> _DensePattern | None:
+    """The CSR structure of a dense ``W`` ``(B, N, N)``, or ``None`` if more than
+    ``max_density`` (default :data:`SPARSE_DENSITY`) of its entries are non-zero (then it
+    is multiplied densely)."""
+    max_density = SPARSE_DENSITY if max_density is None else max_density
+    batch, n, _ = W.shape
+    values = W.detach()
+    if values.device.type == "cpu":  # NumPy: its nonzero is ~3x faster than torch's here
+        mask = values.contiguous().numpy().reshape(batch * n, n) != 0
+        counts = np.count_nonzero(mask, axis=1)
+        if counts.sum() > max_density * mask.size:
+            return None
+        index = torch.from_numpy(np.flatnonzero(mask))
+        counts = torch.from_numpy(counts.astype(np.int64))
+    else:
+        if int(torch.count_nonzero(values)) > max_density * values.numel():
+            return None
+        index = torch.nonzero(values.reshape(-1)).squeeze(1)
+        counts = torch.bincount(index // n, minlength=batch * n)
+    # rows from the counts (no integer division of every index): row r = b N + i
+    rows = torch.repeat_interleave(torch.arange(batch * n, device=index.device), counts)
+    j = index - rows * n
+    first = rows - rows % n if batch > 1 else torch.zeros_like(rows)  # b N
+    cols = first + j
+    transpose = (first + j) * n + rows - first
+    offsets = torch.zeros(batch * n + 1, dtype=torch.int64, device=index.device)
+    offsets[1:] = counts.cumsum(0)
+    return _DensePattern(index, transpose, rows, cols, offsets, offsets.int(), cols.int())
+
+
+class _CSRMatmul(torch.autograd.Function):
+    """``Y = A X`` for ``A`` given by its non-zeros (a dense ``W`` detected as sparse).
+
+    ``values`` ``(nnz,)`` are the entries in CSR order. If ``dense`` (the same matrix as a
+    ``(B, N, N)`` tensor) is given, the gradient goes to it in full, ``dA = dY X^T``, zeros
+    included: ``W`` was given dense, so its gradient is dense; otherwise (``values``
+    differentiable) only the stored entries get one.
+    """
+
+    @staticmethod
+    def forward(ctx, values: Tensor, dense: Tensor | None, X: Tensor, op: _SparseOperator) -> Tensor:
+        batch, n, m = X.shape
+        p = op.pattern
+        Y = torch.mm(_csr(values.detach(), p.crow, p.col, batch * n), X.reshape(batch * n, m))
+        ctx.save_for_backward(X)
+        ctx.op = op
+        return Y.reshape(batch, n, m)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
+        (X,) = ctx.saved_tensors
+        op = ctx.op
+        batch, n, m = X.shape
+        grad_values = grad_dense = grad_X = None
+        if ctx.needs_input_grad[0]:  # sampled product: <dY_i, X_j> for each stored (i, j)
+            g, x = grad.reshape(batch * n, m), X.reshape(batch * n, m)
+            grad_values = (g.index_select(0, op.pattern.rows) * x.index_select(0, op.pattern.cols)).sum(-1)
+        if ctx.needs_input_grad[1]:
+            grad_dense = grad @ X.transpose(-1, -2)
+        if ctx.needs_input_grad[2]:
+            crow_t, col_t, values_t = op.transposed()
+            grad_X = torch.mm(_csr(values_t, crow_t, col_t, batch * n), grad.reshape(batch * n, m).contiguous())
+            grad_X = grad_X.reshape(batch, n, m)
+        return grad_values, grad_dense, grad_X, None
+
+
+class _SparseOperator:
+    """``X -> A X`` for a dense ``A`` ``(B, N, N)`` multiplied through its non-zeros.
+
+    Args:
+        values: ``(nnz,)`` entries of ``A`` in the order of ``pattern``.
+        pattern: from :func:`_dense_pattern`.
+        batch, n: ``B`` and ``N``.
+        dense: ``A`` itself when it needs a full (dense) gradient, else ``None``.
+    """
+
+    def __init__(self, values: Tensor, pattern: _DensePattern, batch: int, n: int, dense: Tensor | None = None):
+        self.values, self.pattern, self.batch, self.n, self.dense = values, pattern, batch, n, dense
+        self._transposed: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def transposed(self) -> tuple[Tensor, Tensor, Tensor]:
+        """CSR ``crow, col, values`` of ``A^T`` (for ``dX = A^T dY``), built on first use."""
+        if self._transposed is None:
+            p, size = self.pattern, self.batch * self.n
+            order = torch.argsort(p.cols * size + p.rows)
+            crow = torch.zeros(size + 1, dtype=torch.int64, device=p.rows.device)
+            crow[1:] = torch.bincount(p.cols, minlength=size).cumsum(0)
+            self._transposed = (crow.int(), p.rows[order].int(), self.values.detach()[order])
+        return self._transposed
+
+    def __call__(self, X: Tensor) -> Tensor:
+        X = X.expand(self.batch, self.n, X.shape[-1]).contiguous()
+        return _CSRMatmul.apply(self.values, self.dense, X, self)
+
+
 class _Operator:
     """``X -> A X`` for a dense ``(B, N, N)`` or banded operator (CSR values gathered once)."""
 
@@ -473,10 +623,9 @@ class _Operator:
         if isinstance(A, BandedAffinity):
             self.batch, self.n = A.weights.shape[:2]
             self.banded = A
-            _, _, take, transpose = _csr_pattern(*A.grid_shape, A.window, self.batch, A.weights.device)
-            flat = A.weights.reshape(-1)
-            self.values = flat[take]
-            self.values_t = flat.detach()[transpose]
+            _, _, take, self._transpose_take = _csr_pattern(*A.grid_shape, A.window, self.batch, A.weights.device)
+            self.values = A.weights.reshape(-1).index_select(0, take)  # ~2x faster than [take]
+            self._values_t: Tensor | None = None
         else:
             self.batch, self.n = A.shape[0], A.shape[1]
             self.banded = None
@@ -487,7 +636,13 @@ class _Operator:
             return self.dense @ X
         A = self.banded
         X = X.expand(self.batch, self.n, X.shape[-1]).contiguous()
-        return _BandedMatmul.apply(self.values, self.values_t, X, A.grid_shape, A.window)
+        if torch.is_grad_enabled() and (X.requires_grad or self.values.requires_grad):
+            if self._values_t is None:  # the transpose's values: only a backward needs them
+                self._values_t = A.weights.detach().reshape(-1).index_select(0, self._transpose_take)
+            values_t = self._values_t
+        else:
+            values_t = self.values.new_empty(0)
+        return _BandedMatmul.apply(self.values, values_t, X, A.grid_shape, A.window)
 
 
 def apply_operator(A: Tensor | BandedAffinity, X: Tensor) -> Tensor:
@@ -553,7 +708,8 @@ def subspace_iteration(
     accurate, which is why ``H`` is returned for the caller to diagonalise.
 
     Args:
-        S: symmetric operator, dense ``(B, N, N)`` or banded.
+        S: symmetric operator, dense ``(B, N, N)`` or banded (or the internal operator
+            :func:`diffusion` built, with ``U0`` given).
         n_eigs: subspace dimension ``Ne``.
         n_iter: number of QR steps ``T``.
         n_power: multiplications by ``S`` per QR step (``2t`` in the paper).
@@ -570,14 +726,18 @@ def subspace_iteration(
     """
     if n_iter < 1 or n_power < 1 or orth_every < 1:
         raise ValueError(f"n_iter, n_power and orth_every must be >= 1, got {n_iter}, {n_power}, {orth_every}")
-    op = _Operator(S)
-    ref = S.weights if isinstance(S, BandedAffinity) else S
+    if isinstance(S, (_Operator, _SparseOperator)):
+        if U0 is None:
+            raise ValueError("subspace_iteration on an operator needs U0")
+        op, dtype = S, U0.dtype
+    else:
+        op, dtype = _Operator(S), _affinity_values(S).dtype
     if not 0 < n_eigs <= op.n:
         raise ValueError(f"n_eigs must be in [1, N={op.n}], got {n_eigs}")
     if U0 is None:
         grid = S.grid_shape if isinstance(S, BandedAffinity) else None
-        U0 = initial_subspace(op.n, n_eigs, grid, ref.dtype, ref.device)
-    U = U0.to(ref.dtype).expand(op.batch, op.n, n_eigs)
+        U0 = initial_subspace(op.n, n_eigs, grid, dtype, _affinity_values(S).device)
+    U = U0.to(dtype).expand(op.batch, op.n, n_eigs)
     for _ in range(n_iter):
         Z = U
         for k in range(1, n_power + 1):
@@ -587,6 +747,147 @@ def subspace_iteration(
         U, _ = torch.linalg.qr(Z)
     H = U.transpose(-1, -2) @ op(U)
     return U, 0.5 * (H + H.transpose(-1, -2))
+
+
+def krylov_start(
+    num_nodes: int,
+    block_size: int,
+    grid_shape: tuple[int, int] | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Start block of :func:`block_krylov`: smooth, global columns.
+
+    On an ``h x w`` grid: the ``block_size`` lowest-frequency 2-D cosines (the DCT-II basis,
+    ordered by ``(ky/h)^2 + (kx/w)^2``; the first is constant). The leading eigenvectors of a
+    diffusion on an image are smooth inside regions, so these have large components along
+    them from the start: at the same cost the error of ``D`` was 10-30x smaller than from
+    one-hot or random columns (BSDS images, shipped model, 41x61 grid). Without a grid:
+    Gaussian columns from a fixed seed (deterministic).
+
+    Returns:
+        ``(N, block_size)``, not orthonormalised.
+    """
+    if not 0 < block_size <= num_nodes:
+        raise ValueError(f"block_size must be in [1, N={num_nodes}], got {block_size}")
+    if grid_shape is None:
+        g = torch.Generator().manual_seed(0)
+        return torch.randn(num_nodes, block_size, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+    h, w = grid_shape
+    pairs = sorted(((ky, kx) for ky in range(min(h, block_size)) for kx in range(min(w, block_size))),
+                   key=lambda k: ((k[0] / h) ** 2 + (k[1] / w) ** 2, k))[:block_size]
+    ky, kx = torch.tensor(pairs, dtype=torch.float64).T
+    cy = torch.cos(math.pi * (torch.arange(h, dtype=torch.float64) + 0.5)[:, None] * ky / h)  # (h, b)
+    cx = torch.cos(math.pi * (torch.arange(w, dtype=torch.float64) + 0.5)[:, None] * kx / w)  # (w, b)
+    return (cy[:, None, :] * cx[None, :, :]).reshape(h * w, block_size).to(dtype=dtype, device=device)
+
+
+_cached_krylov_start = functools.lru_cache(maxsize=16)(krylov_start)  # read-only use inside this module
+
+
+def krylov_size(n_eigs: int, num_nodes: int) -> tuple[int, int] | None:
+    """Default ``(block_size, n_blocks)`` of :func:`block_krylov` for ``Ne`` eigenpairs.
+
+    ``q = 12`` products by ``S`` on blocks of ``b = ceil(0.32 Ne)`` columns (16 for
+    ``Ne = 50``: 192 column products against 2000 for the paper's two QR steps of
+    ``S^20`` on 50 columns), a space of ``m = 12 b`` (3.8 ``Ne``) dimensions. Depth
+    matters most: the leading eigenvalues of a learned affinity cluster near 1
+    (0.998, 0.989, 0.977, ...) and each product widens the polynomial degree; a product
+    on 16 columns costs little more than on 10 (the CSR matrix is streamed once per
+    product). Measured (``Ne = 50``, 41x61 grids, shipped model on 14 BSDS images, the
+    hand-crafted benchmark graph, 20 nearly disconnected regions): relative error of ``D``
+    against the exact truncated spectrum at most 2e-4 (the paper's ``T = 2``, ``S^18``
+    reaches 6.3e-4 on the same images), 2e-9 on the benchmark graph.
+    At least 8 columns (at most ``Ne``): a block narrower than a cluster of leading
+    eigenvalues converges slowly (measured on 6-community graphs, ``Ne = 6``: 2e-1 with 2
+    columns, 2e-5 with 6). ``None`` when the space would exceed half the graph: solve
+    exactly instead (cheap there).
+    """
+    block, blocks = _krylov_default(n_eigs)
+    return None if 2 * block * blocks > num_nodes else (block, blocks)
+
+
+def _krylov_default(n_eigs: int) -> tuple[int, int]:
+    return min(n_eigs, max(8, math.ceil(0.32 * n_eigs))), 12
+
+
+def _block_krylov(op, U0: Tensor, n_blocks: int) -> tuple[Tensor, Tensor]:
+    """Block Lanczos with full reorthogonalisation; see :func:`block_krylov`.
+
+    The blocks are kept as rows (``(B, b, N)``): the projections are then products with a
+    short first dimension, which BLAS runs ~4x faster than the same products on ``(N, b)``
+    columns (measured). ``H`` comes from the projection coefficients, the block Arnoldi
+    relation ``S Q_j = sum_i Q_i H_ij + Q_(j+1) R_j``, so no extra product is needed.
+    """
+    batch, n, b = U0.shape
+    m = b * n_blocks
+    Q, _ = torch.linalg.qr(U0)
+    Qt = Q.transpose(-1, -2)
+    # Without autograd the blocks go into one buffer (no concatenation per step); with it,
+    # writing into a buffer that earlier products saved for backward is not allowed.
+    buffer = None if torch.is_grad_enabled() else Qt.new_empty(batch, m, n)
+    rows, columns = [Qt], []
+    for j in range(n_blocks):
+        if buffer is not None:
+            buffer[:, j * b : (j + 1) * b] = Qt
+            basis = buffer[:, : (j + 1) * b]
+        else:
+            basis = Qt if j == 0 else torch.cat(rows, -2)
+        Zt = op(Qt.transpose(-1, -2)).transpose(-1, -2)  # (S Q_j)^T
+        # The Lanczos step proper (in exact arithmetic S Q_j only has components along
+        # Q_(j-1) and Q_j), then one classical Gram-Schmidt pass against every block, which
+        # removes the rounding the first pass left in all directions: the blocks stay
+        # orthogonal to working precision, so H is Q^T S Q (checked by a test).
+        lo = max(0, j - 1) * b
+        near = basis[:, lo:]
+        c_near = Zt @ near.transpose(-1, -2)
+        Zt = torch.baddbmm(Zt, c_near, near, alpha=-1)
+        column = Zt @ basis.transpose(-1, -2)
+        Zt = torch.baddbmm(Zt, column, basis, alpha=-1)
+        column = torch.cat([column[..., :lo], column[..., lo:] + c_near], -1).transpose(-1, -2)
+        if j < n_blocks - 1:
+            Q, R = torch.linalg.qr(Zt.transpose(-1, -2))
+            Qt = Q.transpose(-1, -2)
+            rows.append(Qt)
+            column = torch.cat([column, R, column.new_zeros(batch, m - (j + 2) * b, b)], -2)
+        columns.append(column)
+    H = torch.cat(columns, -1)
+    Q = buffer if buffer is not None else torch.cat(rows, -2)
+    return Q.transpose(-1, -2), 0.5 * (H + H.transpose(-1, -2))
+
+
+def block_krylov(
+    S: Tensor | BandedAffinity,
+    block_size: int,
+    n_blocks: int,
+    U0: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Orthonormal basis of a block Krylov space of a symmetric ``S`` and ``H = Q^T S Q``.
+
+    ``span[U0, S U0, ..., S^(q-1) U0]`` with ``q = n_blocks``, built by block Lanczos with
+    full reorthogonalisation (``q`` products by ``S`` on ``b = block_size`` columns). The
+    space contains every ``p(S) U0`` of degree ``< q``, in particular the Chebyshev filters
+    and ``S^(q-1) U0`` of the simultaneous iteration, so its Rayleigh-Ritz pairs converge
+    much faster per product. Differentiable (autograd through the products and QRs).
+
+    Args:
+        S: symmetric operator, dense ``(B, N, N)`` or banded.
+        block_size, n_blocks: ``b`` and ``q``; the space has ``m = b q`` dimensions, which
+            must not exceed ``N``.
+        U0: ``(N, b)`` or ``(B, N, b)`` start; default :func:`krylov_start` (cosines on the
+            grid of a banded ``S``, else seeded Gaussian columns).
+
+    Returns:
+        ``Q`` ``(B, N, m)`` with orthonormal columns and ``H`` ``(B, m, m)`` (symmetrised).
+    """
+    op = _Operator(S)
+    ref = S.weights if isinstance(S, BandedAffinity) else S
+    if block_size < 1 or n_blocks < 1 or block_size * n_blocks > op.n:
+        raise ValueError(f"need 1 <= block_size * n_blocks <= N={op.n}, got {block_size} x {n_blocks}")
+    if U0 is None:
+        grid = S.grid_shape if isinstance(S, BandedAffinity) else None
+        U0 = krylov_start(op.n, block_size, grid, ref.dtype, ref.device)
+    return _block_krylov(op, U0.to(ref.dtype).expand(op.batch, op.n, block_size), n_blocks)
 
 
 # --------------------------------------------------------------------------- #
@@ -651,6 +952,97 @@ def spectral_power(A: Tensor, t: Tensor | float) -> Tensor:
     return _spectral_power_eig(A, t)[0]
 
 
+def _assemble_distance(G: Tensor, out_dtype: torch.dtype, rows: int = 128) -> Tensor:
+    """``D_ij = |g_i|^2 + |g_j|^2 - 2 g_i.g_j`` clamped at 0, from ``G`` ``(B, N, r)``; ``(B, N, N)``.
+
+    On the CPU, in blocks of ``rows`` rows, each finished (``+ |g_i|^2``, clamp) while in
+    cache and written straight in ``out_dtype``: no ``N x N`` temporaries, and none in the
+    wider compute dtype. Measured on N = 2501, r = 50, one thread: 2.7x (float32) and 5.5x
+    (float64 computed, float32 out) faster than ``baddbmm`` + ``clamp`` + cast.
+    """
+    sq = G.square().sum(-1)
+    if G.device.type != "cpu":  # large GPU kernels beat a Python loop of small ones
+        D = torch.baddbmm(sq.unsqueeze(-1) + sq.unsqueeze(-2), G, G.transpose(-1, -2), alpha=-2)
+        return D.clamp_min_(0).to(out_dtype)
+    batch, n, _ = G.shape
+    D = torch.empty(batch, n, n, dtype=out_dtype)
+    for b in range(batch):
+        g, s, row = G[b], sq[b], sq[b].unsqueeze(0)
+        for start in range(0, n, rows):
+            end = min(n, start + rows)
+            out = D[b, start:end] if out_dtype == G.dtype else None
+            block = torch.addmm(row.expand(end - start, n), g[start:end], g.T, alpha=-2, out=out)
+            block.add_(s[start:end, None]).clamp_min_(0)
+            if out is None:
+                D[b, start:end] = block
+    return D
+
+
+class _RitzDistance(torch.autograd.Function):
+    """Eq. 4 from a Rayleigh-Ritz step, keeping the ``k`` Ritz pairs of largest ``|theta|``.
+
+    With ``C = sqrt(vol) D^-1/2 Q`` ``(B, N, m)`` and ``H = Q^T S Q`` ``(B, m, m)``:
+    ``M = C f_k(H) C^T`` and ``D_ij = M_ii + M_jj - 2 M_ij``, where ``f_k(x) = (x^2)^t`` on
+    the top ``k`` eigenvalues of ``H`` and 0 on the others (``k = m``: no truncation).
+    Forward: ``D`` from the ``(B, N, k)`` factor ``G = C Y_k |theta_k|^t``.
+    Backward: Daleckii-Krein divided differences of ``f_k``, so gradients stay finite
+    for clustered eigenvalues (the nearly disconnected regions training leads to):
+    ``dL/dM = diag(r) - (dD + dD^T)`` with ``r`` its row sums, ``dC = 2 dM C f_k(H)``,
+    ``dH = Y (L o Y^T C^T dM C Y) Y^T`` with ``L_ij = (f_i - f_j) / (theta_i - theta_j)``;
+    only the rows and columns of kept pairs of ``Y^T C^T dM C Y`` meet a non-zero ``L``, so
+    the backward costs one ``N x N x k`` product more than the forward. The clamp at 0 is
+    ignored by the gradient (it only removes rounding below 0).
+
+    ``eig``: ``eigh(H)`` if the caller already has it. Returns ``D`` (in ``out_dtype``), the
+    kept ``theta`` ``(B, k)`` and ``C Y_k`` ``(B, N, k)`` (the eigenvectors ``psi`` of
+    Eq. 4), the last two without gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, C: Tensor, H: Tensor, t: Tensor, k: int, out_dtype: torch.dtype,
+                eig: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        theta, Y = torch.linalg.eigh(H) if eig is None else eig
+        top = theta.abs().topk(k, dim=-1).indices
+        theta_k = theta.gather(-1, top)
+        X = C @ Y.gather(-1, top.unsqueeze(-2).expand(*Y.shape[:-1], k))
+        log_sq = torch.log(theta_k.square().clamp_min(torch.finfo(theta.dtype).tiny))
+        D = _assemble_distance(X * torch.exp(0.5 * t * log_sq).unsqueeze(-2), out_dtype)
+        ctx.save_for_backward(C, theta, Y, top, t, X)
+        ctx.mark_non_differentiable(theta_k, X)
+        return D, theta_k, X
+
+    @staticmethod
+    def backward(ctx, grad: Tensor, _grad_theta: Tensor, _grad_X: Tensor) -> tuple[Tensor | None, ...]:
+        C, theta, Y, top, t, X = ctx.saved_tensors
+        grad = grad.to(C.dtype)
+        keep = torch.zeros_like(theta, dtype=torch.bool).scatter_(-1, top, True)
+        f, df, dft = _power_and_derivatives(theta, t)
+        f, df, dft = f * keep, df * keep, dft * keep
+        # P = dL/dM @ X without forming dD + dD^T (a transposed N x N read is slow).
+        r = (grad.sum(-1) + grad.sum(-2)).unsqueeze(-1)
+        P = r * X - grad @ X - grad.transpose(-1, -2) @ X
+        Y_k = Y.gather(-1, top.unsqueeze(-2).expand(*Y.shape[:-1], top.shape[-1]))
+        grad_C = grad_H = grad_t = None
+        if ctx.needs_input_grad[0]:
+            grad_C = 2 * (P * f.gather(-1, top).unsqueeze(-2)) @ Y_k.transpose(-1, -2)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            # G = Y^T C^T dM C Y on the kept rows (and, by symmetry, columns).
+            rows_k = P.transpose(-1, -2) @ (C @ Y)  # (B, k, m)
+            G = torch.zeros_like(Y).scatter_(-2, top.unsqueeze(-1).expand_as(rows_k), rows_k)
+            G = torch.where(keep.unsqueeze(-2) & ~keep.unsqueeze(-1), G.transpose(-1, -2), G)
+            if ctx.needs_input_grad[1]:
+                diff = theta.unsqueeze(-1) - theta.unsqueeze(-2)
+                scale = theta.abs().amax(-1, keepdim=True).unsqueeze(-1).clamp_min(1.0)
+                close = diff.abs() <= 1e3 * torch.finfo(theta.dtype).eps * scale
+                # Where eigenvalues (nearly) coincide the divided difference becomes the derivative.
+                L = torch.where(close, 0.5 * (df.unsqueeze(-1) + df.unsqueeze(-2)),
+                                (f.unsqueeze(-1) - f.unsqueeze(-2)) / torch.where(close, torch.ones_like(diff), diff))
+                grad_H = Y @ (L * G) @ Y.transpose(-1, -2)
+            if ctx.needs_input_grad[2]:
+                grad_t = (G.diagonal(dim1=-2, dim2=-1) * dft).sum().reshape(t.shape)
+        return grad_C, grad_H, grad_t, None, None, None
+
+
 # --------------------------------------------------------------------------- #
 # Diffusion distance                                                           #
 # --------------------------------------------------------------------------- #
@@ -664,13 +1056,6 @@ def _pairwise_from_gram(M: Tensor) -> Tensor:
     """``D_ij = M_ii + M_jj - 2 M_ij`` clamped at 0 (rounding can make it slightly negative)."""
     diag = M.diagonal(dim1=-2, dim2=-1)
     return (diag.unsqueeze(-1) + diag.unsqueeze(-2) - 2 * M).clamp_min(0)
-
-
-def _pairwise_from_factors(A: Tensor, C: Tensor) -> Tensor:
-    """:func:`_pairwise_from_gram` of ``M = A C^T`` (``A, C``: ``(B, N, Ne)``) without forming ``M``
-    first: the ``-2 A C^T`` product is accumulated straight into the ``diag_i + diag_j`` buffer."""
-    diag = (A * C).sum(-1)
-    return torch.baddbmm(diag.unsqueeze(-1) + diag.unsqueeze(-2), A, C.transpose(-1, -2), alpha=-2).clamp_min(0)
 
 
 def default_power(t: Tensor | float) -> int:
@@ -694,6 +1079,45 @@ class DiffusionResult(NamedTuple):
     eigenvectors: Tensor
 
 
+SOLVERS = ("auto", "krylov", "subspace", "eigh")
+
+
+def _degenerate_top(theta: Tensor, block_size: int) -> bool:
+    """Whether the top of a Krylov spectrum ``theta`` ``(B, m)`` may be a cluster wider than the block.
+
+    A block Krylov space holds at most ``b`` vectors of one eigenspace. The top eigenvalue
+    of ``S`` is exactly 1, and nearly disconnected regions put one eigenvalue per region
+    within ~1e-9 of it: float64 resolves them (they differ), but where the precision cannot
+    (float32), or the graph is disconnected, the cluster is a multiple eigenvalue and
+    regions past the ``b``-th are missed (measured: relative error 1.2e-3 of ``D`` on 20
+    regions with ``b = 16`` in float32). When ``b`` Ritz values or more lie within
+    ``100 eps`` of 1, the caller falls back to the subspace iteration, whose ``Ne``
+    columns hold up to ``Ne`` regions.
+    """
+    tol = 100 * torch.finfo(theta.dtype).eps
+    return bool(((theta.abs() >= 1 - tol).sum(-1) >= block_size).any())
+
+
+def _sparse_operator(W: Tensor, pattern: _DensePattern, dtype: torch.dtype) -> tuple[_SparseOperator, Tensor]:
+    """``S = D^-1/2 W D^-1/2`` of a dense ``W`` ``(B, N, N)`` as a sparse operator, and ``d`` ``(B, N)``.
+
+    Without a gradient to ``W`` only the non-zeros are read, normalised and cast (no
+    ``N x N`` temporaries). When ``W`` needs a gradient, ``S`` is also formed densely so that
+    the gradient reaches every entry, zeros included (the products stay sparse).
+    """
+    batch, n, _ = W.shape
+    if torch.is_grad_enabled() and W.requires_grad:
+        W = W.to(dtype)
+        S = symmetric_normalize(W)
+        values = S.detach().reshape(-1).index_select(0, pattern.index)
+        return _SparseOperator(values, pattern, batch, n, dense=S), degree(W)
+    w = W.detach().reshape(-1).index_select(0, pattern.index).to(dtype)
+    d = torch.segment_reduce(w, "sum", offsets=pattern.offsets)  # rows are contiguous in CSR order
+    d_isqrt = d.rsqrt()
+    values = w * d_isqrt.index_select(0, pattern.rows) * d_isqrt.index_select(0, pattern.cols)
+    return _SparseOperator(values, pattern, batch, n), d.view(batch, n)
+
+
 def diffusion(
     W: Tensor | BandedAffinity,
     t: Tensor | float,
@@ -701,63 +1125,128 @@ def diffusion(
     n_iter: int = 2,
     *,
     n_power: int | None = None,
-    solver: str = "subspace",
+    solver: str = "auto",
     spectral_dtype: torch.dtype | None = torch.float64,
+    block_size: int | None = None,
+    n_blocks: int | None = None,
+    U0: Tensor | None = None,
 ) -> DiffusionResult:
     """Diffusion distance of paper Eq. (3) and the eigenpairs behind it.
 
     ``D`` is assembled as ``D_ij = M_ii + M_jj - 2 M_ij`` with
     ``M = C f(H) C^T``: ``C = sqrt(vol) D^-1/2 U`` and ``H = U^T S U`` for a subspace
-    basis ``U`` (``U = I`` for the exact path), ``f(x) = (x^2)^t``.
+    basis ``U`` (``U = I`` for the exact path), ``f(x) = (x^2)^t`` on the ``Ne`` eigenvalues
+    of ``H`` of largest modulus.
 
-    Precision: everything after the affinity (degrees, ``S``, the banded products,
-    QR, Rayleigh-Ritz, ``f(H)`` and ``D``) runs in ``spectral_dtype``; the outputs
-    come back in ``W``'s dtype and gradients reach ``W``'s values and ``t`` in their
-    own dtypes. Why float64 by default: with nearly disconnected regions (near
-    piecewise-constant features, where training leads) the top eigenvalues cluster
-    at 1 within float32 rounding and ``M_ii + M_jj - 2 M_ij`` cancels, so float32
-    loses most of the gradient (see the module docstring); the float64 spectral part
-    costs little next to the network.
+    Solvers (with ``n_eigs``; ``"auto"`` picks ``"subspace"`` when ``n_power`` is given, the
+    paper's procedure with its knobs, else ``"krylov"``):
+
+    * ``"krylov"``: block Lanczos (:func:`block_krylov`, ``n_blocks`` products on
+      ``block_size`` columns, default :func:`krylov_size`: 12 x 16 for ``Ne = 50``, against
+      2 x 20 x 50 for the paper's settings) from smooth start columns, then Rayleigh-Ritz
+      keeping the ``Ne`` Ritz pairs of largest modulus; as accurate or more (see the
+      README). ``n_iter`` and ``n_power`` are not used. On a graph too small for the space
+      (``2 m > N``) the exact spectrum is used, truncated to ``Ne``. If the top of the
+      spectrum is a cluster the block cannot hold (``b`` Ritz values at 1 within rounding:
+      disconnected regions, or nearly disconnected ones in float32), it falls back to
+      ``"subspace"`` with ``max(round(2t), n_blocks)`` products per QR step.
+    * ``"subspace"``: the paper's accelerated simultaneous iteration, ``n_iter`` QR steps
+      ``T`` each after ``n_power`` (default ``round(2t)``) products by ``S`` on ``Ne``
+      columns, then Rayleigh-Ritz.
+    * ``"eigh"``: the exact spectrum truncated to ``Ne``, a reference (its gradient goes
+      through ``eigh``'s eigenvectors).
+
+    A dense ``W`` whose non-zeros are at most :data:`SPARSE_DENSITY` of its entries (a
+    banded or sparse affinity given densely) is multiplied through its non-zeros; its
+    gradient is still the full dense one.
+
+    Precision: everything after the affinity (degrees, ``S``, the products, QR,
+    Rayleigh-Ritz, ``f(H)`` and ``D``) runs in ``spectral_dtype``; the outputs come back in
+    ``W``'s dtype and gradients reach ``W``'s values and ``t`` in their own dtypes. Why
+    float64 by default: with nearly disconnected regions (near piecewise-constant features,
+    where training leads) the top eigenvalues cluster at 1 within float32 rounding and
+    ``M_ii + M_jj - 2 M_ij`` cancels, so float32 loses most of the gradient (see the module
+    docstring); the float64 spectral part costs little next to the network.
 
     Args:
         W: symmetric non-negative affinity, dense ``(N, N)`` / ``(B, N, N)``, or a
-            :class:`BandedAffinity` (never densified by the subspace solver).
+            :class:`BandedAffinity` (never densified by the iterative solvers).
         t: diffusion time, a positive real (tensor for a learnable ``t``).
         n_eigs: ``None`` for the exact distance (full spectrum by ``eigh`` of the
             symmetric conjugate); ``Ne`` to keep the top ``Ne`` eigenpairs.
-        n_iter: QR steps ``T`` of the accelerated simultaneous iteration.
-        n_power: multiplications by ``S`` per QR step; default ``round(2t)``.
-        solver: with ``n_eigs``: ``"subspace"`` (accelerated simultaneous iteration
-            + Rayleigh-Ritz, differentiable, O(T n_power N K Ne)) or ``"eigh"``
-            (exact spectrum truncated to the ``Ne`` of largest modulus, a reference).
+        n_iter: QR steps ``T`` of the ``"subspace"`` solver.
+        n_power: multiplications by ``S`` per QR step of the ``"subspace"`` solver;
+            default ``round(2t)``. Giving it selects that solver under ``"auto"``.
+        solver: ``"auto"`` (default), ``"krylov"``, ``"subspace"`` or ``"eigh"``.
         spectral_dtype: ``torch.float64`` (default), ``torch.float32``, or ``None``
             for ``W``'s own dtype (no cast).
+        block_size, n_blocks: the ``"krylov"`` space (default :func:`krylov_size`).
+        U0: start block, ``(N, b)`` for ``"krylov"`` (default :func:`krylov_start`: cosines
+            on a banded ``W``'s grid, seeded Gaussian columns for a dense ``W``) or
+            ``(N, Ne)`` for ``"subspace"`` (default :func:`initial_subspace`); e.g. the
+            previous training step's eigenvectors.
 
     Returns:
         :class:`DiffusionResult` in ``W``'s dtype; tensors keep ``W``'s batching (no
         batch dimension for an unbatched dense ``W``).
     """
     _check_time(t)
-    if solver not in ("subspace", "eigh"):
-        raise ValueError(f"solver must be 'subspace' or 'eigh', got {solver!r}")
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if solver == "auto":
+        solver = "subspace" if n_power is not None else "krylov"
     _check_spectral_dtype(spectral_dtype)
-    W, batched = _validate_affinity(W)
+    num_nodes = W.num_nodes if isinstance(W, BandedAffinity) else W.shape[-1]
+    if n_eigs is not None and not 0 < n_eigs <= num_nodes:
+        raise ValueError(f"n_eigs must be in [1, N={num_nodes}], got {n_eigs}")
+    size = None
+    if n_eigs is not None and solver == "krylov":
+        size = krylov_size(n_eigs, num_nodes)
+        if U0 is not None and block_size is None:
+            block_size = U0.shape[-1]
+        if block_size is not None or n_blocks is not None:
+            default = _krylov_default(n_eigs)
+            size = (block_size or default[0], n_blocks or default[1])
+            if size[0] < 1 or size[1] < 1 or not n_eigs <= size[0] * size[1] <= num_nodes:
+                raise ValueError(f"need 1 <= n_eigs <= block_size * n_blocks <= N={num_nodes}, "
+                                 f"got {size[0]} x {size[1]}")
+    iterative = n_eigs is not None and (solver == "subspace" or size is not None)
+    pattern = None
+    if iterative and isinstance(W, Tensor) and W.dim() in (2, 3) and W.shape[-1] == W.shape[-2]:
+        pattern = _dense_pattern(W if W.dim() == 3 else W.unsqueeze(0))
+    W, batched = _validate_affinity(W, pattern)
     out_dtype = _affinity_values(W).dtype
-    W = _cast_affinity(W, spectral_dtype)
-    d = degree(W)
-    n = d.shape[-1]
-    if n_eigs is not None and not 0 < n_eigs <= n:
-        raise ValueError(f"n_eigs must be in [1, N={n}], got {n_eigs}")
+    if pattern is not None:
+        op, d = _sparse_operator(W, pattern, spectral_dtype or out_dtype)
+        grid = None
+    else:
+        W = _cast_affinity(W, spectral_dtype)
+        d = degree(W)
+        S = symmetric_normalize(W)
+        op = _Operator(S) if iterative else None
+        grid = W.grid_shape if isinstance(W, BandedAffinity) else None
+    batch, n = d.shape
     scale = (d.sum(-1, keepdim=True) / d).sqrt()  # sqrt(vol) D^-1/2 as a (B, N) vector
-    S = symmetric_normalize(W)
     t = torch.as_tensor(t, dtype=d.dtype, device=d.device)
 
-    if n_eigs is not None and solver == "subspace":
-        U, H = subspace_iteration(S, n_eigs, n_iter=n_iter, n_power=default_power(t) if n_power is None else n_power)
-        C = scale.unsqueeze(-1) * U
-        fH, lam, Y = _spectral_power_eig(H, t)
-        D = _pairwise_from_factors(C @ fH, C)
-        psi = C.detach() @ Y
+    if iterative:
+        eig = None
+        if solver == "krylov":
+            start = _cached_krylov_start(n, size[0], grid, d.dtype, d.device) if U0 is None else U0.to(d)
+            U, H = _block_krylov(op, start.expand(batch, n, size[0]), size[1])
+            eig = torch.linalg.eigh(H.detach())
+            if _degenerate_top(eig[0], size[0]):
+                # as many products per QR step as the Krylov run made, at least the paper's
+                solver, eig, n_power, U0 = "subspace", None, max(default_power(t), size[1]), None
+        if solver == "subspace":
+            start = initial_subspace(n, n_eigs, grid, d.dtype, d.device) if U0 is None else U0.to(d)
+            power = default_power(t) if n_power is None else n_power
+            U, H = subspace_iteration(op, n_eigs, n_iter=n_iter, n_power=power, U0=start)
+        D, lam, psi = _RitzDistance.apply(scale.unsqueeze(-1) * U, H, t, n_eigs, out_dtype, eig)
+    elif n_eigs is not None and solver == "krylov":  # a small graph: exact, truncated to Ne
+        dense = S.to_dense() if isinstance(S, BandedAffinity) else S
+        eye = torch.eye(n, dtype=d.dtype, device=d.device)
+        D, lam, psi = _RitzDistance.apply(scale.unsqueeze(-1) * eye, dense, t, n_eigs, out_dtype)
     else:
         dense = S.to_dense() if isinstance(S, BandedAffinity) else S
         if n_eigs is None:
@@ -791,19 +1280,25 @@ def diffusion_distance(
     n_iter: int = 2,
     *,
     n_power: int | None = None,
-    solver: str = "subspace",
+    solver: str = "auto",
     spectral_dtype: torch.dtype | None = torch.float64,
+    block_size: int | None = None,
+    n_blocks: int | None = None,
+    U0: Tensor | None = None,
 ) -> Tensor:
     """Diffusion distance of paper Eq. (3) between all pairs of nodes.
 
-    See :func:`diffusion` for the arguments (``spectral_dtype``: the precision of
-    everything after the affinity, float64 by default; the result has ``W``'s dtype).
+    See :func:`diffusion` for the arguments (``solver``: block Krylov by default, the
+    paper's subspace iteration when ``n_power`` is given or ``solver="subspace"``;
+    ``spectral_dtype``: the precision of everything after the affinity, float64 by
+    default; the result has ``W``'s dtype).
 
     Returns:
         ``(N, N)`` or ``(B, N, N)`` distances (``W``'s batching and dtype), ``>= 0``,
         zero diagonal.
     """
-    return diffusion(W, t, n_eigs, n_iter, n_power=n_power, solver=solver, spectral_dtype=spectral_dtype).distance
+    return diffusion(W, t, n_eigs, n_iter, n_power=n_power, solver=solver, spectral_dtype=spectral_dtype,
+                     block_size=block_size, n_blocks=n_blocks, U0=U0).distance
 
 
 def diffusion_embedding(
@@ -811,23 +1306,25 @@ def diffusion_embedding(
     n_eigs: int | None = None,
     n_iter: int = 2,
     *,
-    n_power: int = 20,
+    n_power: int | None = None,
+    solver: str = "auto",
     spectral_dtype: torch.dtype | None = torch.float64,
 ) -> tuple[Tensor, Tensor]:
     """Eigenpairs ``(lambda_m, psi_m)`` of ``P`` normalised for Eq. (4).
 
     ``D_t(i, j) = sum_m lambda_m^(2t) (psi_m(i) - psi_m(j))^2`` for every ``t``.
-    With ``n_eigs`` the pairs come from the subspace iteration (``n_power``
-    multiplications per QR step) + Rayleigh-Ritz. Not differentiable: train
-    through :func:`diffusion_distance`, whose gradient stays finite for clustered
-    eigenvalues. ``spectral_dtype`` as in :func:`diffusion` (computed in float64 by
-    default, returned in ``W``'s dtype).
+    With ``n_eigs`` the pairs are Ritz pairs of :func:`diffusion`'s solver (block Krylov by
+    default; with ``n_power`` the subspace iteration, ``n_power`` multiplications per QR
+    step). Not differentiable: train through :func:`diffusion_distance`, whose gradient
+    stays finite for clustered eigenvalues. ``spectral_dtype`` as in :func:`diffusion`
+    (computed in float64 by default, returned in ``W``'s dtype).
 
     Returns:
         eigenvalues ``(B, Ne)`` in decreasing order and eigenvectors ``(B, N, Ne)``
         (unbatched input gives unbatched output).
     """
-    result = diffusion(W, n_power / 2, n_eigs, n_iter, n_power=n_power, spectral_dtype=spectral_dtype)
+    t = (20 if n_power is None else n_power) / 2  # only sets the subspace solver's default power
+    result = diffusion(W, t, n_eigs, n_iter, n_power=n_power, solver=solver, spectral_dtype=spectral_dtype)
     return result.eigenvalues, result.eigenvectors
 
 
