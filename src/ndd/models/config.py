@@ -28,8 +28,10 @@ class SpecDiffNetConfig:
             are (the hand-crafted baseline).
         normalize_embedding: L2-normalise the embedding, so ``mu`` is scale free.
         window: affinity window on the feature grid (paper: 17).
-        n_eigs, n_iter, n_power: ``Ne``, ``T`` and multiplications per QR step
-            (``None``: ``round(2t)``) of the accelerated simultaneous iteration.
+        n_eigs, n_iter, n_power: ``Ne``; ``n_power=None`` (default) computes the top ``Ne``
+            eigenpairs by block Krylov + Rayleigh-Ritz (:func:`ndd.spectral.diffusion`); an
+            integer ``n_power`` runs the paper's accelerated simultaneous iteration instead,
+            ``n_iter`` (``T``) QR steps of ``n_power`` multiplications each.
         mu_init, t_init, tau_init: initial ``mu`` (Eq. 1), ``t`` (Eq. 4, paper 10)
             and ``tau`` (``K_D = exp(-tau D)``).
         learn_diffusion: learn ``mu, t, tau`` (paper) or keep them fixed.
