@@ -268,6 +268,49 @@ def test_lite0_local_checkpoint_round_trip(tmp_path) -> None:
         assert torch.equal(src(x).deep, dst(x).deep)
 
 
+def _randomised(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """``state`` with batch-norm statistics and biases drawn at random, so every layer matters."""
+    g = torch.Generator().manual_seed(seed)
+    out = dict(state)
+    for k, v in state.items():
+        if k.endswith("running_var"):
+            out[k] = torch.rand(v.shape, generator=g) + 0.5
+        elif k.endswith(("running_mean", ".bias")):
+            out[k] = torch.randn(v.shape, generator=g) * 0.1
+    return out
+
+
+@pytest.mark.parametrize("variant", ["lite0", "lite1", "lite2"])
+def test_lite_matches_timm(variant: str) -> None:
+    # ndd's own EfficientNet-Lite (no timm import at run time) against timm's tf_efficientnet_lite*:
+    # the same keys, and the same outputs (the same float32 ops in the same order) on the same weights.
+    timm = pytest.importorskip("timm", reason="timm (the `test` extra) is the reference for this comparison")
+    torch.manual_seed(3)
+    x = torch.rand(2, 3, 67, 53)  # odd sizes: TF 'SAME' padding is asymmetric there
+    # the backbone's body: output stride 8, stages 0, 1, 2 and the last one
+    ref = timm.create_model(f"tf_efficientnet_{variant}", pretrained=False, features_only=True, output_stride=8,
+                            out_indices=(0, 1, 2, 4)).eval()
+    state = _randomised(ref.state_dict(), seed=4)
+    ref.load_state_dict(state)
+    net = eff.EfficientNetLiteBackbone(variant).eval()
+    load = net.body.load_state_dict(state, strict=True)
+    assert not load.missing_keys and not load.unexpected_keys
+    with torch.no_grad():
+        expected = ref(net.normalize(x))
+        got = net(x)
+    assert [f.shape[1] for f in expected] == [*net.level_channels, net.deep_channels]
+    for a, b in zip(expected, [*got.levels, got.deep], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    # the classifier at output stride 32
+    ref = timm.create_model(f"tf_efficientnet_{variant}", pretrained=False).eval()
+    state = _randomised(ref.state_dict(), seed=5)
+    ref.load_state_dict(state)
+    clf = eff.efficientnet_lite_classifier(variant, weights=None)
+    clf.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(clf(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
 # ---------------------------------------------------------------- hand-crafted features
 
 

@@ -124,3 +124,36 @@ def test_a_large_photo_segments_under_a_memory_cap(tmp_path):
     labels = np.asarray(Image.open(tmp_path / "out" / "big_labels_008.png"))
     assert labels.shape == (3000, 4000)  # written at the input's size
     assert int(peak_kib) / 1024**2 < 2.0, f"peak {int(peak_kib) / 1024**2:.2f} GB"
+
+
+class _CountingLevels(dict):
+    """A levels mapping that counts how often each level is read (as the lazy one computes it)."""
+
+    def __init__(self, levels: dict[int, np.ndarray]) -> None:
+        super().__init__(levels)
+        self.reads: dict[int, int] = {k: 0 for k in levels}
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        self.reads[k] += 1
+        return super().__getitem__(k)
+
+
+def test_write_segmentation_reads_each_level_once_and_draws_as_the_picture_functions(tmp_path):
+    from ndd import io
+
+    rng = np.random.default_rng(1)
+    image = rng.random((300, 170, 3))  # taller than the strip's panels: the strip shrinks it
+    fine = (np.arange(300)[:, None] // 40) * 5 + np.arange(170)[None, :] // 40
+    levels = _CountingLevels({2: (fine >= 20).astype(np.int64), 9: fine % 9, 35: fine})
+    ucm2 = np.zeros((601, 341))
+    written = io.write_segmentation(tmp_path, "x", image, levels, lambda: ucm2, io.SEGMENTATION_FORMATS)
+    assert levels.reads == {2: 1, 9: 1, 35: 1}  # shared by labels, overlay, mean and the strip
+    assert len(written) == 3 * 3 + 2
+    picture = io.to_uint8_image(image)
+    for k, labels in dict(levels).items():
+        for fmt, mean in (("overlay", False), ("mean", True)):
+            drawn = np.asarray(Image.open(tmp_path / f"x_{fmt}_{k:03d}.png"))
+            assert np.array_equal(drawn, io.colour_overlay(picture, labels, mean_colours=mean))
+    strip = np.asarray(Image.open(tmp_path / "x_hierarchy.png"))
+    assert strip.shape[0] == 240
+    assert np.array_equal(strip, io.hierarchy_strip(picture, [dict(levels)[k] for k in (35, 9, 2)]))

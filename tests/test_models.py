@@ -122,3 +122,29 @@ def test_multiscale_edges_average_of_resized_maps():
         SpecDiffNetConfig(edge_scales=())
     cfg = SpecDiffNetConfig.from_dict({**SpecDiffNetConfig().to_dict(), "edge_scales": [0.5, 1.0]})
     assert cfg.edge_scales == (0.5, 1.0)
+
+
+def test_loading_a_weights_file_takes_every_tensor_from_it_and_draws_no_random_numbers(tmp_path):
+    from ndd.models import load_model, save_model, spec_diff_net
+
+    torch.manual_seed(0)
+    src = spec_diff_net(backbone="efficientnet_lite0", edge_detector="vgg16_hed", window=5, n_eigs=8)
+    path = save_model(src, tmp_path / "m.pt")
+    torch.manual_seed(1)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(1)
+    loaded = load_model(path)  # built without its random initialisation, then filled from the file
+    assert torch.equal(torch.rand(3), expected_draw)  # the global generator was not used
+    own = loaded.state_dict()
+    assert set(own) == set(src.state_dict())
+    for key, value in src.state_dict().items():
+        assert torch.equal(own[key], value), key
+    # the non-persistent constants (input normalisation, HED's mean) are built as usual
+    assert torch.equal(loaded.backbone.normalize.mean, src.backbone.normalize.mean)
+    assert torch.equal(loaded.edge_detector.mean_bgr, src.edge_detector.mean_bgr)
+    x = torch.rand(1, 3, 24, 40)
+    with torch.no_grad():
+        a, b = src.eval()(x), loaded(x)
+    assert torch.equal(a.similarity, b.similarity) and torch.equal(a.edges, b.edges)
+    # a module built outside the loader is initialised as usual
+    assert torch.nn.Conv2d(3, 4, 3).weight.abs().sum() > 0

@@ -21,7 +21,6 @@ import json
 import os
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -274,7 +273,9 @@ def segment_files(
         for path in todo:
             yield record(segment_file(path, model, job))
         return
+    # imported here: a run in this process needs neither (multiprocessing is tens of ms of start-up)
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
     import torch
 

@@ -54,6 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, metavar="K",
                    help="processes on the CPU, each with its own model (default 1); on GPUs use "
                         "torchrun --nproc_per_node=G -m ndd segment ... (each rank takes a share)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch threads (default: torch's, one per core; --workers K processes share them); 1 is "
+                        "several times faster on a small CPU that other jobs share, where every parallel step waits "
+                        "for a busy core")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="skip inputs that an earlier run into --out completed (default: on)")
     p.add_argument("--max-side", type=int, default=481,
@@ -83,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
             args.coverage is not None and not 0.0 < args.coverage < 1.0):
         print("ndd segment: --edge-weight must be in [0, 1] and --coverage in (0, 1)", file=sys.stderr)
         return 2
-    if args.workers < 1:
-        print("ndd segment: --workers must be >= 1", file=sys.stderr)
+    if args.workers < 1 or (args.threads is not None and args.threads < 1):
+        print("ndd segment: --workers and --threads must be >= 1", file=sys.stderr)
         return 2
     from ndd.batch import SegmentJob, collect_inputs, segment_files
 
@@ -103,6 +107,11 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ndd.inference import load_segmentation_model
+
+    if args.threads is not None:  # before anything runs: workers split what is set here
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     given = {"method": args.method, "merge_by": args.merge_by, "edge_weight": args.edge_weight,
              "coverage_threshold": args.coverage, "ucm_values": args.ucm_values}

@@ -28,28 +28,44 @@ Example::
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
 from .backbone_base import Backbone, BackboneOutput
-from .efficientnet import efficientnet_lite0, efficientnet_lite1, efficientnet_lite2
-from .handcrafted import handcrafted
-from .resnet import resnet18, resnet50, resnet101
-from .small_cnn import small_cnn
-from .vgg16_hed import vgg16_hed
 
 __all__ = ["Backbone", "BackboneOutput", "available_backbones", "build_backbone", "BACKBONES"]
 
-#: name -> builder ``f(weights=None, **kwargs) -> Backbone``.
+
+class _Builder:
+    """``module.function`` of this package, imported when first called.
+
+    Each backbone module is imported only when that backbone is built: the ResNets need
+    ``torchvision.models`` (which imports ``torch._dynamo``, seconds of start-up), and
+    ``ndd segment`` with the default model builds EfficientNet-Lite and VGG16-HED only.
+    """
+
+    def __init__(self, module: str, function: str) -> None:
+        self.module, self.function = module, function
+
+    def __call__(self, weights: object = None, **kwargs: object) -> Backbone:
+        builder = getattr(importlib.import_module(f".{self.module}", __package__), self.function)
+        return builder(weights, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<builder ndd.models.{self.module}.{self.function}>"
+
+
+#: name -> builder ``f(weights=None, **kwargs) -> Backbone`` (its module is imported on the first call).
 BACKBONES: dict[str, Callable[..., Backbone]] = {
-    "resnet18": resnet18,
-    "resnet50": resnet50,
-    "resnet101": resnet101,
-    "efficientnet_lite0": efficientnet_lite0,
-    "efficientnet_lite1": efficientnet_lite1,
-    "efficientnet_lite2": efficientnet_lite2,
-    "vgg16_hed": vgg16_hed,
-    "small_cnn": small_cnn,
-    "handcrafted": handcrafted,
+    "resnet18": _Builder("resnet", "resnet18"),
+    "resnet50": _Builder("resnet", "resnet50"),
+    "resnet101": _Builder("resnet", "resnet101"),
+    "efficientnet_lite0": _Builder("efficientnet", "efficientnet_lite0"),
+    "efficientnet_lite1": _Builder("efficientnet", "efficientnet_lite1"),
+    "efficientnet_lite2": _Builder("efficientnet", "efficientnet_lite2"),
+    "vgg16_hed": _Builder("vgg16_hed", "vgg16_hed"),
+    "small_cnn": _Builder("small_cnn", "small_cnn"),
+    "handcrafted": _Builder("handcrafted", "handcrafted"),
 }
 
 
