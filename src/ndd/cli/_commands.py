@@ -26,6 +26,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("train", "train", "train spec-diff-net (two stages, checkpoints, exact resume, DDP under torchrun)"),
     Subcommand("evaluate-kernel", "evaluate_kernel", "kernel accuracy (paper Table 1) of a model on BSDS500"),
     Subcommand("demo", "demo", "interactive web page: segment an image, explore its diffusion similarity (needs [demo])"),
+    Subcommand("wsss", "wsss", "weakly supervised semantic segmentation (paper §7): train, pseudo-labels, train-seg, predict, evaluate"),
 )
 
 

@@ -45,3 +45,27 @@ __all__ = [
     "resolve_bsds_root",
     "IMAGE_EXTENSIONS",
 ]
+
+# Semantic segmentation with image-level labels (ndd.wsss): PASCAL VOC 2012 (+ SBD), the generic
+# layout, and the synthetic multi-class data set.
+from .multiclass import SHAPE_CLASSES, MultiClassShapes, write_multiclass_dataset  # noqa: E402
+from .voc import (  # noqa: E402
+    VOC_CLASSES,
+    ImageLabelFolder,
+    VOCSegmentation,
+    read_mask_png,
+    voc_palette,
+    write_mask_png,
+)
+
+__all__ += [
+    "VOCSegmentation",
+    "ImageLabelFolder",
+    "VOC_CLASSES",
+    "voc_palette",
+    "read_mask_png",
+    "write_mask_png",
+    "MultiClassShapes",
+    "SHAPE_CLASSES",
+    "write_multiclass_dataset",
+]

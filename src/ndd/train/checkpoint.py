@@ -62,22 +62,27 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
 
 
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` atomically (temporary file, then rename) and return the path."""
+def save_checkpoint(path: str | Path, payload: dict[str, Any], *, format: str = CHECKPOINT_FORMAT) -> Path:
+    """Write ``payload`` atomically (temporary file, then rename) and return the path.
+
+    ``format`` tags the file (other ``ndd`` trainers, e.g. :mod:`ndd.wsss`, use their own tag).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}, tmp)
+    torch.save({"format": format, "version": CHECKPOINT_VERSION, **payload}, tmp)
     os.replace(tmp, path)
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", *, format: str = CHECKPOINT_FORMAT
+) -> dict[str, Any]:
     """Read a training checkpoint with ``weights_only=True``.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: unreadable, or not a checkpoint written by :mod:`ndd.train`.
+        ValueError: unreadable, or not a checkpoint tagged ``format`` (default: written by :mod:`ndd.train`).
     """
     path = Path(path)
     if not path.is_file():
@@ -86,8 +91,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
         raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not an ndd training checkpoint")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != format:
+        what = "an ndd training" if format == CHECKPOINT_FORMAT else f"a {format!r}"
+        raise ValueError(f"{path} is not {what} checkpoint")
     if ckpt.get("version", 0) > CHECKPOINT_VERSION:
         raise ValueError(f"{path}: checkpoint version {ckpt['version']} is newer than this ndd understands")
     return ckpt

@@ -35,7 +35,18 @@ class MetricLogger:
     the interrupted run) are dropped and TensorBoard purges its later events.
     """
 
-    def __init__(self, run_dir: Path, *, tensorboard: bool = True, resume_step: int | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        tensorboard: bool = True,
+        resume_step: int | None = None,
+        fields: tuple[str, ...] = CSV_FIELDS,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        # fields / tags: the CSV columns and TensorBoard tags of another trainer (e.g. ndd.wsss)
+        self.fields = tuple(fields)
+        self.tags = _TB_TAGS if tags is None else dict(tags)
         self.csv_path = run_dir / "metrics.csv"
         if resume_step is not None and self.csv_path.exists():
             kept = [r for r in read_metrics(self.csv_path) if int(r["step"]) <= resume_step]
@@ -50,7 +61,7 @@ class MetricLogger:
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
         with open(self.csv_path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_FIELDS, restval="", extrasaction="ignore")
+            w = csv.DictWriter(f, fieldnames=self.fields, restval="", extrasaction="ignore")
             w.writeheader()
             w.writerows(rows)
 
@@ -58,11 +69,11 @@ class MetricLogger:
         """Write one row (and the same scalars to TensorBoard)."""
         row = {k: repr(v) if isinstance(v, float) else v for k, v in metrics.items()}
         with open(self.csv_path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=CSV_FIELDS, restval="", extrasaction="ignore").writerow({"step": step, **row})
+            csv.DictWriter(f, fieldnames=self.fields, restval="", extrasaction="ignore").writerow({"step": step, **row})
         if self.writer is not None:
             for key, value in metrics.items():
-                if key in _TB_TAGS:
-                    self.writer.add_scalar(_TB_TAGS[key], value, step)
+                if key in self.tags:
+                    self.writer.add_scalar(self.tags[key], value, step)
 
     def close(self) -> None:
         if self.writer is not None:
