@@ -259,6 +259,21 @@ def test_frozen_backbone_run_trains_only_the_head(tmp_path):
     assert not torch.equal(first.fai.log_gamma.detach(), state["fai.log_gamma"])  # stage 2 trained the gammas
 
 
+def test_fine_tuning_starts_from_the_trained_model(tiny_run, tmp_path):
+    """init_from: the trained model's config is the base (model keys change it) and every weight comes from it."""
+    trained = torch.load(tiny_run, weights_only=True)
+    cfg = tiny_config(tmp_path, model={"freeze_backbone": True}, init_from=str(tiny_run), stage1_steps=1,
+                      stage2_steps=0, lr=0.0, diffusion_lr_mult=0.0, save_every=0)
+    model_cfg = cfg.model_config()
+    assert model_cfg.freeze_backbone and model_cfg.embed_dim == TINY_MODEL["embed_dim"]
+    assert model_cfg.mu_init == trained["model_config"]["mu_init"]
+    state = torch.load(train(cfg), weights_only=True)["model"]
+    for name, value in trained["model"].items():  # learning rate 0: still the trained weights
+        assert torch.equal(value, state[name]), name
+    with pytest.raises(ValueError, match="not both"):
+        tiny_config(tmp_path, init_from=str(tiny_run), weights="imagenet").validate()
+
+
 def test_resume_accepts_a_checkpoint_without_newer_model_keys(tiny_run, tmp_path):
     """A checkpoint written before a SpecDiffNetConfig key existed resumes with that key's default."""
     ckpt = load_checkpoint(tiny_run.parent / "checkpoints" / "step_0000004.pt")

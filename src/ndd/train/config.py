@@ -72,6 +72,11 @@ class TrainConfig:
         "None: random init",
         default=None,
     )
+    init_from: str | None = _opt(
+        "start from a trained model instead of random or --weights init (fine-tuning): a shipped model name "
+        "(default, bsds500, ...) or a weights / checkpoint file; its model config is the base that model keys change",
+        default=None,
+    )
     legacy: bool = _opt("the authors' released procedure: model legacy=True and their L1 HR loss", default=False)
     # -- optimisation ---------------------------------------------------------
     stage1_steps: int = _opt("steps with the LR kernel matching loss only (authors: 120k)", default=120_000)
@@ -155,13 +160,20 @@ class TrainConfig:
         return TrainConfig.from_dict(data)
 
     def model_config(self) -> SpecDiffNetConfig:
-        """The :class:`SpecDiffNetConfig` this run trains (``model`` keys over the defaults)."""
+        """The :class:`SpecDiffNetConfig` this run trains (``model`` keys over the defaults, or over
+        the config of the :attr:`init_from` model)."""
         overrides = dict(self.model)
-        # Batch norm trained from scratch must learn; pretrained statistics stay frozen.
-        overrides.setdefault("freeze_bn", self.weights is not None)
+        base: dict[str, Any] = {}
+        if self.init_from is not None:
+            from ndd.models.weights import weights_config  # reads the file (torch), only when fine-tuning
+
+            base = weights_config(self.init_from)
+        else:
+            # Batch norm trained from scratch must learn; pretrained statistics stay frozen.
+            overrides.setdefault("freeze_bn", self.weights is not None)
         if self.legacy:
             overrides["legacy"] = True
-        return SpecDiffNetConfig.from_dict(overrides)
+        return SpecDiffNetConfig.from_dict({**base, **overrides})
 
     def resolved(self, check_data: bool = True) -> TrainConfig:
         """Validate and make the model configuration explicit (what is saved with the run).
@@ -192,6 +204,8 @@ class TrainConfig:
             raise ValueError(f"amp must be auto, bf16, fp16 or off, got {self.amp!r}")
         if self.eval_every and self.val_split is None:
             raise ValueError("eval_every needs val_split")
+        if self.init_from is not None and self.weights is not None:
+            raise ValueError("give init_from (a whole trained model) or weights (backbone only), not both")
         if self.eval_every and self.dataset != "bsds":
             raise ValueError("eval_every evaluates a BSDS500 split: needs dataset 'bsds'")
         self.model_config()  # unknown model keys fail here

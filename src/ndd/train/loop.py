@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ndd.models import SpecDiffNet, SpecDiffNetConfig
+from ndd.models import SpecDiffNet, SpecDiffNetConfig, spec_diff_net
 
 from .amp import autocast_dtype, autocast_submodules
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
@@ -80,6 +80,8 @@ class Trainer:
         seed_everything(cfg.seed)  # same initial weights on every rank
         # When resuming, the weights come from the checkpoint: no pretrained file is needed.
         self.model = SpecDiffNet(model_cfg, backbone_weights=None if ckpt is not None else cfg.weights).to(self.device)
+        if ckpt is None and cfg.init_from is not None:  # fine-tuning: every weight from the trained model
+            self.model.load_state_dict(spec_diff_net(cfg.init_from).state_dict())
         self.amp_dtype = autocast_dtype(cfg.amp, self.device)
         if self.amp_dtype is not None:
             autocast_submodules([self.model.backbone, self.model.projection], self.device.type, self.amp_dtype)
