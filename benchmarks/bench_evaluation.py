@@ -1,15 +1,24 @@
-"""Time the full BSDS500 test benchmark (region + boundary, 99 thresholds) with ndd.
+"""Time the BSDS500 benchmark with ndd: start-up, the full ucm2 benchmark, soft edge maps.
 
-Runs :func:`ndd.evaluation.evaluate_dataset` on the 200 gPb-owt-ucm ``ucm2``
-files of the BSDS500 test split, prints wall and CPU time, and, when the
-official outputs (``ucm2/test_eval``) are present, the deviation of every
-figure from them.  Optionally times another Python BSDS evaluator on a few
-images for comparison: pyEdgeEval (``pip install pyEdgeEval``; a Cython port of
-the official C++ matcher), run with another interpreter if it is not
-installed in this one::
+Prints, each with wall time, CPU time (this process and its workers) and the
+load average before and after:
 
-    python benchmarks/bench_evaluation.py [--root data/BSDS500] [--workers 2]
-        [--other-python PATH] [--other-images 3]
+1. ``ndd evaluate --help`` as a subprocess (start-up: the benchmark imports no torch);
+2. :func:`ndd.evaluation.evaluate_dataset` on the 200 gPb-owt-ucm ``ucm2``
+   files of the BSDS500 test split (region + boundary, 99 thresholds) and,
+   when the official outputs (``ucm2/test_eval``) are present, the deviation
+   of every figure from them;
+3. with ``--soft DIR`` (repeatable), the boundary benchmark alone on a folder
+   of soft edge maps (``<id>.png`` as HED/RCF/PiDiNet write them), as ``ndd
+   evaluate --no-region``.
+
+Optionally times another Python BSDS evaluator on a few images for
+comparison: pyEdgeEval (``pip install pyEdgeEval``; a Cython port of the
+official C++ matcher), run with another interpreter if it is not installed in
+this one::
+
+    python benchmarks/bench_evaluation.py [--root data/BSDS500] [--workers 2] [--soft DIR ...]
+        [--skip-ucm2] [--other-python PATH] [--other-images 3]
 
 Fetch the data first (git-ignored ``data/``)::
 
@@ -47,6 +56,11 @@ for iid in ids:
     print("COUNTS", iid, *cr.astype(int), *sr.astype(int), *cp.astype(int), *sp.astype(int), flush=True)
 print("SECONDS", time.perf_counter() - t0)
 """
+
+
+def load() -> str:
+    """The 1-minute load average, for the record (the machine may be shared)."""
+    return f"{os.getloadavg()[0]:.1f}"
 
 
 def cpu_seconds() -> float:
@@ -140,32 +154,67 @@ def run_other(python: str, ucm_dir: Path, gt_dir: Path, ids: list[str], ours: di
         )
 
 
+def time_help() -> None:
+    """Wall time of ``ndd evaluate --help`` in a fresh interpreter (best of 3)."""
+    cmd = [sys.executable, "-m", "ndd", "evaluate", "--help"]
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True)
+        best = min(best, time.perf_counter() - t0)
+    print(f"ndd evaluate --help: {best:.2f} s (best of 3, load {load()})")
+
+
+def time_evaluation(label: str, results: Path, gt_dir: Path, **kwargs: object):
+    """Run evaluate_dataset once, print wall/CPU time and load; return the evaluation."""
+    from ndd.evaluation import evaluate_dataset
+
+    n = len({p.stem for p in results.iterdir() if not p.name.startswith(".")})
+    load0 = load()
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
+    ev = evaluate_dataset(results, gt_dir, **kwargs)
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+    print(
+        f"{label}: {n} images, {kwargs.get('workers', 1)} workers: wall {wall:.1f} s, "
+        f"CPU {cpu:.1f} s ({cpu / n:.2f} s/image), load {load0} -> {load()}"
+    )
+    return ev
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=REPO / "data/BSDS500", help="BSDS500 folder (data/, ucm2/)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--nthresh", type=int, default=99)
+    ap.add_argument("--soft", type=Path, action="append", default=[], help="folder of soft edge maps to time")
+    ap.add_argument("--skip-ucm2", action="store_true", help="do not time the ucm2 benchmark")
     ap.add_argument("--other-python", help="interpreter with pyEdgeEval installed, to time it too")
     ap.add_argument("--other-images", type=int, default=3, help="images for the other evaluator (it is slow)")
     args = ap.parse_args()
 
-    from ndd.evaluation import evaluate_dataset
-
     ucm_dir, gt_dir = args.root / "ucm2/test", args.root / "data/groundTruth/test"
+    if not gt_dir.is_dir():
+        print(f"{gt_dir} not found; fetch BSDS500 into data/ first (see the docstring)", file=sys.stderr)
+        return 1
+    print(f"{os.cpu_count()} CPUs, {args.nthresh} thresholds")
+    time_help()
+    for soft in args.soft:
+        ev = time_evaluation(
+            f"boundary benchmark on soft maps {soft}", soft, gt_dir, nthresh=args.nthresh, workers=args.workers,
+            region=False,
+        )
+        b = ev.boundary
+        print(f"  boundary ODS {b.ods_f:.4f}  OIS {b.ois_f:.4f}  AP {b.ap:.4f}")
+    if args.skip_ucm2:
+        return 0
     if not ucm_dir.is_dir():
         print(f"{ucm_dir} not found; fetch BSDS500 into data/ first (see the docstring)", file=sys.stderr)
         return 1
-    n = len(list(ucm_dir.glob("*.mat")))
-    print(
-        f"ndd.evaluation on {n} images, region + boundary, {args.nthresh} thresholds, "
-        f"{args.workers} workers, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+    ev = time_evaluation(
+        "region + boundary benchmark on gPb-owt-ucm ucm2", ucm_dir, gt_dir, nthresh=args.nthresh, workers=args.workers
     )
-    cpu0, t0 = cpu_seconds(), time.perf_counter()
-    ev = evaluate_dataset(ucm_dir, gt_dir, nthresh=args.nthresh, workers=args.workers)
-    wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
-    print(f"wall {wall:.1f} s ({wall / 60:.2f} min), CPU {cpu:.1f} s ({cpu / n:.2f} s/image)")
     eval_dir = args.root / "ucm2/test_eval"
-    if eval_dir.is_dir() and args.nthresh == 99:
+    if (eval_dir / "eval_cover.txt").is_file() and args.nthresh == 99:  # the full release only
         compare_official(ev, eval_dir)
     if args.other_python:
         ids = ev.image_ids[: args.other_images]

@@ -27,6 +27,7 @@ from ndd.evaluation import (
 )
 
 from mini_data import MINI as MINI_ROOT
+from test_evaluation_boundary import UCM2_DIGESTS, UCM2_SUMMARY, counts_digest
 
 REPO = Path(__file__).resolve().parents[1]
 MINI = MINI_ROOT / "BSDS500"
@@ -72,6 +73,14 @@ def test_mini_boundary_per_image_matches_official(mini_eval, official):
         # a flat part of the curve: looser bounds
         assert got["boundary_ois_recall"] == pytest.approx(float(ref["bdry_recall"]), abs=0.02), iid
         assert got["boundary_ois_precision"] == pytest.approx(float(ref["bdry_precision"]), abs=0.02), iid
+
+
+@needs_mini
+def test_mini_boundary_counts_are_those_of_the_first_implementation(mini_eval):
+    # every count at every threshold as before the boundary benchmark was sped up
+    assert {im.image_id: counts_digest(im.boundary) for im in mini_eval.images} == UCM2_DIGESTS
+    s = mini_eval.to_json_dict()["summary"]["boundary"]
+    assert {k: s[k] for k in UCM2_SUMMARY} == UCM2_SUMMARY
 
 
 @needs_mini

@@ -86,10 +86,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.set_defaults(func=run)
 
 
-def _fmt(v: float | None) -> str:
-    return "      -" if v is None else f"{v:7.4f}"
-
-
 def _plot_size(text: str) -> tuple[int, int] | None:
     """``"WxH"`` → (W, H) pixels, each >= 50; None if malformed."""
     w, sep, h = text.lower().partition("x")
@@ -98,23 +94,10 @@ def _plot_size(text: str) -> tuple[int, int] | None:
     return int(w), int(h)
 
 
-def _print_single(ev: DatasetEvaluation, elapsed: float, workers: int) -> None:
-    """The one-method table (unchanged since the first ``ndd evaluate``)."""
-    s = ev.to_json_dict()["summary"]
-    print(f"BSDS500 benchmark: {len(ev.images)} images, {elapsed:.1f} s, {workers} worker(s)")
-    _print_notes(ev)
-    print(f"{'':24s}{'ODS':>8s}{'OIS':>8s}{'Best/AP':>9s}")
-    c, pri, vi, b = s["covering"], s["pri"], s["vi"], s["boundary"]
-    print(f"{'Covering':24s}{_fmt(c['ods']):>8s}{_fmt(c['ois']):>8s}{_fmt(c['best']):>9s}")
-    print(f"{'PRI':24s}{_fmt(pri['ods']):>8s}{_fmt(pri['ois']):>8s}")
-    print(f"{'VI':24s}{_fmt(vi['ods']):>8s}{_fmt(vi['ois']):>8s}")
-    print(f"{'Boundary F':24s}{_fmt(b['ods']):>8s}{_fmt(b['ois']):>8s}{_fmt(b['ap']):>9s}")
-    pc = s["paper_covering"]
-    print(
-        f"Paper covering (optimal image scale): AVG {_fmt(pc['avg']).strip()}  "
-        f"MAX {_fmt(pc['max']).strip()} (best annotation at the image's scale)  "
-        f"MAX-any-scale {_fmt(pc['max_any_scale']).strip()}"
-    )
+def _print_progress(done: int, total: int, image_id: str) -> None:
+    """A one-line progress display on stderr, rewritten in place after each image."""
+    end = "\n" if done == total else ""
+    print(f"\r[{done}/{total}] {image_id}   ", end=end, file=sys.stderr, flush=True)
 
 
 def _print_notes(ev: DatasetEvaluation, name: str = "") -> None:
@@ -134,13 +117,14 @@ def run(args: argparse.Namespace) -> int:
         PlotUnavailable,
         compare_methods,
         comparison_json,
+        evaluation_json,
         format_comparison,
+        format_summary,
         name_methods,
         plot_pr,
         require_matplotlib,
         write_csv,
     )
-    from ndd.evaluation.bsds import print_progress
 
     if args.workers < 1 or args.nthresh < 1 or args.nms_radius < 1:
         print("ndd evaluate: --workers, --nthresh and --nms-radius must be >= 1", file=sys.stderr)
@@ -168,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     def progress(name: str, done: int, total: int, image_id: str) -> None:
-        print_progress(done, total, f"{name} {image_id}" if len(methods) > 1 else image_id)
+        _print_progress(done, total, f"{name} {image_id}" if len(methods) > 1 else image_id)
 
     start = time.perf_counter()
     try:
@@ -195,10 +179,12 @@ def run(args: argparse.Namespace) -> int:
         print("note: --nms applies to soft boundary maps only; these results are ucm2 / label maps")
     if len(evals) == 1:
         ev = next(iter(evals.values()))
-        _print_single(ev, elapsed, args.workers)
+        print(f"BSDS500 benchmark: {len(ev.images)} images, {elapsed:.1f} s, {args.workers} worker(s)")
+        _print_notes(ev)
+        print(format_summary(ev))
         if cmp.human is not None:
             print(cmp.human.summary_line())
-        report = ev.to_json_dict()
+        report = evaluation_json(ev)
         if cmp.human is not None:
             report["human"] = cmp.human.to_json_dict()
     else:

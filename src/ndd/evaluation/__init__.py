@@ -5,15 +5,21 @@ Region benchmark (Segmentation Covering ODS/OIS/Best, PRI, VOI, as
 benchmark (P/R/F at ODS and OIS, Area_PR, tolerance 0.0075 of the diagonal,
 one-to-one pixel correspondence), for ``ucm2`` files, label-map stacks and
 soft boundary maps.  ``shared/notes/bsds-benchmark.md`` describes what the
-official MATLAB/C++ code computes; the modules follow it step by step:
+official MATLAB/C++ code computes; the modules follow it step by step, one
+job each:
 
-* :mod:`~ndd.evaluation.region` - hierarchy thresholding, covering, PRI, VOI;
+* :mod:`~ndd.evaluation.inputs` - reading results and ground truth, pairing them;
+* :mod:`~ndd.evaluation.scales` - the thresholds / levels a result is scored at;
+* :mod:`~ndd.evaluation.region` - segmentations per scale, covering, PRI, VOI;
 * :mod:`~ndd.evaluation.boundary` - boundary maps, thinning, match counts;
 * :mod:`~ndd.evaluation.matching` - the pixel correspondence;
+* :mod:`~ndd.evaluation.image` - one image: its region and boundary counts;
+* :mod:`~ndd.evaluation.dataset` - a data set over a process pool, then pooled;
 * :mod:`~ndd.evaluation.aggregate` - the data-set figures;
-* :mod:`~ndd.evaluation.bsds` - files, per-image evaluation, parallel driver;
+* :mod:`~ndd.evaluation.report` - the JSON schema, per-image CSV, printed tables;
+* :mod:`~ndd.evaluation.compare` - several methods in one run;
+* :mod:`~ndd.evaluation.human` - human agreement (annotators against each other);
 * :mod:`~ndd.evaluation.nms` - the edge papers' non-maximum suppression of soft maps;
-* :mod:`~ndd.evaluation.report` - per-image CSV, several methods, human agreement;
 * :mod:`~ndd.evaluation.plot` - precision-recall plots (matplotlib, imported lazily);
 * :mod:`~ndd.evaluation.kernel` - kernel cosine accuracy (paper Table 1).
 
@@ -23,6 +29,9 @@ Example::
     ev = evaluate_dataset("ucm2/test", "groundTruth/test", workers=2)
     print(ev.region.covering_ods, ev.boundary.ods_f)
 """
+
+import warnings
+from typing import Any
 
 from ndd.evaluation.aggregate import (
     BoundarySummary,
@@ -41,47 +50,48 @@ from ndd.evaluation.boundary import (
     boundary_counts,
     seg2bdry,
     segs_boundary_maps,
+    soft_boundary_maps,
     thin_boundary,
     ucm2_boundary_maps,
 )
-from ndd.evaluation.bsds import (
+from ndd.evaluation.compare import MethodComparison, compare_methods, name_methods
+from ndd.evaluation.dataset import DatasetEvaluation, evaluate_dataset
+from ndd.evaluation.human import HumanAgreement, human_agreement
+from ndd.evaluation.image import ImageEvaluation, evaluate_image
+from ndd.evaluation.inputs import (
     SOFT_MAP_KEYS,
     Annotation,
-    DatasetEvaluation,
     EvaluationError,
-    ImageEvaluation,
+    InputPairs,
     MachineResult,
     check_pairing,
-    evaluate_dataset,
-    evaluate_image,
+    find_groundtruth,
     find_results,
     load_groundtruth,
     load_result,
+    pair_inputs,
 )
 from ndd.evaluation.kernel import kernel_cosine
 from ndd.evaluation.matching import correspond_pixels, match_radius_graph, max_distance_px
 from ndd.evaluation.nms import conv_tri, edge_orientation, edges_nms, nms_edge_map
 from ndd.evaluation.plot import PlotUnavailable, plot_pr, require_matplotlib
 from ndd.evaluation.region import (
-    Hierarchy,
     RegionCounts,
+    SegmentationStack,
     region_counts,
     segs_hierarchy,
-    thresholds_linspace,
     ucm2_hierarchy,
 )
 from ndd.evaluation.report import (
     CSV_COLUMNS,
-    HumanAgreement,
-    MethodComparison,
-    compare_methods,
     comparison_json,
+    evaluation_json,
     format_comparison,
-    human_agreement,
-    name_methods,
+    format_summary,
     per_image_rows,
     write_csv,
 )
+from ndd.evaluation.scales import level_scales, thresholds_linspace
 
 __all__ = [
     "CSV_COLUMNS",
@@ -91,15 +101,16 @@ __all__ = [
     "BoundarySummary",
     "DatasetEvaluation",
     "EvaluationError",
-    "Hierarchy",
     "HumanAgreement",
     "ImageEvaluation",
+    "InputPairs",
     "MachineResult",
     "MethodComparison",
     "PaperCovering",
     "PlotUnavailable",
     "RegionCounts",
     "RegionSummary",
+    "SegmentationStack",
     "area_pr",
     "boundary_counts",
     "check_pairing",
@@ -113,11 +124,15 @@ __all__ = [
     "edges_nms",
     "evaluate_dataset",
     "evaluate_image",
+    "evaluation_json",
+    "find_groundtruth",
     "find_results",
     "fmeasure",
     "format_comparison",
+    "format_summary",
     "human_agreement",
     "kernel_cosine",
+    "level_scales",
     "load_groundtruth",
     "load_result",
     "match_radius_graph",
@@ -125,6 +140,7 @@ __all__ = [
     "max_f",
     "name_methods",
     "nms_edge_map",
+    "pair_inputs",
     "paper_covering",
     "per_image_rows",
     "plot_pr",
@@ -134,9 +150,27 @@ __all__ = [
     "seg2bdry",
     "segs_boundary_maps",
     "segs_hierarchy",
+    "soft_boundary_maps",
     "thin_boundary",
     "thresholds_linspace",
     "ucm2_boundary_maps",
     "ucm2_hierarchy",
     "write_csv",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``ndd.evaluation.Hierarchy``: the old name of :class:`SegmentationStack`, deprecated.
+
+    Renamed because ``ndd.segment.Hierarchy`` is a different class; the old
+    name still imports, with a warning, so existing scripts keep working.
+    """
+    if name == "Hierarchy":
+        warnings.warn(
+            "ndd.evaluation.Hierarchy is renamed ndd.evaluation.SegmentationStack "
+            "(ndd.segment.Hierarchy is a different class)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return SegmentationStack
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ndd.evaluation.aggregate import BoundarySummary
-from ndd.evaluation.bsds import DatasetEvaluation
+from ndd.evaluation.dataset import DatasetEvaluation
 
 __all__ = ["PlotUnavailable", "plot_pr", "require_matplotlib"]
 

@@ -1,10 +1,10 @@
-"""Region benchmark of one image: hierarchy thresholding, covering, PRI, VOI.
+"""Region benchmark of one image: the segmentation at each scale, covering, PRI, VOI.
 
 Follows ``evaluation_reg_image.m``, ``match_segmentations.m`` and
 ``match_segmentations2.m`` of the official BSDS500 benchmark (see
 ``shared/notes/bsds-benchmark.md`` section A).  Everything is computed from
-contingency tables built with ``np.bincount``; a ucm2 hierarchy is handled in a
-compact form (a fine base partition plus, per threshold, a label for each base
+contingency tables built with ``np.bincount``; the segmentations of all scales
+(:class:`SegmentationStack`) are held in a compact form (a fine base partition plus, per threshold, a label for each base
 region), so that the per-threshold work does not touch every pixel.
 """
 
@@ -18,31 +18,25 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 from skimage.measure import label as sk_label
 
+from ndd.evaluation.scales import level_scales
+
 __all__ = [
-    "Hierarchy",
     "RegionCounts",
+    "SegmentationStack",
     "region_counts",
     "segs_hierarchy",
-    "thresholds_linspace",
     "ucm2_hierarchy",
 ]
 
 
-def thresholds_linspace(nthresh: int = 99) -> np.ndarray:
-    """The official ucm2 scales: ``linspace(1/(n+1), 1 - 1/(n+1), n)``, shape (n,)."""
-    if nthresh < 1:
-        raise ValueError("nthresh must be >= 1")
-    d1, d2 = 1.0 / (nthresh + 1), 1.0 - 1.0 / (nthresh + 1)
-    if nthresh == 1:
-        return np.array([d2])
-    # MATLAB's linspace: [d1 + (0:n-2)*(d2-d1)/(n-1), d2], in that order of
-    # operations, so that a map value equal to a threshold compares the same way
-    return np.append(d1 + np.arange(nthresh - 1) * (d2 - d1) / (nthresh - 1), d2)
-
-
 @dataclass(frozen=True)
-class Hierarchy:
-    """A stack of T segmentations of an (h, w) image in compact form.
+class SegmentationStack:
+    """The T segmentations of an (h, w) image that the region benchmark scores, in compact form.
+
+    One segmentation per scale: a ucm2 thresholded at each threshold, or the
+    maps of a ``segs`` stack.  (Not :class:`ndd.segment.Hierarchy`, which is
+    ``ndd segment``'s own nested output; this is the benchmark's view of any
+    method's result.)
 
     ``base``: (h, w) int, the index (0..P-1) of the base region of each pixel;
     every segmentation is a union of base regions.  ``labels``: (T, P) int, the
@@ -63,7 +57,7 @@ class Hierarchy:
         return int(self.labels.shape[0])
 
 
-def ucm2_hierarchy(ucm2: np.ndarray, thresholds: np.ndarray) -> Hierarchy:
+def ucm2_hierarchy(ucm2: np.ndarray, thresholds: np.ndarray) -> SegmentationStack:
     """Segmentations of a doubleSize ucm2 at each threshold, as the official code.
 
     At threshold t the official code labels ``ucm2 <= t`` over the whole
@@ -132,11 +126,11 @@ def ucm2_hierarchy(ucm2: np.ndarray, thresholds: np.ndarray) -> Hierarchy:
         lab = lab + 1
         lab[~used_open] = 0  # a pixel cell above t is boundary: label 0
         labels[i] = lab
-    return Hierarchy(base.astype(np.int64), labels, thresholds)
+    return SegmentationStack(base.astype(np.int64), labels, thresholds)
 
 
-def segs_hierarchy(segs: Sequence[np.ndarray]) -> Hierarchy:
-    """A stack of label maps as a :class:`Hierarchy` (thresholds 1..S, as official).
+def segs_hierarchy(segs: Sequence[np.ndarray]) -> SegmentationStack:
+    """A stack of label maps as a :class:`SegmentationStack` (scales 1..S, as official).
 
     Labels are renumbered 1..n per map (the metrics depend on the partition
     only; the official code requires labels >= 1, a label 0 here is just one
@@ -153,7 +147,7 @@ def segs_hierarchy(segs: Sequence[np.ndarray]) -> Hierarchy:
         _, inv = np.unique(s.ravel(), return_inverse=True)
         labels.append(inv + 1)
     base = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape)
-    return Hierarchy(base, np.stack(labels).astype(np.int64), np.arange(1, len(segs) + 1, dtype=np.float64))
+    return SegmentationStack(base, np.stack(labels).astype(np.int64), level_scales(len(segs)))
 
 
 @dataclass(frozen=True)
@@ -184,7 +178,7 @@ def _plogp_sum(counts: np.ndarray, n: float) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
-def region_counts(hierarchy: Hierarchy, gt_segmentations: Sequence[np.ndarray]) -> RegionCounts:
+def region_counts(stack: SegmentationStack, gt_segmentations: Sequence[np.ndarray]) -> RegionCounts:
     """Covering, PRI and VOI counts of one image at every scale.
 
     ``gt_segmentations``: the K human (h, w) label maps, labels >= 1.
@@ -192,10 +186,10 @@ def region_counts(hierarchy: Hierarchy, gt_segmentations: Sequence[np.ndarray]) 
     gts = [np.asarray(g) for g in gt_segmentations]
     if not gts:
         raise ValueError("no ground-truth annotation")
-    shape = hierarchy.base.shape
+    shape = stack.base.shape
     n_pix = int(np.prod(shape))
-    base = hierarchy.base.ravel()
-    n_base = int(hierarchy.labels.shape[1])
+    base = stack.base.ravel()
+    n_base = int(stack.labels.shape[1])
     base_area = np.bincount(base, minlength=n_base).astype(np.float64)
 
     # Stack the regions of all annotations into one list ("total_gt" regions):
@@ -231,7 +225,7 @@ def region_counts(hierarchy: Hierarchy, gt_segmentations: Sequence[np.ndarray]) 
     n_gt = offset
     n_ann = len(gts)
 
-    T = len(hierarchy)
+    T = len(stack)
     cnt_r = np.zeros(T)
     cnt_p = np.zeros(T)
     sum_p = np.zeros(T)
@@ -241,7 +235,7 @@ def region_counts(hierarchy: Hierarchy, gt_segmentations: Sequence[np.ndarray]) 
     best_gt = np.zeros(n_gt)  # running max over scales of each GT region's best overlap
     n_pairs = n_pix * (n_pix - 1) / 2.0
     for i in range(T):
-        lab = hierarchy.labels[i]
+        lab = stack.labels[i]
         n_seg = int(lab.max()) + 1  # segment 0 = unlabelled
         seg_area = np.bincount(lab, weights=base_area, minlength=n_seg)
         s = lab[t_base]
@@ -280,7 +274,7 @@ def region_counts(hierarchy: Hierarchy, gt_segmentations: Sequence[np.ndarray]) 
         voi[i] = vi.mean()
     sum_r = np.full(T, float(gt_area.sum()))
     return RegionCounts(
-        thresholds=hierarchy.thresholds,
+        thresholds=stack.thresholds,
         cnt_r=cnt_r,
         sum_r=sum_r,
         cnt_p=cnt_p,

@@ -1,13 +1,12 @@
-"""Reports of benchmark runs: per-image tables, several methods side by side,
-and the human-agreement reference point.
+"""What a benchmark run reports: the JSON schema, the per-image CSV and the printed tables.
 
+* :func:`evaluation_json` - ``{"summary", "images"}`` of one method (``ndd
+  evaluate --json``; :meth:`DatasetEvaluation.to_json_dict` returns it);
 * :func:`per_image_rows` / :func:`write_csv` - one row per image with the
   per-image figures behind the summary (``ndd evaluate --csv``);
-* :func:`compare_methods` / :func:`format_comparison` - several result folders
-  scored against the same ground truth, printed as one table;
-* :func:`human_agreement` - each annotator's boundaries scored against the
-  other annotators of the image (leave-one-out), the "human" point of the
-  BSDS precision-recall plots.
+* :func:`format_summary` - the one-method table ``ndd evaluate`` prints;
+* :func:`format_comparison` / :func:`comparison_json` - several methods
+  (:func:`~ndd.evaluation.compare.compare_methods`) as one table / one JSON.
 
 NumPy only (no torch, no matplotlib); plotting is in :mod:`ndd.evaluation.plot`.
 """
@@ -16,31 +15,114 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ndd.evaluation.aggregate import _ratio, fmeasure, round_g10
-from ndd.evaluation.boundary import boundary_counts
-from ndd.evaluation.bsds import DatasetEvaluation, EvaluationError, evaluate_dataset, load_groundtruth
-from ndd.evaluation.matching import Tiebreak
+
+if TYPE_CHECKING:  # types only: the driver and the comparison import this module
+    from ndd.evaluation.compare import MethodComparison
+    from ndd.evaluation.dataset import DatasetEvaluation
+    from ndd.evaluation.human import HumanAgreement
 
 __all__ = [
     "CSV_COLUMNS",
-    "HumanAgreement",
-    "MethodComparison",
-    "compare_methods",
     "comparison_json",
+    "evaluation_json",
     "format_comparison",
-    "human_agreement",
-    "name_methods",
+    "format_summary",
     "per_image_rows",
     "write_csv",
 ]
+
+
+# ----------------------------------------------------------------------------- JSON
+
+
+def evaluation_json(ev: DatasetEvaluation) -> dict[str, Any]:
+    """The JSON report of one method: ``{"summary": {...}, "images": {id: {...}}}``.
+
+    ``summary``: covering ODS/OIS/Best, PRI and VI ODS/OIS (with their ODS
+    thresholds), boundary ODS/OIS/AP with the ODS and OIS recall and
+    precision, the paper's AVG/MAX covering; ``images``: each image's kind,
+    annotation count, OIS figures and paper covering.  Values not computed
+    (``region=False`` / ``boundary=False``) are None.  The schema of ``ndd
+    evaluate --json`` (README).
+    """
+    reg, bd, pap = ev.region, ev.boundary, ev.paper
+    none3 = {"ods": None, "ois": None}
+    summary: dict[str, Any] = {
+        "covering": (
+            {
+                "ods": reg.covering_ods,
+                "ois": reg.covering_ois,
+                "best": reg.covering_best,
+                "ods_threshold": reg.covering_ods_threshold,
+            }
+            if reg is not None
+            else {**none3, "best": None}
+        ),
+        "pri": {"ods": reg.pri_ods, "ois": reg.pri_ois, "ods_threshold": reg.pri_ods_threshold}
+        if reg is not None
+        else dict(none3),
+        "vi": {"ods": reg.voi_ods, "ois": reg.voi_ois, "ods_threshold": reg.voi_ods_threshold}
+        if reg is not None
+        else dict(none3),
+        "boundary": (
+            {
+                "ods": bd.ods_f,
+                "ois": bd.ois_f,
+                "ap": bd.ap,
+                "ods_threshold": bd.ods_threshold,
+                "ods_recall": bd.ods_recall,
+                "ods_precision": bd.ods_precision,
+                "ois_recall": bd.ois_recall,
+                "ois_precision": bd.ois_precision,
+            }
+            if bd is not None
+            else {**none3, "ap": None}
+        ),
+        "paper_covering": (
+            {"avg": pap.avg, "max": pap.max, "max_any_scale": pap.max_any_scale}
+            if pap is not None
+            else {"avg": None, "max": None, "max_any_scale": None}
+        ),
+    }
+    images: dict[str, Any] = {}
+    for i, im in enumerate(ev.images):
+        row: dict[str, Any] = {"kind": im.kind, "n_annotations": im.n_annotations}
+        if reg is not None and pap is not None:
+            row.update(
+                covering_ois=float(reg.img_best_r[i]),
+                covering_ois_threshold=float(reg.img_best_t[i]),
+                covering_ois_precision=float(reg.img_best_p[i]),
+                covering_best=float(reg.img_best_cover[i]),
+                pri_ois=float(reg.img_pri_ois[i]),
+                vi_ois=float(reg.img_voi_ois[i]),
+                paper_avg=float(pap.img_avg[i]),
+                paper_max=float(pap.img_max[i]),
+                paper_max_any_scale=float(pap.img_max_any_scale[i]),
+            )
+        else:
+            row.update(covering_ois=None, covering_ois_threshold=None, covering_best=None)
+        if bd is not None:
+            row.update(
+                boundary_ois_f=float(bd.img_best_f[i]),
+                boundary_ois_threshold=float(bd.img_best_t[i]),
+                boundary_ois_recall=float(bd.img_best_r[i]),
+                boundary_ois_precision=float(bd.img_best_p[i]),
+            )
+        else:
+            row.update(boundary_ois_f=None, boundary_ois_threshold=None)
+        images[im.image_id] = row
+    return {"summary": summary, "images": images}
+
+
+# ----------------------------------------------------------------------------- CSV
+
 
 #: columns of :func:`write_csv`, in order (see :func:`per_image_rows`)
 CSV_COLUMNS = (
@@ -73,9 +155,6 @@ CSV_COLUMNS = (
     "boundary_ois_f",
     "boundary_ois_threshold",
 )
-
-
-# ----------------------------------------------------------------------------- per-image table
 
 
 def per_image_rows(ev: DatasetEvaluation, method: str = "") -> list[dict[str, Any]]:
@@ -156,7 +235,7 @@ def write_csv(
     computed are empty cells; floats are written in full precision.  A single
     :class:`DatasetEvaluation` gets an empty ``method`` column.  Returns the path.
     """
-    methods = {"": evaluations} if isinstance(evaluations, DatasetEvaluation) else dict(evaluations)
+    methods = dict(evaluations) if isinstance(evaluations, Mapping) else {"": evaluations}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
@@ -168,162 +247,30 @@ def write_csv(
     return path
 
 
-# ----------------------------------------------------------------------------- human agreement
+# ----------------------------------------------------------------------------- tables
 
 
-@dataclass(frozen=True)
-class HumanAgreement:
-    """Leave-one-out agreement of the annotators (the "human" point of the PR plot).
-
-    Every annotation of an image with K >= 2 annotations is scored as a
-    machine boundary map against the K - 1 others (same matching, tolerance
-    and counts as the benchmark).  ``recall``/``precision``/``f``: from the
-    counts pooled over all (image, annotator) pairs, as the ODS pools images;
-    ``mean_f``: the mean over the pairs of their own F.  ``n_images``: images
-    used (K >= 2); ``n_pairs``: (image, annotator) pairs.
-    """
-
-    recall: float
-    precision: float
-    f: float
-    mean_f: float
-    n_images: int
-    n_pairs: int
-
-    def summary_line(self) -> str:
-        """One printable line with R, P, F and the mean per-annotator F."""
-        return (
-            f"Human agreement (each annotator vs the others, {self.n_pairs} pairs on {self.n_images} images): "
-            f"R {self.recall:.4f}  P {self.precision:.4f}  F {self.f:.4f}  (mean per-annotator F {self.mean_f:.4f})"
-        )
-
-    def to_json_dict(self) -> dict[str, Any]:
-        return {
-            "recall": self.recall,
-            "precision": self.precision,
-            "f": self.f,
-            "mean_f": self.mean_f,
-            "n_images": self.n_images,
-            "n_pairs": self.n_pairs,
-        }
+def _cell(v: float | None) -> str:
+    return "      -" if v is None else f"{v:7.4f}"
 
 
-def _human_image(gt_path: Path, max_dist: float, tiebreak: Tiebreak) -> np.ndarray:
-    """(K, 4) counts (cnt_r, sum_r, cnt_p, sum_p) of each annotator against the others; (0, 4) if K < 2."""
-    bdrys = [a.boundaries for a in load_groundtruth(gt_path)]
-    out = np.zeros((0, 4), dtype=np.int64)
-    if len(bdrys) < 2:
-        return out
-    rows = []
-    for k, b in enumerate(bdrys):
-        others = bdrys[:k] + bdrys[k + 1 :]
-        # the stored human maps are already thin: no thinning, one "threshold"
-        c = boundary_counts([b], others, np.array([1.0]), max_dist=max_dist, thin_maps=False, tiebreak=tiebreak)
-        rows.append((c.cnt_r[0], c.sum_r[0], c.cnt_p[0], c.sum_p[0]))
-    return np.array(rows, dtype=np.int64)
-
-
-def human_agreement(
-    groundtruth_dir: str | os.PathLike[str],
-    image_ids: Sequence[str] | None = None,
-    max_dist: float = 0.0075,
-    tiebreak: Tiebreak = "greedy",
-    workers: int = 1,
-) -> HumanAgreement:
-    """Leave-one-out human agreement over ``groundtruth_dir`` (all ``<id>.mat``,
-    or only ``image_ids``); see :class:`HumanAgreement`."""
-    gt_dir = Path(groundtruth_dir)
-    ids = sorted(image_ids) if image_ids is not None else sorted(p.stem for p in gt_dir.glob("*.mat"))
-    paths = [gt_dir / f"{i}.mat" for i in ids]
-    for p in paths:
-        if not p.is_file():
-            raise EvaluationError(f"{p}: file not found")
-    if workers <= 1:
-        per = [_human_image(p, max_dist, tiebreak) for p in paths]
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            per = list(pool.map(_human_image, paths, [max_dist] * len(paths), [tiebreak] * len(paths)))
-    counts = np.concatenate([np.zeros((0, 4), dtype=np.int64), *per]).astype(np.float64)
-    if counts.shape[0] == 0:
-        raise EvaluationError(f"{gt_dir}: no image with two or more annotations, no human agreement")
-    tot = counts.sum(axis=0)
-    r, p = float(_ratio(tot[0], tot[1])), float(_ratio(tot[2], tot[3]))
-    pair_f = fmeasure(_ratio(counts[:, 0], counts[:, 1]), _ratio(counts[:, 2], counts[:, 3]))
-    return HumanAgreement(
-        r, p, float(fmeasure(r, p)), float(pair_f.mean()), sum(1 for c in per if c.shape[0]), counts.shape[0]
+def format_summary(ev: DatasetEvaluation) -> str:
+    """The one-method table: covering ODS/OIS/Best, PRI and VI ODS/OIS, boundary
+    F ODS/OIS/AP, then the paper's covering line ("-" where not computed)."""
+    s = evaluation_json(ev)["summary"]
+    c, pri, vi, b, pc = s["covering"], s["pri"], s["vi"], s["boundary"], s["paper_covering"]
+    return "\n".join(
+        [
+            f"{'':24s}{'ODS':>8s}{'OIS':>8s}{'Best/AP':>9s}",
+            f"{'Covering':24s}{_cell(c['ods']):>8s}{_cell(c['ois']):>8s}{_cell(c['best']):>9s}",
+            f"{'PRI':24s}{_cell(pri['ods']):>8s}{_cell(pri['ois']):>8s}",
+            f"{'VI':24s}{_cell(vi['ods']):>8s}{_cell(vi['ois']):>8s}",
+            f"{'Boundary F':24s}{_cell(b['ods']):>8s}{_cell(b['ois']):>8s}{_cell(b['ap']):>9s}",
+            f"Paper covering (optimal image scale): AVG {_cell(pc['avg']).strip()}  "
+            f"MAX {_cell(pc['max']).strip()} (best annotation at the image's scale)  "
+            f"MAX-any-scale {_cell(pc['max_any_scale']).strip()}",
+        ]
     )
-
-
-# ----------------------------------------------------------------------------- several methods
-
-
-@dataclass(frozen=True)
-class MethodComparison:
-    """Several methods scored on the same ground truth: ``methods`` (name →
-    evaluation, in the order given) and the optional ``human`` agreement."""
-
-    methods: dict[str, DatasetEvaluation]
-    human: HumanAgreement | None = None
-
-
-def name_methods(specs: Sequence[str]) -> dict[str, Path]:
-    """Method names and folders from ``NAME=DIR`` or plain ``DIR`` specs (``--results``).
-
-    ``NAME=DIR`` is split at the first ``=`` unless the whole spec is an
-    existing path; a plain ``DIR`` is named after its last component (its full
-    path when two plain folders share a name).  A repeated name is an error.
-    """
-    pairs: list[tuple[str | None, Path]] = []
-    for spec in specs:
-        name, sep, folder = spec.partition("=")
-        if sep and name and folder and not Path(spec).exists():
-            pairs.append((name, Path(folder)))
-        else:
-            pairs.append((None, Path(spec)))
-    base_names = [p.name or str(p) for n, p in pairs if n is None]
-    out: dict[str, Path] = {}
-    for name, folder in pairs:
-        if name is None:
-            base = folder.name or str(folder)
-            name = base if base_names.count(base) == 1 else str(folder)
-        if name in out:
-            raise EvaluationError(f"method name {name!r} given twice (use NAME=DIR to name the results)")
-        out[name] = folder
-    return out
-
-
-def compare_methods(
-    results: Mapping[str, str | os.PathLike[str]],
-    groundtruth_dir: str | os.PathLike[str],
-    human: bool = False,
-    progress: Callable[[str, int, int, str], None] | None = None,
-    **evaluate_kwargs: Any,
-) -> MethodComparison:
-    """Score every folder of ``results`` (name → folder) with :func:`evaluate_dataset`.
-
-    ``evaluate_kwargs`` (nthresh, workers, region, boundary, nms, ...) apply to
-    every method.  ``human``: also compute :func:`human_agreement` on the
-    images of the first method.  ``progress(method, done, total, image_id)``.
-    """
-    if not results:
-        raise ValueError("no method to compare")
-    evals: dict[str, DatasetEvaluation] = {}
-    for name, folder in results.items():
-        cb = None
-        if progress is not None:
-            cb = lambda d, t, i, _n=name: progress(_n, d, t, i)  # noqa: E731 - binds the method name
-        evals[name] = evaluate_dataset(folder, groundtruth_dir, progress=cb, **evaluate_kwargs)
-    agreement = None
-    if human:
-        first = next(iter(evals.values()))
-        agreement = human_agreement(
-            groundtruth_dir,
-            first.image_ids,
-            max_dist=evaluate_kwargs.get("max_dist", 0.0075),
-            tiebreak=evaluate_kwargs.get("tiebreak", "greedy"),
-            workers=evaluate_kwargs.get("workers", 1),
-        )
-    return MethodComparison(evals, agreement)
 
 
 _TABLE_COLUMNS = (
@@ -349,14 +296,14 @@ def format_comparison(
     """One table, one row per method: N images, covering ODS/OIS/Best, PRI and VI
     ODS/OIS, boundary F ODS/OIS and AP, the paper's AVG/MAX covering ("-" where
     not computed), then the human agreement line when given."""
-    if isinstance(evaluations, MethodComparison):
+    if not isinstance(evaluations, Mapping):  # a MethodComparison
         human = human if human is not None else evaluations.human
         evaluations = evaluations.methods
     width = max([len("Method")] + [len(n) for n in evaluations])
     head = f"{'Method':<{width}s}" + "".join(f"{c:>8s}" for c, _ in _TABLE_COLUMNS)
     lines = [head]
     for name, ev in evaluations.items():
-        s = ev.to_json_dict()["summary"]
+        s = evaluation_json(ev)["summary"]
         cells = [f"{len(ev.images):8d}"]
         for _, key in _TABLE_COLUMNS[1:]:
             v = s[key[0]][key[1]]
@@ -370,6 +317,6 @@ def format_comparison(
 def comparison_json(comparison: MethodComparison) -> dict[str, Any]:
     """``{"methods": {name: {"summary", "images"}}, "human": {...} | None}`` for ``--json``."""
     return {
-        "methods": {name: ev.to_json_dict() for name, ev in comparison.methods.items()},
+        "methods": {name: evaluation_json(ev) for name, ev in comparison.methods.items()},
         "human": comparison.human.to_json_dict() if comparison.human is not None else None,
     }

@@ -1,6 +1,6 @@
-"""BSDS500 files, per-image evaluation and the parallel driver over a data set.
+"""Reading the benchmark's inputs: machine results, human ground truth, and their pairing.
 
-Inputs, one per image id:
+Machine results, one per image id:
 
 * ``<id>.mat`` with ``ucm2`` (doubleSize ultrametric contour map, 99 scales
   by default) or ``segs`` (a cell of label maps; scales 1..S);
@@ -10,9 +10,6 @@ Inputs, one per image id:
   benchmark only;
 * ``<id>.npy`` a soft boundary map ((h, w) float in [0, 1], or uint8/uint16),
   or a ``.mat``/``.npz`` whose soft map is stored as ``pb``, ``edges`` or ``E``.
-
-Soft boundary maps can be thinned first by the edge papers' non-maximum
-suppression (``nms=True``, :mod:`ndd.evaluation.nms`).
 
 PNG files and folders count only when named after a ground-truth image that
 has no ``.mat``/``.npz``/``.npy`` result (other PNGs, such as the overlays ``ndd
@@ -27,49 +24,29 @@ from __future__ import annotations
 
 import os
 import re
-import sys
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import scipy.io
 
-from ndd.evaluation.aggregate import (
-    BoundarySummary,
-    PaperCovering,
-    RegionSummary,
-    collect_eval_bdry,
-    collect_eval_reg,
-    paper_covering,
-)
-from ndd.evaluation.boundary import (
-    BoundaryCounts,
-    boundary_counts,
-    seg2bdry,
-    segs_boundary_maps,
-    thin_boundary,
-    ucm2_boundary_maps,
-)
-from ndd.evaluation.matching import Tiebreak
-from ndd.evaluation.nms import nms_edge_map
-from ndd.evaluation.region import RegionCounts, region_counts, segs_hierarchy, thresholds_linspace, ucm2_hierarchy
+from ndd.evaluation.boundary import seg2bdry, thin_boundary
 
 __all__ = [
-    "Annotation",
-    "DatasetEvaluation",
-    "EvaluationError",
-    "ImageEvaluation",
-    "MachineResult",
-    "evaluate_dataset",
-    "evaluate_image",
     "SOFT_MAP_KEYS",
+    "Annotation",
+    "EvaluationError",
+    "InputPairs",
+    "MachineResult",
+    "ResultKind",
     "check_pairing",
+    "find_groundtruth",
     "find_results",
     "load_groundtruth",
     "load_result",
+    "pair_inputs",
 ]
 
 ResultKind = Literal["ucm2", "segs", "pb"]
@@ -329,238 +306,43 @@ def find_results(
     return found, ignored
 
 
-# ----------------------------------------------------------------------------- one image
-
-
-@dataclass(frozen=True)
-class ImageEvaluation:
-    """Counts of one image; ``region``/``boundary`` are None when not computed."""
-
-    image_id: str
-    kind: ResultKind
-    n_annotations: int
-    region: RegionCounts | None
-    boundary: BoundaryCounts | None
-
-
-def evaluate_image(
-    result: str | os.PathLike[str] | MachineResult,
-    groundtruth: str | os.PathLike[str] | Sequence[Annotation],
-    nthresh: int = 99,
-    region: bool = True,
-    boundary: bool = True,
-    max_dist: float = 0.0075,
-    tiebreak: Tiebreak = "greedy",
-    image_id: str | None = None,
-    nms: bool = False,
-    nms_radius: int = 1,
-) -> ImageEvaluation:
-    """Region and boundary counts of one image.
-
-    ``result``: a path or a loaded :class:`MachineResult`; ``groundtruth``: a
-    path or loaded annotations.  A ucm2 or soft boundary map is evaluated at
-    ``nthresh`` thresholds ``linspace(1/(n+1), 1-1/(n+1), n)``; a stack of S
-    segmentations at its S levels (``nthresh`` is then ignored, as officially).
-    ``nms``: thin a soft boundary map first with the edge papers' non-maximum
-    suppression (:func:`~ndd.evaluation.nms.nms_edge_map`); ucm2 and label
-    maps are unaffected (their boundaries are already one pixel wide).
-    ``nms_radius``: its suppression radius ``r`` (1 as ``edgesNms``/HED; the
-    RCF and PiDiNet scripts use 2 on BSDS500).
-    """
-    res = result if isinstance(result, MachineResult) else load_result(result)
-    gt_where = str(groundtruth) if isinstance(groundtruth, (str, os.PathLike)) else "ground truth"
-    gts = load_groundtruth(groundtruth) if isinstance(groundtruth, (str, os.PathLike)) else list(groundtruth)
-    h, w = gts[0].segmentation.shape
-    iid = image_id if image_id is not None else res.path.stem
-    if res.kind == "ucm2":
-        if res.data.shape != (2 * h + 1, 2 * w + 1):
-            raise EvaluationError(
-                f"{res.path}: ucm2 has shape {res.data.shape}, expected {(2 * h + 1, 2 * w + 1)} "
-                f"(doubleSize of the {h}x{w} ground truth {gt_where})"
-            )
-        thresholds = thresholds_linspace(nthresh)
-    elif res.kind == "segs":
-        for k, s in enumerate(res.data):
-            if s.shape != (h, w):
-                raise EvaluationError(f"{res.path}: segmentation {k + 1} has shape {s.shape}, ground truth {(h, w)}")
-        thresholds = np.arange(1, len(res.data) + 1, dtype=np.float64)
-    else:
-        if res.data.shape != (h, w):
-            raise EvaluationError(f"{res.path}: boundary map has shape {res.data.shape}, ground truth {(h, w)}")
-        if region:
-            raise EvaluationError(
-                f"{res.path}: a soft boundary map supports the boundary benchmark only (region=False)"
-            )
-        thresholds = thresholds_linspace(nthresh)
-
-    reg = None
-    if region:
-        hier = ucm2_hierarchy(res.data, thresholds) if res.kind == "ucm2" else segs_hierarchy(res.data)
-        reg = region_counts(hier, [a.segmentation for a in gts])
-    bdry = None
-    if boundary:
-        if res.kind == "ucm2":
-            maps = ucm2_boundary_maps(res.data, thresholds)
-        elif res.kind == "segs":
-            maps = segs_boundary_maps(res.data)
-        else:
-            pb = nms_edge_map(res.data, r=nms_radius) if nms else res.data
-            maps = (pb >= t for t in thresholds)
-        bdry = boundary_counts(maps, [a.boundaries for a in gts], thresholds, max_dist=max_dist, tiebreak=tiebreak)
-    return ImageEvaluation(iid, res.kind, len(gts), reg, bdry)
-
-
-def _evaluate_pair(
-    iid: str,
-    result_path: Path,
-    gt_path: Path,
-    nthresh: int,
-    region: bool,
-    boundary: bool,
-    max_dist: float,
-    tiebreak: Tiebreak,
-    nms: bool = False,
-    nms_radius: int = 1,
-) -> ImageEvaluation:
-    return evaluate_image(
-        result_path, gt_path, nthresh, region, boundary, max_dist, tiebreak, iid, nms=nms, nms_radius=nms_radius
-    )
-
-
-# ----------------------------------------------------------------------------- data set
-
-
-@dataclass(frozen=True)
-class DatasetEvaluation:
-    """All per-image counts and the aggregated figures of a data set.
-
-    ``missing_results``: ground-truth ids without a result (``allow_missing``);
-    ``ignored_files``: PNGs of the results folder not named after an image;
-    ``nms``: soft boundary maps were thinned by non-maximum suppression;
-    ``official_rounding``: per-image region values were rounded to ``%10g``
-    before aggregating (see :func:`~ndd.evaluation.aggregate.round_g10`).
-    """
-
-    images: list[ImageEvaluation]
-    region: RegionSummary | None
-    boundary: BoundarySummary | None
-    paper: PaperCovering | None
-    missing_results: list[str] = field(default_factory=list)
-    ignored_files: list[str] = field(default_factory=list)
-    nms: bool = False
-    official_rounding: bool = True
-
-    @property
-    def image_ids(self) -> list[str]:
-        return [im.image_id for im in self.images]
-
-    def to_json_dict(self) -> dict[str, Any]:
-        """``{"summary": {...}, "images": {id: {...}}}`` (see ``ndd evaluate --json``)."""
-        reg, bd, pap = self.region, self.boundary, self.paper
-        none3 = {"ods": None, "ois": None}
-        summary: dict[str, Any] = {
-            "covering": (
-                {
-                    "ods": reg.covering_ods,
-                    "ois": reg.covering_ois,
-                    "best": reg.covering_best,
-                    "ods_threshold": reg.covering_ods_threshold,
-                }
-                if reg is not None
-                else {**none3, "best": None}
-            ),
-            "pri": {"ods": reg.pri_ods, "ois": reg.pri_ois, "ods_threshold": reg.pri_ods_threshold}
-            if reg is not None
-            else dict(none3),
-            "vi": {"ods": reg.voi_ods, "ois": reg.voi_ois, "ods_threshold": reg.voi_ods_threshold}
-            if reg is not None
-            else dict(none3),
-            "boundary": (
-                {
-                    "ods": bd.ods_f,
-                    "ois": bd.ois_f,
-                    "ap": bd.ap,
-                    "ods_threshold": bd.ods_threshold,
-                    "ods_recall": bd.ods_recall,
-                    "ods_precision": bd.ods_precision,
-                    "ois_recall": bd.ois_recall,
-                    "ois_precision": bd.ois_precision,
-                }
-                if bd is not None
-                else {**none3, "ap": None}
-            ),
-            "paper_covering": (
-                {"avg": pap.avg, "max": pap.max, "max_any_scale": pap.max_any_scale}
-                if pap is not None
-                else {"avg": None, "max": None, "max_any_scale": None}
-            ),
-        }
-        images: dict[str, Any] = {}
-        for i, im in enumerate(self.images):
-            row: dict[str, Any] = {"kind": im.kind, "n_annotations": im.n_annotations}
-            if reg is not None and pap is not None:
-                row.update(
-                    covering_ois=float(reg.img_best_r[i]),
-                    covering_ois_threshold=float(reg.img_best_t[i]),
-                    covering_ois_precision=float(reg.img_best_p[i]),
-                    covering_best=float(reg.img_best_cover[i]),
-                    pri_ois=float(reg.img_pri_ois[i]),
-                    vi_ois=float(reg.img_voi_ois[i]),
-                    paper_avg=float(pap.img_avg[i]),
-                    paper_max=float(pap.img_max[i]),
-                    paper_max_any_scale=float(pap.img_max_any_scale[i]),
-                )
-            else:
-                row.update(covering_ois=None, covering_ois_threshold=None, covering_best=None)
-            if bd is not None:
-                row.update(
-                    boundary_ois_f=float(bd.img_best_f[i]),
-                    boundary_ois_threshold=float(bd.img_best_t[i]),
-                    boundary_ois_recall=float(bd.img_best_r[i]),
-                    boundary_ois_precision=float(bd.img_best_p[i]),
-                )
-            else:
-                row.update(boundary_ois_f=None, boundary_ois_threshold=None)
-            images[im.image_id] = row
-        return {"summary": summary, "images": images}
-
-
-def evaluate_dataset(
-    results_dir: str | os.PathLike[str],
-    groundtruth_dir: str | os.PathLike[str],
-    nthresh: int = 99,
-    workers: int = 1,
-    region: bool = True,
-    boundary: bool = True,
-    max_dist: float = 0.0075,
-    tiebreak: Tiebreak = "greedy",
-    allow_missing: bool = False,
-    official_rounding: bool = True,
-    progress: Callable[[int, int, str], None] | None = None,
-    nms: bool = False,
-    nms_radius: int = 1,
-) -> DatasetEvaluation:
-    """Evaluate every result of ``results_dir`` against ``groundtruth_dir``.
-
-    Images are evaluated in parallel over ``workers`` processes (1: in this
-    process) and aggregated in sorted id order (MATLAB's order for BSDS ids).
-    A result without ground truth is an error; a ground-truth image without a
-    result is an error unless ``allow_missing`` (then it is listed in
-    ``missing_results`` and the figures cover the results only).
-    ``progress(done, total, image_id)`` is called after each image.  ``nms``
-    thins soft boundary maps first, with suppression radius ``nms_radius``
-    (see :func:`evaluate_image`).
-    """
-    if not region and not boundary:
-        raise ValueError("nothing to evaluate: region and boundary both off")
-    if nms_radius < 1:
-        raise ValueError(f"nms_radius must be >= 1, got {nms_radius}")
+def find_groundtruth(groundtruth_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """Map image id → ``<id>.mat`` for every ground-truth file of a folder."""
     gt_dir = Path(groundtruth_dir)
     if not gt_dir.is_dir():
         raise EvaluationError(f"{gt_dir}: ground-truth folder not found")
     gts = {p.stem: p for p in gt_dir.glob("*.mat")}
     if not gts:
         raise EvaluationError(f"{gt_dir}: no ground truth (<id>.mat) found")
+    return gts
+
+
+@dataclass(frozen=True)
+class InputPairs:
+    """The results of a folder paired with their ground truth.
+
+    ``ids``: the image ids evaluated, sorted (MATLAB's order for BSDS ids);
+    ``results`` / ``groundtruth``: id → file for those ids; ``missing``:
+    ground-truth ids without a result (only with ``allow_missing``);
+    ``ignored``: PNG files/folders of the results folder not named after an image.
+    """
+
+    ids: list[str]
+    results: dict[str, Path]
+    groundtruth: dict[str, Path]
+    missing: list[str]
+    ignored: list[str]
+
+
+def pair_inputs(
+    results_dir: str | os.PathLike[str], groundtruth_dir: str | os.PathLike[str], allow_missing: bool = False
+) -> InputPairs:
+    """Find the results of ``results_dir`` and pair them with ``groundtruth_dir``.
+
+    A result without ground truth is an error; a ground-truth image without a
+    result is one unless ``allow_missing`` (see :func:`check_pairing`).
+    """
+    gts = find_groundtruth(groundtruth_dir)
     results, ignored = find_results(results_dir, set(gts))
     if not results:
         hint = ""
@@ -570,41 +352,9 @@ def evaluate_dataset(
                 f"(e.g. {ignored[0]}, while the ground truth has e.g. {min(gts)}.mat)"
             )
         raise EvaluationError(f"{results_dir}: no result (.mat, .npz, .npy, .png or PNG folder) found{hint}")
-    check_pairing(results, gts, results_dir, gt_dir, allow_missing)
-    missing = sorted(set(gts) - set(results))
+    check_pairing(results, gts, results_dir, groundtruth_dir, allow_missing)
     ids = sorted(results)
-    args = [(i, results[i], gts[i], nthresh, region, boundary, max_dist, tiebreak, nms, nms_radius) for i in ids]
-    done: dict[str, ImageEvaluation] = {}
-    if workers <= 1:
-        for k, a in enumerate(args):
-            done[a[0]] = _evaluate_pair(*a)
-            if progress:
-                progress(k + 1, len(args), a[0])
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(_evaluate_pair, *a): a for a in args}
-            for fut in as_completed(futures):
-                a = futures[fut]
-                try:
-                    done[a[0]] = fut.result()
-                except EvaluationError:
-                    for f in futures:
-                        f.cancel()
-                    raise
-                except Exception as exc:
-                    for f in futures:
-                        f.cancel()
-                    raise EvaluationError(f"{a[1]}: evaluation failed ({type(exc).__name__}: {exc})") from exc
-                if progress:
-                    progress(len(done), len(args), a[0])
-    images = [done[i] for i in ids]
-    _check_same_scales(images, results)
-    reg_counts = [im.region for im in images if im.region is not None]
-    bdry_counts = [im.boundary for im in images if im.boundary is not None]
-    reg = collect_eval_reg(reg_counts, official_rounding) if region else None
-    pap = paper_covering(reg_counts) if region else None
-    bd = collect_eval_bdry(bdry_counts) if boundary else None
-    return DatasetEvaluation(images, reg, bd, pap, missing, ignored, nms, official_rounding)
+    return InputPairs(ids, results, {i: gts[i] for i in ids}, sorted(set(gts) - set(results)), ignored)
 
 
 def _name_list(names: Sequence[str], limit: int = 10) -> str:
@@ -646,24 +396,3 @@ def check_pairing(
     raise EvaluationError(
         f"results and ground truth do not pair up ({common} image(s) in common): " + "; ".join(parts)
     )
-
-
-def _check_same_scales(images: Sequence[ImageEvaluation], results: dict[str, Path]) -> None:
-    """The official aggregation needs the same scales for every image."""
-    ref = None
-    for im in images:
-        counts = im.region if im.region is not None else im.boundary
-        assert counts is not None
-        if ref is None:
-            ref = (im, counts.thresholds)
-        elif counts.thresholds.shape != ref[1].shape or not np.allclose(counts.thresholds, ref[1]):
-            raise EvaluationError(
-                f"{results[im.image_id]}: evaluated at {counts.thresholds.size} scales ({im.kind}), but "
-                f"{results[ref[0].image_id]} at {ref[1].size} ({ref[0].kind}); all results must have the same scales"
-            )
-
-
-def print_progress(done: int, total: int, image_id: str) -> None:
-    """A one-line progress display on stderr (for the CLI)."""
-    end = "\n" if done == total else ""
-    print(f"\r[{done}/{total}] {image_id}   ", end=end, file=sys.stderr, flush=True)
