@@ -66,6 +66,40 @@ def _add_field(group: argparse._ArgumentGroup, name: str, tp: Any, help_text: st
         group.add_argument(*flags, metavar=name.upper(), **kwargs)
 
 
+def add_config_flags(
+    p: argparse.ArgumentParser, cls: type, types_: dict[str, Any], title: str, config_help: str
+) -> None:
+    """``--config``, ``--resume``, ``--print-config`` and a flag per field of the config dataclass ``cls``
+    (``types_``: its resolved field types) but ``model`` and ``resume``; also for ``ndd wsss``."""
+    p.add_argument("--config", metavar="YAML", help=config_help)
+    p.add_argument("--resume", metavar="CKPT", default=argparse.SUPPRESS,
+                   help="continue exactly from a checkpoint (its stored config is the base)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    group = p.add_argument_group(title)
+    for f in fields(cls):
+        if f.name not in _SKIP:
+            default = f.default_factory() if f.default_factory is not MISSING else f.default  # type: ignore[misc]
+            _add_field(group, f.name, types_[f.name], f.metadata.get("help", ""), default)
+
+
+def add_model_flags(
+    group: argparse._ArgumentGroup,
+    flags: dict[str, tuple[str, Any, str]],
+    switches: dict[str, str],
+    model_help: str,
+) -> None:
+    """Model keys as flags: ``flags`` (flag -> (key, type, help)), ``switches`` (boolean key -> help,
+    ``--key/--no-key``), then ``--model KEY=VALUE`` (help ``model_help``) for any other key."""
+    for flag, (key, tp, help_text) in flags.items():
+        group.add_argument(flag, dest=f"model.{key}", type=tp, metavar=key.upper(), default=argparse.SUPPRESS,
+                           help=help_text)
+    for key, help_text in switches.items():
+        group.add_argument(_flag(key), dest=f"model.{key}", action=argparse.BooleanOptionalAction,
+                           default=argparse.SUPPRESS, help=help_text)
+    group.add_argument("--model", dest="model_items", action="append", metavar="KEY=VALUE", default=[],
+                       help=model_help)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from ndd.train.config import TrainConfig, field_types
 
@@ -79,44 +113,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
             "-m ndd train ... (batch size is per process)."
         ),
     )
-    p.add_argument("--config", metavar="YAML", help="training config file (flags override it)")
-    p.add_argument("--resume", metavar="CKPT", default=argparse.SUPPRESS,
-                   help="continue exactly from a checkpoint (its stored config is the base)")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
-    types_ = field_types()
-    group = p.add_argument_group("training config (TrainConfig fields)")
-    for f in fields(TrainConfig):
-        if f.name not in _SKIP:
-            default = f.default_factory() if f.default_factory is not MISSING else f.default  # type: ignore[misc]
-            _add_field(group, f.name, types_[f.name], f.metadata.get("help", ""), default)
-    mgroup = p.add_argument_group("model config (SpecDiffNetConfig keys)")
-    for flag, (key, tp, help_text) in _MODEL_FLAGS.items():
-        mgroup.add_argument(
-            flag, dest=f"model.{key}", type=tp, metavar=key.upper(), default=argparse.SUPPRESS, help=help_text
-        )
-    mgroup.add_argument("--freeze-bn", dest="model.freeze_bn", action=argparse.BooleanOptionalAction,
-                        default=argparse.SUPPRESS, help="freeze batch norm (default: exactly when --weights is given)")
-    mgroup.add_argument("--freeze-backbone", dest="model.freeze_backbone", action=argparse.BooleanOptionalAction,
-                        default=argparse.SUPPRESS,
-                        help="train only projection, mu, t, tau (alpha) and FAI gammas; the backbone runs without a graph")
-    mgroup.add_argument("--model", dest="model_items", action="append", metavar="KEY=VALUE", default=[],
-                        help="any other SpecDiffNetConfig key (YAML value), e.g. --model fai_gammas=[1,4,8]")
+    add_config_flags(p, TrainConfig, field_types(), "training config (TrainConfig fields)",
+                     "training config file (flags override it)")
+    add_model_flags(
+        p.add_argument_group("model config (SpecDiffNetConfig keys)"),
+        _MODEL_FLAGS,
+        {
+            "freeze_bn": "freeze batch norm (default: exactly when --weights is given)",
+            "freeze_backbone": "train only projection, mu, t, tau (alpha) and FAI gammas; "
+                               "the backbone runs without a graph",
+        },
+        "any other SpecDiffNetConfig key (YAML value), e.g. --model fai_gammas=[1,4,8]",
+    )
     p.set_defaults(func=run)
 
 
-def config_from_args(args: argparse.Namespace) -> Any:
-    """The :class:`TrainConfig` the parsed flags describe (:meth:`TrainConfig.from_sources`)."""
-    from ndd.train.config import TrainConfig
-
-    ns = vars(args)
-    names = {f.name for f in fields(TrainConfig)}
+def config_from_namespace(cls: Any, ns: dict[str, Any]) -> Any:
+    """The config of class ``cls`` that parsed flags ``ns`` describe (``cls.from_sources`` precedence):
+    its fields, ``model.KEY`` flags, ``--model KEY=VALUE`` items, ``--config`` and ``--resume``."""
+    names = {f.name for f in fields(cls)}
     model = {key[len("model."):]: value for key, value in ns.items() if key.startswith("model.")}
     for item in ns.get("model_items", []):
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--model expects KEY=VALUE, got {item!r}")
         model[key.strip()] = yaml.safe_load(value)
-    return TrainConfig.from_sources(
+    return cls.from_sources(
         resume=ns.get("resume"),
         config_file=ns.get("config"),
         overrides={key: value for key, value in ns.items() if key in names},
@@ -124,9 +146,29 @@ def config_from_args(args: argparse.Namespace) -> Any:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`TrainConfig` the parsed flags describe (:meth:`TrainConfig.from_sources`)."""
+    from ndd.train.config import TrainConfig
+
+    return config_from_namespace(TrainConfig, vars(args))
+
+
+def fit_and_report(trainer: Any) -> int:
+    """Run ``trainer.fit()``, leave the process group, print the final checkpoint (rank 0); exit status 0."""
     import os
 
+    from ndd.train.distributed import shutdown_distributed
+
+    try:
+        path = trainer.fit()
+    finally:
+        shutdown_distributed()
+    if os.environ.get("RANK", "0") == "0":
+        print(f"final checkpoint: {path}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
     from ndd.train.distributed import shutdown_distributed
     from ndd.train.loop import Trainer
 
@@ -141,10 +183,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"ndd train: error: {exc}", file=sys.stderr)
         shutdown_distributed()
         return 2
-    try:
-        path = trainer.fit()
-    finally:
-        shutdown_distributed()
-    if os.environ.get("RANK", "0") == "0":
-        print(f"final checkpoint: {path}")
-    return 0
+    return fit_and_report(trainer)

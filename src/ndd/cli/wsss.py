@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import MISSING, fields
+from collections.abc import Callable
 from typing import Any
 
 import yaml
 
 from ndd.cli._commands import subcommand_help
-from ndd.cli.train import _add_field
+from ndd.cli.train import add_config_flags, add_model_flags, config_from_namespace, fit_and_report
 
 __all__ = ["register"]
 
@@ -40,20 +40,7 @@ _NET_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--guidance-window": ("guidance_window", int, "override the spec-diff-net's affinity window"),
     "--embedding-mu": ("embedding_mu", float, "embedding variant: mu of the feature kernel (default: the model's)"),
 }
-_SKIP = {"model", "resume"}
-
-
-def _config_flags(p: argparse.ArgumentParser, cls: type, title: str) -> None:
-    p.add_argument("--config", metavar="YAML", help="config file (flags override it)")
-    p.add_argument("--resume", metavar="CKPT", default=argparse.SUPPRESS,
-                   help="continue exactly from a checkpoint (its stored config is the base)")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
-    group = p.add_argument_group(title)
-    types_ = cls.field_types()
-    for f in fields(cls):
-        if f.name not in _SKIP:
-            default = f.default_factory() if f.default_factory is not MISSING else f.default  # type: ignore[misc]
-            _add_field(group, f.name, types_[f.name], f.metadata.get("help", ""), default)
+_CONFIG_HELP = "config file (flags override it)"
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:
@@ -68,6 +55,13 @@ def _add_data(p: argparse.ArgumentParser, split_help: str) -> None:
     p.add_argument("--data", dest="data_root", metavar="ROOT", help="VOC2012 / VOCdevkit folder or generic-layout folder")
     p.add_argument("--dataset", choices=("voc", "folder"), default=None, help="layout of --data (default: voc)")
     p.add_argument("--split", default=None, help=split_help)
+
+
+def _add_checkpoint_out_data(p: argparse.ArgumentParser, checkpoint_help: str, out_help: str, split_help: str) -> None:
+    """The steps that run a trained network and write one PNG per image: its checkpoint, their folder, the images."""
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help=checkpoint_help)
+    p.add_argument("--out", required=True, metavar="DIR", help=out_help)
+    _add_data(p, split_help)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -85,22 +79,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                          description="Train the WSSS network from image-level labels. Variants (--variant): " + variants
                          + ". Writes config.yaml, metrics.csv, tb/, checkpoints/ and last.pt into --run-dir. "
                          "Multi-GPU: torchrun --standalone --nproc_per_node=K -m ndd wsss train ...")
-    _config_flags(p, WSSSTrainConfig, "training config (WSSSTrainConfig fields)")
-    net = p.add_argument_group("network and guidance (WSSSNetConfig keys)")
-    for flag, (key, tp, help_text) in _NET_FLAGS.items():
-        net.add_argument(flag, dest=f"model.{key}", type=tp, metavar=key.upper(), default=argparse.SUPPRESS, help=help_text)
-    net.add_argument("--freeze-backbone", dest="model.freeze_backbone", action=argparse.BooleanOptionalAction,
-                     default=argparse.SUPPRESS, help="train only what follows the backbone (CPU-sized runs)")
-    net.add_argument("--model", dest="model_items", action="append", metavar="KEY=VALUE", default=[],
-                     help="any other WSSSNetConfig key (YAML value), e.g. --model thresholds=[0.9,0.6]")
+    add_config_flags(p, WSSSTrainConfig, WSSSTrainConfig.field_types(), "training config (WSSSTrainConfig fields)",
+                     _CONFIG_HELP)
+    add_model_flags(p.add_argument_group("network and guidance (WSSSNetConfig keys)"), _NET_FLAGS,
+                    {"freeze_backbone": "train only what follows the backbone (CPU-sized runs)"},
+                    "any other WSSSNetConfig key (YAML value), e.g. --model thresholds=[0.9,0.6]")
     p.set_defaults(func=_run_train, config_cls="wsss")
 
     p = steps.add_parser("pseudo-labels", help="pseudo segmentation labels (VOC-palette PNGs) of the training images",
                          description="Run a trained WSSS network on every training image and write its pseudo "
                          "segmentation, restricted to the background and the image's own classes.")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="last.pt of ndd wsss train")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (<id>.png)")
-    _add_data(p, "images to label (default: the training run's data and split)")
+    _add_checkpoint_out_data(p, "last.pt of ndd wsss train", "output folder (<id>.png)",
+                             "images to label (default: the training run's data and split)")
     p.add_argument("--no-restrict", dest="restrict", action="store_false",
                    help="argmax over all classes, not only the image's own and the background")
     p.add_argument("--guidance-cache", metavar="DIR", help="reuse a training run's kernel cache")
@@ -110,16 +100,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p = steps.add_parser("train-seg", help="train a segmentation network (DeepLab) on pseudo labels",
                          description="Train DeepLab (default: DeepLabV3 on a dilated ResNet-101, fixed batch norm) on "
                          "the pseudo labels. Multi-GPU: torchrun --standalone --nproc_per_node=K -m ndd wsss train-seg ...")
-    _config_flags(p, SegTrainConfig, "training config (SegTrainConfig fields)")
+    add_config_flags(p, SegTrainConfig, SegTrainConfig.field_types(), "training config (SegTrainConfig fields)",
+                     _CONFIG_HELP)
     p.set_defaults(func=_run_train, config_cls="seg")
 
     p = steps.add_parser("predict", help="segment images at scales 0.7, 0.85, 1 with overlapping 321x321 crops",
                          description="Class masks (VOC-palette PNGs) from a train-seg checkpoint: probabilities averaged "
                          "over scales and overlapping crops (paper §7).")
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="images, folders, glob patterns or @list.txt")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="last.pt of ndd wsss train-seg")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (<stem>.png)")
-    _add_data(p, "data-set split to predict instead of INPUTs (default: val)")
+    _add_checkpoint_out_data(p, "last.pt of ndd wsss train-seg", "output folder (<stem>.png)",
+                             "data-set split to predict instead of INPUTs (default: val)")
     p.add_argument("--scales", type=float, nargs="+", default=[0.7, 0.85, 1.0], help="test scales (default 0.7 0.85 1)")
     p.add_argument("--crop-size", type=int, default=321, help="window size (default 321)")
     p.add_argument("--flip", action="store_true", help="average with the mirrored image too")
@@ -164,22 +154,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
     """The training config the flags describe (``from_sources`` precedence)."""
     from ndd.wsss.config import SegTrainConfig, WSSSTrainConfig
 
-    cls = WSSSTrainConfig if args.config_cls == "wsss" else SegTrainConfig
-    ns = vars(args)
-    names = {f.name for f in fields(cls)}
-    model = {key[len("model."):]: value for key, value in ns.items() if key.startswith("model.")}
-    for item in ns.get("model_items", []):
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--model expects KEY=VALUE, got {item!r}")
-        model[key.strip()] = yaml.safe_load(value)
-    return cls.from_sources(resume=ns.get("resume"), config_file=ns.get("config"),
-                            overrides={k: v for k, v in ns.items() if k in names}, model=model or None)
+    return config_from_namespace(WSSSTrainConfig if args.config_cls == "wsss" else SegTrainConfig, vars(args))
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    import os
-
     step = "train" if args.config_cls == "wsss" else "train-seg"
     try:
         config = config_from_args(args)
@@ -187,52 +165,45 @@ def _run_train(args: argparse.Namespace) -> int:
         if args.print_config:
             print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
             return 0
-        from ndd.train.distributed import shutdown_distributed
         from ndd.wsss.training import SegTrainer, WSSSTrainer
 
         trainer = (WSSSTrainer if args.config_cls == "wsss" else SegTrainer)(config)
     except (ValueError, FileNotFoundError) as exc:
         return _fail(step, exc)
+    return fit_and_report(trainer)
+
+
+def _device_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keywords of the flags :func:`_add_device` adds."""
+    return {"device": args.device, "overwrite": args.overwrite, "progress": _progress(args.progress),
+            "num_threads": args.threads}
+
+
+def _run_writer(step: str, kind: str, work: Callable[[], dict[str, Any]]) -> int:
+    """Run a step that writes one PNG per image (``work``) and print its summary."""
     try:
-        path = trainer.fit()
-    finally:
-        shutdown_distributed()
-    if os.environ.get("RANK", "0") == "0":
-        print(f"final checkpoint: {path}")
+        result = work()
+    except (ValueError, FileNotFoundError) as exc:
+        return _fail(step, exc)
+    print(f"{result['written']} {kind} written, {result['skipped']} already there, "
+          f"{result['seconds']:.1f} s -> {result['out']}", file=sys.stderr)
     return 0
-
-
-def _summary(kind: str, result: dict[str, Any]) -> str:
-    return (f"{result['written']} {kind} written, {result['skipped']} already there, "
-            f"{result['seconds']:.1f} s -> {result['out']}")
 
 
 def _run_pseudo(args: argparse.Namespace) -> int:
     from ndd.wsss.steps import pseudo_labels
 
-    try:
-        result = pseudo_labels(args.checkpoint, args.out, dataset=args.dataset, data_root=args.data_root,
-                               split=args.split, device=args.device, restrict=args.restrict,
-                               guidance_cache=args.guidance_cache, overwrite=args.overwrite,
-                               progress=_progress(args.progress), num_threads=args.threads)
-    except (ValueError, FileNotFoundError) as exc:
-        return _fail("pseudo-labels", exc)
-    print(_summary("pseudo labels", result), file=sys.stderr)
-    return 0
+    return _run_writer("pseudo-labels", "pseudo labels", lambda: pseudo_labels(
+        args.checkpoint, args.out, dataset=args.dataset, data_root=args.data_root, split=args.split,
+        restrict=args.restrict, guidance_cache=args.guidance_cache, **_device_options(args)))
 
 
 def _run_predict(args: argparse.Namespace) -> int:
     from ndd.wsss.steps import predict
 
-    try:
-        result = predict(args.checkpoint, args.out, args.inputs, dataset=args.dataset, data_root=args.data_root,
-                         split=args.split, scales=args.scales, crop_size=args.crop_size, flip=args.flip,
-                         device=args.device, overwrite=args.overwrite, progress=_progress(args.progress),
-                         num_threads=args.threads)
-    except (ValueError, FileNotFoundError) as exc:
-        return _fail("predict", exc)
-    print(_summary("masks", result), file=sys.stderr)
-    return 0
+    return _run_writer("predict", "masks", lambda: predict(
+        args.checkpoint, args.out, args.inputs, dataset=args.dataset, data_root=args.data_root, split=args.split,
+        scales=args.scales, crop_size=args.crop_size, flip=args.flip, **_device_options(args)))
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:

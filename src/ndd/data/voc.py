@@ -161,6 +161,50 @@ def _item(image: np.ndarray, mask: np.ndarray | None, classes: torch.Tensor, sam
     return {"image": img, "labels": labels, "classes": classes, "id": sample_id}
 
 
+class _ImageLabelDataset(Dataset[SegmentationItem]):
+    """What both layouts share once their constructor has listed the images: items, masks, length.
+
+    A subclass sets ``root``, ``split``, ``transform``, ``classes``, ``background``, ``ids``,
+    ``image_paths``, ``mask_paths`` (``None``: no mask) and ``image_labels`` (class ids per image).
+    """
+
+    root: Path
+    split: str | None
+    transform: Callable[[SegmentationItem], SegmentationItem] | None
+    classes: tuple[str, ...]
+    background: int | None
+    ids: list[str]
+    image_paths: list[Path]
+    mask_paths: list[Path | None]
+    image_labels: list[list[int]]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def has_masks(self) -> bool:
+        """Whether every image has a mask."""
+        return all(p is not None for p in self.mask_paths)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> SegmentationItem:
+        index = range(len(self))[index]
+        image = read_image(self.image_paths[index])
+        mask = self.read_mask(index)
+        item = _item(image, mask, _multi_hot(self.image_labels[index], self.num_classes, self.background), self.ids[index])
+        return self.transform(item) if self.transform is not None else item
+
+    def read_mask(self, index: int) -> np.ndarray | None:
+        """The checked mask of item ``index`` (``-1`` = ignore), or ``None`` without one."""
+        mp = self.mask_paths[index]
+        return None if mp is None else read_mask_png(mp, self.num_classes)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, n={len(self)})"
+
+
 # --------------------------------------------------------------------------- VOC
 def resolve_voc_root(root: StrPath) -> Path:
     """The ``VOC2012`` folder given it, ``VOCdevkit`` or the folder holding ``VOCdevkit``.
@@ -214,7 +258,7 @@ def _read_split_list(path: Path) -> list[str]:
     return ids
 
 
-class VOCSegmentation(Dataset[SegmentationItem]):
+class VOCSegmentation(_ImageLabelDataset):
     """PASCAL VOC 2012 segmentation (and the SBD-augmented ``train_aug`` set) with image-level labels.
 
     Args:
@@ -292,33 +336,6 @@ class VOCSegmentation(Dataset[SegmentationItem]):
             else:
                 raise FileNotFoundError(f"{i}: no image-level labels: neither {xml} nor a mask in {self.mask_dir} exists")
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def has_masks(self) -> bool:
-        """Whether every image has a mask."""
-        return all(p is not None for p in self.mask_paths)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, index: int) -> SegmentationItem:
-        index = range(len(self))[index]
-        image = read_image(self.image_paths[index])
-        mp = self.mask_paths[index]
-        mask = None if mp is None else read_mask_png(mp, self.num_classes)
-        item = _item(image, mask, _multi_hot(self.image_labels[index], self.num_classes, self.background), self.ids[index])
-        return self.transform(item) if self.transform is not None else item
-
-    def read_mask(self, index: int) -> np.ndarray | None:
-        """The checked mask of item ``index`` (``-1`` = ignore), or ``None`` without one."""
-        mp = self.mask_paths[index]
-        return None if mp is None else read_mask_png(mp, self.num_classes)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, n={len(self)})"
-
 
 def _mask_classes(mask: np.ndarray, background: int | None) -> list[int]:
     return sorted(int(v) for v in np.unique(mask) if v >= 0 and v != background)
@@ -387,7 +404,7 @@ def read_image_labels(path: StrPath) -> tuple[dict[str, list[str]], list[str] | 
     return table, classes
 
 
-class ImageLabelFolder(Dataset[SegmentationItem]):
+class ImageLabelFolder(_ImageLabelDataset):
     """The generic layout (module docstring): a folder of images, a CSV/JSON of image-level labels,
     an optional class list, optional masks and optional split lists.
 
@@ -475,27 +492,3 @@ class ImageLabelFolder(Dataset[SegmentationItem]):
         if require_masks:
             _check_all_exist([mask_dir / f"{s}.png" for s, p in zip(stems, self.mask_paths) if p is None],
                              "mask", mask_dir, already_missing=True)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def has_masks(self) -> bool:
-        return all(p is not None for p in self.mask_paths)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, index: int) -> SegmentationItem:
-        index = range(len(self))[index]
-        image = read_image(self.image_paths[index])
-        mask = self.read_mask(index)
-        item = _item(image, mask, _multi_hot(self.image_labels[index], self.num_classes, self.background), self.ids[index])
-        return self.transform(item) if self.transform is not None else item
-
-    def read_mask(self, index: int) -> np.ndarray | None:
-        mp = self.mask_paths[index]
-        return None if mp is None else read_mask_png(mp, self.num_classes)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, n={len(self)})"

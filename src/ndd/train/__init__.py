@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING
 from ndd._lazy import lazy_attributes
 
 if TYPE_CHECKING:
-    from .checkpoint import load_checkpoint, load_checkpoint_model, save_checkpoint
+    from .checkpoint import load_checkpoint, load_checkpoint_model, save_checkpoint, seed_everything
     from .config import TrainConfig, load_yaml, save_yaml
     from .distributed import DistInfo, init_distributed
     from .kernel_eval import evaluate_kernel, kernel_cosine_per_annotation
-    from .loop import Trainer, seed_everything, train
+    from .loop import Trainer, train
     from .objective import TrainingObjective
 
 # Imported on first use (PEP 562): ``ndd.train.config`` needs no torch, so
@@ -40,7 +40,7 @@ _WHERE = {
     "train": "loop",
     "Trainer": "loop",
     "TrainingObjective": "objective",
-    "seed_everything": "loop",
+    "seed_everything": "checkpoint",
     "evaluate_kernel": "kernel_eval",
     "kernel_cosine_per_annotation": "kernel_eval",
     "load_checkpoint": "checkpoint",

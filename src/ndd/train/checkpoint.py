@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +32,21 @@ __all__ = [
     "load_checkpoint_model",
     "capture_rng_state",
     "restore_rng_state",
+    "seed_everything",
+    "training_state",
+    "restore_training_state",
+    "save_run_checkpoint",
 ]
 
 CHECKPOINT_FORMAT = "ndd-train"
 CHECKPOINT_VERSION = 1
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), NumPy and Python's ``random``."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -73,6 +85,80 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any], *, format: str = 
     torch.save({"format": format, "version": CHECKPOINT_VERSION, **payload}, tmp)
     os.replace(tmp, path)
     return path
+
+
+def save_run_checkpoint(
+    run_dir: Path, name: str, payload: dict[str, Any], keep: int, *, format: str = CHECKPOINT_FORMAT
+) -> Path:
+    """Write ``run_dir/checkpoints/<name>`` and ``run_dir/last.pt``; keep the newest ``keep`` numbered
+    checkpoints (``step_*.pt``; 0: all). Returns the numbered checkpoint's path."""
+    path = run_dir / "checkpoints" / name
+    save_checkpoint(path, payload, format=format)
+    save_checkpoint(run_dir / "last.pt", payload, format=format)
+    if keep > 0:
+        for old in sorted((run_dir / "checkpoints").glob("step_*.pt"))[:-keep]:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def training_state(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    world_size: int,
+) -> dict[str, Any]:
+    """The part of a checkpoint payload that resumes a run exactly, shared by every ``ndd`` trainer:
+    ``optimizer``, ``scheduler``, ``scaler`` (``None`` when disabled), ``rng`` (this process's),
+    ``world_size`` and ``torch_version``."""
+    return {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+        "rng": capture_rng_state(),
+        "world_size": world_size,
+        "torch_version": str(torch.__version__),
+    }
+
+
+def restore_training_state(
+    ckpt: dict[str, Any] | None,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    *,
+    seed: int,
+    rank: int,
+    world_size: int,
+) -> int:
+    """Load a checkpoint's weights and :func:`training_state` into a run; returns the completed steps.
+
+    ``ckpt=None`` (a fresh run) gives each rank its own RNG streams from ``(seed, rank)`` and returns 0.
+    When resuming, rank 0 gets the stored RNG state back and other ranks reseed from
+    ``(seed, rank, step)``; a checkpoint written by another number of processes gives a warning.
+    """
+    from .data import sample_seed  # the data stack (PIL, SciPy) only here, not to read a checkpoint
+
+    if ckpt is None:
+        seed_everything(sample_seed(seed, rank))  # per-rank streams from here on
+        return 0
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt.get("scaler") and scaler.is_enabled():
+        scaler.load_state_dict(ckpt["scaler"])
+    step = int(ckpt["step"])
+    if rank == 0:
+        restore_rng_state(ckpt["rng"])
+    else:  # only rank 0's RNG state is stored; the loops themselves draw nothing from these
+        seed_everything(sample_seed(seed, rank, step))
+    if ckpt.get("world_size", 1) != world_size:
+        warnings.warn(
+            f"resuming a {ckpt.get('world_size')}-process run with {world_size} processes: "
+            "the data order differs from an uninterrupted run",
+            stacklevel=2,
+        )
+    return step
 
 
 def load_checkpoint(

@@ -18,7 +18,9 @@ import yaml
 
 from ndd.models.config import SpecDiffNetConfig
 
-__all__ = ["TrainConfig", "load_yaml", "save_yaml", "field_types", "coerce_value"]
+__all__ = [
+    "TrainConfig", "load_yaml", "save_yaml", "field_types", "coerce_value", "merge_overrides", "apply_sources",
+]
 
 
 def _opt(help: str, **kwargs: Any) -> Any:
@@ -142,22 +144,11 @@ class TrainConfig:
             from .checkpoint import load_checkpoint  # torch, only when resuming
 
             config = cls.from_dict(load_checkpoint(resume)["train_config"]).merged({"resume": str(resume)})
-        if config_file is not None:
-            config = config.merged(load_yaml(config_file))
-        merged = dict(overrides or {})
-        if model:
-            merged["model"] = dict(model)
-        return config.merged(merged)
+        return apply_sources(config, config_file, overrides, model)
 
     def merged(self, overrides: dict[str, Any]) -> TrainConfig:
         """A copy with ``overrides`` applied; ``model`` dicts are merged key by key."""
-        data = self.to_dict()
-        for key, value in overrides.items():
-            if key == "model" and value is not None:
-                data["model"] = {**data.get("model", {}), **dict(value)}
-            else:
-                data[key] = value
-        return TrainConfig.from_dict(data)
+        return TrainConfig.from_dict(merge_overrides(self.to_dict(), overrides))
 
     def model_config(self) -> SpecDiffNetConfig:
         """The :class:`SpecDiffNetConfig` this run trains (``model`` keys over the defaults, or over
@@ -263,19 +254,74 @@ def coerce_value(name: str, value: Any, tp: Any) -> Any:
     return value
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a (partial) training configuration from YAML as a dict of known keys."""
+class _ConfigLike(typing.Protocol):
+    """What the functions below need of a configuration dataclass (``TrainConfig``, ``ndd.wsss``'s)."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+    def merged(self, overrides: dict[str, Any]) -> Any: ...
+
+
+_C = typing.TypeVar("_C", bound=_ConfigLike)
+
+
+def merge_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a config's ``to_dict``) with ``overrides`` applied in place; ``model`` dicts merge key by key."""
+    for key, value in overrides.items():
+        if key == "model" and value is not None:
+            data["model"] = {**data.get("model", {}), **dict(value)}
+        else:
+            data[key] = value
+    return data
+
+
+def apply_sources(
+    config: _C,
+    config_file: str | Path | None,
+    overrides: dict[str, Any] | None,
+    model: dict[str, Any] | None,
+    *,
+    what: str = "training config",
+) -> _C:
+    """The sources of ``from_sources`` above the checkpoint's: YAML ``config_file`` < ``overrides``
+    (field -> value) < ``model`` keys, applied to ``config``. ``what``: as in :func:`load_yaml`."""
+    if config_file is not None:
+        config = config.merged(load_yaml(config_file, type(config), what=what))
+    merged = dict(overrides or {})
+    if model:
+        merged["model"] = dict(model)
+    return config.merged(merged)
+
+
+def _one_line(exc: Exception) -> str:
+    """A YAML or OS error in one line (PyYAML's messages quote the source over several)."""
+    mark = getattr(exc, "problem_mark", None)
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem and mark is not None:
+        return f"{exc.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(exc).split())
+
+
+def load_yaml(
+    path: str | Path, cls: type[_ConfigLike] = TrainConfig, *, what: str = "training config"
+) -> dict[str, Any]:
+    """Read a (partial) configuration of ``cls`` from YAML as a dict of known keys.
+
+    ``what`` names the kind of file in the error messages (e.g. ``"config"`` for :mod:`ndd.wsss`).
+    """
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"cannot read training config {path}: {exc}") from exc
+        raise ValueError(f"cannot read {what} {path}: {_one_line(exc)}") from exc
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a training config must be a YAML mapping, got {type(data).__name__}")
-    TrainConfig.from_dict(data)  # checks names and types now, with the file name in the traceback
+        raise ValueError(f"{path}: a {what} must be a YAML mapping, got {type(data).__name__}")
+    cls.from_dict(data)  # checks names and types now, with the file name in the traceback
     return data
 
 
-def save_yaml(config: TrainConfig, path: str | Path) -> None:
+def save_yaml(config: _ConfigLike, path: str | Path) -> None:
     """Write ``config`` as YAML (keys in field order)."""
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

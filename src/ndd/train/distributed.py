@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from ndd.device import resolve_device
 
-__all__ = ["DistInfo", "init_distributed", "shutdown_distributed", "all_reduce_mean", "barrier"]
+__all__ = ["DistInfo", "init_distributed", "shutdown_distributed", "all_reduce_mean", "barrier", "window_means"]
 
 
 @dataclass(frozen=True)
@@ -83,3 +83,15 @@ def all_reduce_mean(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
         out /= info.world_size
     return out
+
+
+def window_means(rows: list[dict[str, float]], info: DistInfo) -> dict[str, float]:
+    """Per-key means of metric rows (all with the same keys), averaged over the ranks too.
+
+    Every rank must call it at the same step (a collective when distributed).
+    """
+    keys = sorted(rows[0])
+    means = torch.tensor([sum(r[k] for r in rows) / len(rows) for k in keys], dtype=torch.float64)
+    if info.distributed:
+        means = all_reduce_mean(means.to(info.device), info).cpu()
+    return dict(zip(keys, means.tolist(), strict=True))

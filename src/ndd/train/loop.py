@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import math
 import os
-import random
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -18,23 +14,22 @@ from torch.nn.parallel import DistributedDataParallel
 from ndd.models import SpecDiffNet, SpecDiffNetConfig, spec_diff_net
 
 from .amp import autocast_dtype, autocast_submodules
-from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from .config import TrainConfig, _plain, save_yaml
+from .checkpoint import (
+    load_checkpoint,
+    restore_training_state,
+    save_run_checkpoint,
+    seed_everything,
+    training_state,
+)
+from .config import TrainConfig, _plain
 from .data import StageData, build_train_dataset, sample_seed
-from .distributed import DistInfo, all_reduce_mean, init_distributed, shutdown_distributed
+from .distributed import DistInfo, init_distributed, shutdown_distributed, window_means
 from .kernel_eval import evaluate_kernel
-from .metrics import MetricLogger
+from .metrics import MetricLogger, close_all, open_run_dir, progress_bar
 from .objective import TrainingObjective
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, optimizer_step
 
 __all__ = ["Trainer", "train", "seed_everything"]
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch (CPU and CUDA), NumPy and Python's ``random``."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
 
 
 def _set_determinism(deterministic: bool) -> None:
@@ -91,20 +86,14 @@ class Trainer:
         )
         self.optimizer = build_optimizer(self.model, cfg.lr, cfg.diffusion_lr_mult, cfg.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, cfg.stage1_steps, cfg.stage2_steps, cfg.poly_power)
-        self.step = 0
         build_train_dataset(cfg, 1 if cfg.stage1_steps else 2)  # fail now on a missing or empty dataset
-        if ckpt is not None:
-            self._restore(ckpt)
-        else:
-            seed_everything(sample_seed(cfg.seed, self.info.rank))  # per-rank streams from here on
+        self.step = restore_training_state(ckpt, self.model, self.optimizer, self.scheduler, self.scaler,
+                                           seed=cfg.seed, rank=self.info.rank, world_size=self.info.world_size)
 
         self.logger: MetricLogger | None = None
         if self.info.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_yaml(cfg, self.run_dir / "config.yaml")
-            self.logger = MetricLogger(
-                self.run_dir, tensorboard=cfg.tensorboard, resume_step=self.step if ckpt is not None else None
-            )
+            self.logger = open_run_dir(self.run_dir, cfg, tensorboard=cfg.tensorboard,
+                                       resume_step=self.step if ckpt is not None else None)
 
     # -- state ------------------------------------------------------------ #
     def state_dict(self) -> dict[str, Any]:
@@ -115,31 +104,8 @@ class Trainer:
             "model": self.model.state_dict(),
             "model_config": _plain(self.model.config.to_dict()),
             "train_config": self.config.to_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "rng": capture_rng_state(),
-            "world_size": self.info.world_size,
-            "torch_version": str(torch.__version__),
+            **training_state(self.optimizer, self.scheduler, self.scaler, self.info.world_size),
         }
-
-    def _restore(self, ckpt: dict[str, Any]) -> None:
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler") and self.scaler.is_enabled():
-            self.scaler.load_state_dict(ckpt["scaler"])
-        self.step = int(ckpt["step"])
-        if self.info.rank == 0:
-            restore_rng_state(ckpt["rng"])
-        else:  # only rank 0's RNG state is stored; the loop itself draws nothing from these
-            seed_everything(sample_seed(self.config.seed, self.info.rank, self.step))
-        if ckpt.get("world_size", 1) != self.info.world_size:
-            warnings.warn(
-                f"resuming a {ckpt.get('world_size')}-process run with {self.info.world_size} processes: "
-                "the data order differs from an uninterrupted run",
-                stacklevel=2,
-            )
 
     @property
     def total_steps(self) -> int:
@@ -151,17 +117,10 @@ class Trainer:
 
     def save(self, name: str | None = None) -> Path:
         """Write ``checkpoints/step_XXXXXXX.pt`` (or ``name``) and ``last.pt`` (rank 0 only)."""
-        path = self.run_dir / "checkpoints" / (name or f"step_{self.step:07d}.pt")
+        name = name or f"step_{self.step:07d}.pt"
         if not self.info.is_main:
-            return path
-        payload = self.state_dict()
-        save_checkpoint(path, payload)
-        save_checkpoint(self.run_dir / "last.pt", payload)
-        keep = self.config.keep_checkpoints
-        if keep > 0:
-            for old in sorted((self.run_dir / "checkpoints").glob("step_*.pt"))[:-keep]:
-                old.unlink(missing_ok=True)
-        return path
+            return self.run_dir / "checkpoints" / name
+        return save_run_checkpoint(self.run_dir, name, self.state_dict(), self.config.keep_checkpoints)
 
     # -- stages ----------------------------------------------------------- #
     def _stage_module(self, stage: int) -> nn.Module:
@@ -183,20 +142,8 @@ class Trainer:
         lrs = [float(g["lr"]) for g in self.optimizer.param_groups]  # the rates this step uses
         self.optimizer.zero_grad(set_to_none=True)
         losses = module(images, labels, hr=stage == 2, generator=generator)
-        loss = losses["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.step} (stage {stage})")
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        max_norm = cfg.grad_clip if cfg.grad_clip else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        if torch.isfinite(grad_norm) or self.scaler.is_enabled():
-            self.scaler.step(self.optimizer)  # the fp16 scaler skips non-finite steps itself
-        else:
-            warnings.warn(f"non-finite gradient norm at step {self.step}: update skipped", stacklevel=2)
-        self.scaler.update()
-        self.scheduler.step()
+        grad_norm = optimizer_step(losses["loss"], self.optimizer, self.scheduler, self.scaler, cfg.grad_clip,
+                                   self.step, f"stage {stage}")
         self.step += 1
         out = {k: float(v.detach()) for k, v in losses.items()}
         out.update(grad_norm=float(grad_norm), lr=lrs[0], lr_diffusion=lrs[1])
@@ -218,11 +165,7 @@ class Trainer:
         last = self.run_dir / "last.pt"
         if self.step >= self.total_steps:
             return last
-        bar = None
-        if self.info.is_main and cfg.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True)
+        bar = progress_bar(self.info.is_main and cfg.progress, self.total_steps, self.step)
         start_time = time.perf_counter()
         try:
             while self.step < self.total_steps:
@@ -252,20 +195,13 @@ class Trainer:
                         break
             self.save()
         finally:
-            if bar is not None:
-                bar.close()
-            if self.logger is not None:
-                self.logger.close()
+            close_all(bar, self.logger)
         return last
 
     def _log(
         self, stage: int, window: list[dict[str, float]], steps_per_s: float, elapsed: float, evaluate: bool
     ) -> None:
-        keys = sorted(window[0])
-        means = torch.tensor([sum(m[k] for m in window) / len(window) for k in keys], dtype=torch.float64)
-        if self.info.distributed:  # every rank gets here at the same steps
-            means = all_reduce_mean(means.to(self.device), self.info).cpu()
-        row: dict[str, Any] = {"stage": stage, **dict(zip(keys, means.tolist(), strict=True))}
+        row: dict[str, Any] = {"stage": stage, **window_means(window, self.info)}  # every rank logs at the same steps
         row.update(
             mu=float(self.model.mu.detach()),
             t=float(self.model.t.detach()),

@@ -6,7 +6,9 @@ import csv
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CSV_FIELDS", "MetricLogger", "read_metrics"]
+from .config import save_yaml
+
+__all__ = ["CSV_FIELDS", "MetricLogger", "read_metrics", "progress_bar", "close_all", "open_run_dir"]
 
 #: Columns of ``metrics.csv``; a row leaves the ones it does not have empty.
 CSV_FIELDS = (
@@ -19,6 +21,22 @@ _TB_TAGS = {
     "tau": "diffusion/tau", "grad_norm": "grad_norm", "steps_per_s": "speed/steps_per_s",
     "kernel_acc": "eval/kernel_accuracy",
 }
+
+
+def progress_bar(enabled: bool, total: int, initial: int, desc: str | None = None) -> Any:
+    """A tqdm bar counting training steps, or ``None`` when not ``enabled`` (rank 0 with ``progress``)."""
+    if not enabled:
+        return None
+    from tqdm import tqdm  # only when a bar is shown
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, desc=desc)
+
+
+def close_all(*sinks: Any) -> None:
+    """Close each of ``sinks`` (progress bars, :class:`MetricLogger`) that is not ``None``."""
+    for sink in sinks:
+        if sink is not None:
+            sink.close()
 
 
 def read_metrics(path: str | Path) -> list[dict[str, str]]:
@@ -78,3 +96,19 @@ class MetricLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def open_run_dir(
+    run_dir: Path,
+    config: Any,
+    *,
+    tensorboard: bool,
+    resume_step: int | None,
+    fields: tuple[str, ...] = CSV_FIELDS,
+    tags: dict[str, str] | None = None,
+) -> MetricLogger:
+    """Rank 0's start of a run: create ``run_dir``, write the resolved ``config.yaml`` (a
+    configuration with ``to_dict``) and open the metric sinks (:class:`MetricLogger`)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_yaml(config, run_dir / "config.yaml")
+    return MetricLogger(run_dir, tensorboard=tensorboard, resume_step=resume_step, fields=fields, tags=tags)

@@ -27,9 +27,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-import yaml
-
-from ndd.train.config import _plain, coerce_value
+from ndd.train.config import _plain, apply_sources, coerce_value, merge_overrides
 
 __all__ = [
     "VARIANTS",
@@ -89,13 +87,7 @@ class _Config:
 
     def merged(self: C, overrides: dict[str, Any]) -> C:
         """A copy with ``overrides``; ``model`` dicts are merged key by key."""
-        data = self.to_dict()
-        for key, value in overrides.items():
-            if key == "model" and value is not None:
-                data["model"] = {**data.get("model", {}), **dict(value)}
-            else:
-                data[key] = value
-        return type(self).from_dict(data)
+        return type(self).from_dict(merge_overrides(self.to_dict(), overrides))
 
 
 @dataclass
@@ -212,12 +204,7 @@ class RunConfig(_Config):
             from .checkpoints import read_run_config  # torch, only when resuming
 
             config = cls.from_dict(read_run_config(resume, cls.SECTION)).merged({"resume": str(resume)})
-        if config_file is not None:
-            config = config.merged(load_yaml(config_file, cls))
-        merged = dict(overrides or {})
-        if model:
-            merged["model"] = dict(model)
-        return config.merged(merged)
+        return apply_sources(config, config_file, overrides, model, what="config")
 
     def validate(self, check_data: bool = True) -> None:
         """``ValueError`` on inconsistent settings, before any work."""
@@ -296,20 +283,3 @@ class SegTrainConfig(RunConfig):
             raise ValueError("no pseudo labels: give pseudo_labels (--pseudo-labels DIR)")
         if self.feature_cache and not self.freeze_backbone:
             raise ValueError("feature_cache needs a frozen backbone (--freeze-backbone)")
-
-
-def load_yaml(path: str | Path, cls: type[_Config]) -> dict[str, Any]:
-    """A (partial) configuration of ``cls`` from YAML, checked."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"cannot read config {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config must be a YAML mapping, got {type(data).__name__}")
-    cls.from_dict(data)
-    return data
-
-
-def save_yaml(config: _Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,37 @@ def _bar(total: int, desc: str, enabled: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, unit="img", desc=desc, dynamic_ncols=True)
+
+
+def _write_masks(
+    out: str | Path,
+    jobs: Sequence[tuple[str, Any]],
+    mask: Callable[[Any], np.ndarray],
+    desc: str,
+    overwrite: bool,
+    progress: bool,
+) -> dict[str, Any]:
+    """Write ``mask(ref)`` as ``out/<name>.png`` for this rank's share of ``jobs`` (``(name, ref)``),
+    skipping PNGs that exist unless ``overwrite``. Returns ``{"written", "skipped", "seconds", "out"}``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rank, world = _rank()
+    todo = [job for k, job in enumerate(jobs) if k % world == rank]
+    written = skipped = 0
+    start = time.perf_counter()
+    bar = _bar(len(todo), desc, progress and rank == 0)
+    for name, ref in todo:
+        target = out / f"{name}.png"
+        if target.exists() and not overwrite:
+            skipped += 1
+        else:
+            write_mask_png(target, mask(ref))
+            written += 1
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return {"written": written, "skipped": skipped, "seconds": time.perf_counter() - start, "out": str(out)}
 
 
 def scores_to_labels(scores: Tensor, size: tuple[int, int], allowed: Tensor | None = None) -> Tensor:
@@ -109,36 +140,22 @@ def pseudo_labels(
     cache = None
     if guidance is not None and guidance_cache is not None:
         cache = KernelCache(guidance_cache, guidance.fingerprint(model.config.spec_diff_net))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    rank, world = _rank()
-    todo = [i for i in range(len(data)) if i % world == rank]
-    written = skipped = 0
-    start = time.perf_counter()
-    bar = _bar(len(todo), "pseudo-labels", progress and rank == 0)
-    for i in todo:
-        target = out / f"{data.ids[i]}.png"
-        if target.exists() and not overwrite:
-            skipped += 1
-        else:
-            item = data[i]
-            image = item["image"][None].to(dev)
-            H, W = image.shape[-2:]
-            grid = (math.ceil(H / 8), math.ceil(W / 8))
-            K = None
-            if guidance is not None:
-                K = (cache.get_kernel(guidance, image, grid, [item["id"]], [geometry_key(1.0, 0, 0, False, H, W)])
-                     if cache is not None else guidance(image, grid))
-            scores = model.segmentation_scores(model(image, K))[0]
-            allowed = item["classes"] > 0 if restrict else None
-            labels = scores_to_labels(scores, (H, W), allowed)
-            write_mask_png(target, labels.cpu().numpy().astype(np.uint8))
-            written += 1
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    return {"written": written, "skipped": skipped, "seconds": time.perf_counter() - start, "out": str(out)}
+
+    def mask(i: int) -> np.ndarray:
+        item = data[i]
+        image = item["image"][None].to(dev)
+        H, W = image.shape[-2:]
+        grid = (math.ceil(H / 8), math.ceil(W / 8))
+        K = None
+        if guidance is not None:
+            K = (cache.get_kernel(guidance, image, grid, [item["id"]], [geometry_key(1.0, 0, 0, False, H, W)])
+                 if cache is not None else guidance(image, grid))
+        scores = model.segmentation_scores(model(image, K))[0]
+        allowed = item["classes"] > 0 if restrict else None
+        return scores_to_labels(scores, (H, W), allowed).cpu().numpy().astype(np.uint8)
+
+    jobs = [(name, i) for i, name in enumerate(data.ids)]
+    return _write_masks(out, jobs, mask, "pseudo-labels", overwrite, progress)
 
 
 def _windows(size: int, crop: int) -> list[int]:
@@ -265,30 +282,16 @@ def predict(
     if num_threads:
         torch.set_num_threads(num_threads)
     model, _ = load_segmentation_model(checkpoint, dev)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    rank, world = _rank()
-    todo = [it for k, it in enumerate(items) if k % world == rank]
-    written = skipped = 0
-    start = time.perf_counter()
-    bar = _bar(len(todo), "predict", progress and rank == 0)
-    for stem, ref in todo:
-        target = out / f"{stem}.png"
-        if target.exists() and not overwrite:
-            skipped += 1
+
+    def mask(ref: Any) -> np.ndarray:
+        if reader is None:
+            image = torch.from_numpy(io.read_image(ref)).permute(2, 0, 1)
         else:
-            if reader is None:
-                image = torch.from_numpy(io.read_image(ref)).permute(2, 0, 1)
-            else:
-                image = reader[ref]["image"]
-            probs = multi_scale_probabilities(model, image.to(dev), scales, crop_size, flip)
-            write_mask_png(target, probs.argmax(0).cpu().numpy().astype(np.uint8))
-            written += 1
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    return {"written": written, "skipped": skipped, "seconds": time.perf_counter() - start, "out": str(out)}
+            image = reader[ref]["image"]
+        probs = multi_scale_probabilities(model, image.to(dev), scales, crop_size, flip)
+        return probs.argmax(0).cpu().numpy().astype(np.uint8)
+
+    return _write_masks(out, items, mask, "predict", overwrite, progress)
 
 
 def evaluate(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,16 +26,16 @@ from torch.utils.data import DataLoader
 
 from ndd.data import collate
 from ndd.train.amp import autocast_dtype, autocast_submodules
-from ndd.train.checkpoint import capture_rng_state, restore_rng_state
+from ndd.train.checkpoint import restore_training_state, save_run_checkpoint, seed_everything, training_state
 from ndd.train.config import _plain
-from ndd.train.data import ResumableDistributedSampler, SeededDataset, sample_seed
-from ndd.train.distributed import DistInfo, all_reduce_mean, init_distributed, shutdown_distributed
-from ndd.train.loop import _set_determinism, seed_everything
-from ndd.train.metrics import MetricLogger
-from ndd.train.optim import build_scheduler
+from ndd.train.data import ResumableDistributedSampler, SeededDataset
+from ndd.train.distributed import DistInfo, init_distributed, shutdown_distributed, window_means
+from ndd.train.loop import _set_determinism
+from ndd.train.metrics import MetricLogger, close_all, open_run_dir, progress_bar
+from ndd.train.optim import build_scheduler, optimizer_step
 
-from .checkpoints import load_wsss_checkpoint, save_wsss_checkpoint
-from .config import RunConfig, SegTrainConfig, WSSSTrainConfig, save_yaml
+from .checkpoints import FORMAT, load_wsss_checkpoint
+from .config import RunConfig, SegTrainConfig, WSSSTrainConfig
 from .datasets import CropTransform, PseudoLabelDataset, build_dataset
 from .functional import grid_valid
 from .guidance import Guidance, KernelCache, TensorCache, module_fingerprint
@@ -83,16 +82,11 @@ class _Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.optimizer = self._build_optimizer()
         self.scheduler = build_scheduler(self.optimizer, cfg.steps, 0, cfg.poly_power)
-        self.step = 0
-        if ckpt is not None:
-            self._restore(ckpt)
-        else:
-            seed_everything(sample_seed(cfg.seed, self.info.rank))  # per-rank streams from here on
+        self.step = restore_training_state(ckpt, self.model, self.optimizer, self.scheduler, self.scaler,
+                                           seed=cfg.seed, rank=self.info.rank, world_size=self.info.world_size)
         self.logger: MetricLogger | None = None
         if self.info.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_yaml(cfg, self.run_dir / "config.yaml")
-            self.logger = MetricLogger(self.run_dir, tensorboard=cfg.tensorboard, fields=self.FIELDS,
+            self.logger = open_run_dir(self.run_dir, cfg, tensorboard=cfg.tensorboard, fields=self.FIELDS,
                                        tags={k: f"train/{k}" for k in self.FIELDS if k != "step"},
                                        resume_step=self.step if ckpt is not None else None)
 
@@ -131,42 +125,15 @@ class _Trainer:
             "run_config": self.config.to_dict(),
             "classes": self.classes,
             "background": self.background,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "rng": capture_rng_state(),
-            "world_size": self.info.world_size,
-            "torch_version": str(torch.__version__),
+            **training_state(self.optimizer, self.scheduler, self.scaler, self.info.world_size),
         }
-
-    def _restore(self, ckpt: dict[str, Any]) -> None:
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler") and self.scaler.is_enabled():
-            self.scaler.load_state_dict(ckpt["scaler"])
-        self.step = int(ckpt["step"])
-        if self.info.rank == 0:
-            restore_rng_state(ckpt["rng"])
-        else:
-            seed_everything(sample_seed(self.config.seed, self.info.rank, self.step))
-        if ckpt.get("world_size", 1) != self.info.world_size:
-            warnings.warn(f"resuming a {ckpt.get('world_size')}-process run with {self.info.world_size} processes: "
-                          "the data order differs from an uninterrupted run", stacklevel=2)
 
     def save(self) -> Path:
         """``checkpoints/step_XXXXXXX.pt`` and ``last.pt`` (rank 0)."""
-        path = self.run_dir / "checkpoints" / f"step_{self.step:07d}.pt"
+        name = f"step_{self.step:07d}.pt"
         if not self.info.is_main:
-            return path
-        payload = self.state_dict()
-        save_wsss_checkpoint(path, payload)
-        save_wsss_checkpoint(self.run_dir / "last.pt", payload)
-        keep = self.config.keep_checkpoints
-        if keep > 0:
-            for old in sorted((self.run_dir / "checkpoints").glob("step_*.pt"))[:-keep]:
-                old.unlink(missing_ok=True)
-        return path
+            return self.run_dir / "checkpoints" / name
+        return save_run_checkpoint(self.run_dir, name, self.state_dict(), self.config.keep_checkpoints, format=FORMAT)
 
     def _batches(self, first_step: int) -> Iterator[dict[str, Any]]:
         cfg = self.config
@@ -205,19 +172,8 @@ class _Trainer:
         factor = float(group["lr"]) / float(group["initial_lr"])
         self.optimizer.zero_grad(set_to_none=True)
         losses = self._losses(module, batch)
-        loss = losses["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.step} (images {batch['id']})")
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip else math.inf)
-        if torch.isfinite(grad_norm) or self.scaler.is_enabled():
-            self.scaler.step(self.optimizer)
-        else:
-            warnings.warn(f"non-finite gradient norm at step {self.step}: update skipped", stacklevel=2)
-        self.scaler.update()
-        self.scheduler.step()
+        grad_norm = optimizer_step(losses["loss"], self.optimizer, self.scheduler, self.scaler, cfg.grad_clip,
+                                   self.step, f"images {batch['id']}")
         self.step += 1
         out = {k: float(v.detach()) for k, v in losses.items()}
         out.update(grad_norm=float(grad_norm), lr=cfg.lr * factor, lr_head=cfg.lr * cfg.head_lr_mult * factor)
@@ -229,11 +185,7 @@ class _Trainer:
         last = self.run_dir / "last.pt"
         if self.step >= cfg.steps:
             return last
-        bar = None
-        if self.info.is_main and cfg.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=cfg.steps, initial=self.step, unit="step", dynamic_ncols=True, desc=f"wsss {self.KIND}")
+        bar = progress_bar(self.info.is_main and cfg.progress, cfg.steps, self.step, desc=f"wsss {self.KIND}")
         module = self._module()
         module.train()
         start = window_start = time.perf_counter()
@@ -257,18 +209,11 @@ class _Trainer:
                     break
             self.save()
         finally:
-            if bar is not None:
-                bar.close()
-            if self.logger is not None:
-                self.logger.close()
+            close_all(bar, self.logger)
         return last
 
     def _log(self, window: list[dict[str, float]], steps_per_s: float, elapsed: float) -> None:
-        keys = sorted(window[0])
-        means = torch.tensor([sum(m[k] for m in window) / len(window) for k in keys], dtype=torch.float64)
-        if self.info.distributed:
-            means = all_reduce_mean(means.to(self.device), self.info).cpu()
-        row: dict[str, Any] = dict(zip(keys, means.tolist(), strict=True))
+        row: dict[str, Any] = window_means(window, self.info)
         row.update(self._extra_metrics(), steps_per_s=steps_per_s, elapsed_s=elapsed)
         if self.logger is not None:
             self.logger.log(self.step, row)
