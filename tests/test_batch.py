@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ndd.batch import SegmentJob, collect_inputs, completed_inputs, segment_files
+from ndd.batch import SegmentJob, check_out_dir, collect_inputs, completed_inputs, segment_files
 from ndd.models import SpecDiffNet, SpecDiffNetConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -41,6 +41,27 @@ def test_collect_inputs_from_folders_globs_and_lists(tmp_path):
     assert any("gone.png: no such file" in p for p in problems)
     assert any("matches no file" in p for p in problems)
     assert any(p.startswith(str(other)) and "same name" in p for p in problems)
+
+
+def test_collect_inputs_can_check_each_image_before_any_model(tmp_path):
+    paths = photos(tmp_path / "a", 2)
+    fake = tmp_path / "a" / "fake.jpg"
+    fake.write_text("not an image")
+    got, problems = collect_inputs([tmp_path / "a"])
+    assert fake in got and problems == []  # without check: found when it is read
+    got, problems = collect_inputs([tmp_path / "a"], check=True)
+    assert got == paths and problems == [f"{fake}: not an image file (or a format Pillow cannot read)"]
+
+
+def test_check_out_dir_creates_nothing(tmp_path):
+    check_out_dir(tmp_path / "new" / "deeper")
+    assert not (tmp_path / "new").exists()
+    check_out_dir(tmp_path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="file: exists and is not a folder"):
+        check_out_dir(tmp_path / "file")
+    with pytest.raises(ValueError, match="file is not a folder"):
+        check_out_dir(tmp_path / "file" / "out")
 
 
 def _outputs(folder: Path) -> dict[str, bytes]:

@@ -81,6 +81,24 @@ def test_segment_without_shipped_model_or_bad_checkpoint(tmp_path, capsys):
     assert "model.pt" in capsys.readouterr().err
 
 
+def test_a_misspelt_model_name_or_a_folder_is_named(tmp_path, capsys):
+    from ndd.inference import load_segmentation_model
+
+    with pytest.raises(FileNotFoundError, match="model 'bsds5000': no such file, nor a model name .*bsds500,"):
+        load_segmentation_model("bsds5000")
+    with pytest.raises(ValueError, match="is a folder: give a checkpoint file"):
+        load_segmentation_model(str(tmp_path))
+
+
+def test_device_names_are_checked_without_torch():
+    from ndd.device import check_device_name
+
+    assert [check_device_name(n) for n in ("cpu", " CUDA:1", "auto", "mps")] == ["cpu", "cuda:1", "auto", "mps"]
+    for bad in ("gpu", "cuda:", "cuda:x", "cpu0"):
+        with pytest.raises(ValueError, match="unknown device"):
+            check_device_name(bad)
+
+
 def test_segment_checks_inputs_device_and_model_before_any_work(tmp_path, capsys):
     """Each mistake: exit 2, one line on stderr naming it, no traceback, no --out folder left behind."""
     photo = write_photo(tmp_path / "p.png")
@@ -132,7 +150,7 @@ def test_segment_overlay_is_the_photo_and_lists_what_it_wrote(tmp_path, capsys):
 def test_similarity_point_outside_is_reported_in_the_users_pixels(tmp_path, capsys):
     photo = write_photo(tmp_path / "p.png", size=(400, 600))  # processed at 321x481
     assert main(["similarity", str(photo), "--points", "9999,10", "--model", "handcrafted",
-                 "--out", str(tmp_path)]) == 1
+                 "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "point (9999, 10) lies outside the 600x400 image" in err and len(err.strip().splitlines()) == 1
 

@@ -11,6 +11,7 @@ from PIL import Image
 
 from ndd.io import (
     ImageReadError,
+    check_image,
     colour_overlay,
     hierarchy_strip,
     read_image,
@@ -96,6 +97,23 @@ def test_one_pixel_image(tmp_path: Path) -> None:
     Image.fromarray(RGB[:1, :1]).save(tmp_path / "one.png")
     with pytest.raises(ValueError, match="one.png: image is 1x1"):
         read_image(tmp_path / "one.png")
+
+
+def test_check_image_reads_the_header_only(tmp_path: Path) -> None:
+    """The same one-line messages as read_image, from the header: truncated pixels pass."""
+    Image.fromarray(RGB).save(tmp_path / "ok.png")
+    assert check_image(tmp_path / "ok.png") == (12, 17)
+    (tmp_path / "fake.jpg").write_bytes(b"this is not an image at all\n" * 10)
+    Image.fromarray(RGB[:1, :1]).save(tmp_path / "one.png")
+    for name, message in (("nope.png", "no such file"), ("fake.jpg", "not an image"), ("one.png", "image is 1x1"),
+                          (".", "is a directory")):
+        with pytest.raises(ImageReadError, match=message):
+            check_image(tmp_path / name)
+    big = RNG.integers(0, 256, size=(200, 300, 3), dtype=np.uint8)
+    Image.fromarray(big).save(tmp_path / "full.jpg", quality=90)
+    data = (tmp_path / "full.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    assert check_image(tmp_path / "cut.jpg") == (200, 300)  # found by read_image only
 
 
 def test_label_png_round_trip(tmp_path: Path) -> None:

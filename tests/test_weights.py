@@ -76,3 +76,19 @@ def test_entry_config_is_applied_over_the_file_config():
     plain = load_model(member.value.path)  # the file itself: one scale
     assert plain.config.edge_scales == (1.0,)
     assert load_model(member.value.path, edge_scales=(1.0, 2.0)).config.edge_scales == (1.0, 2.0)
+
+
+@pytest.mark.parametrize("member", [m for m in SpecDiffNetWeights if m.value.edge_detector_from])
+def test_borrowed_edge_detector_is_the_donors_and_the_rest_is_the_entrys_own(no_network, member):
+    entry = member.value
+    donor = SpecDiffNetWeights[entry.edge_detector_from].value
+    own = torch.load(entry.path, map_location="cpu", weights_only=True)
+    lent = torch.load(donor.path, map_location="cpu", weights_only=True)
+    assert not any(k.startswith("edge_detector.") for k in own["model"])  # the file holds no second copy
+    state = spec_diff_net(member).state_dict()
+    edge_keys = {k for k in state if k.startswith("edge_detector.")}
+    assert edge_keys == {k for k in lent["model"] if k.startswith("edge_detector.")} and edge_keys
+    for key in edge_keys:
+        assert torch.equal(state[key], lent["model"][key].float())
+    for key, value in own["model"].items():
+        assert torch.equal(state[key], value.float()), key

@@ -4,6 +4,7 @@ What ``ndd segment`` does over a collection, as plain functions:
 
 * :func:`collect_inputs` turns files, folders, glob patterns and ``@list.txt`` files
   into image paths (checked to exist, output names checked not to collide);
+* :func:`check_out_dir` says at once (without creating it) when the output folder cannot be;
 * :func:`segment_file` segments one image and writes its outputs
   (:func:`ndd.io.write_segmentation`; every file is written under a temporary name and
   renamed, so a killed run never leaves a half-written file);
@@ -20,7 +21,7 @@ import glob
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ __all__ = [
     "SegmentJob",
     "auto_levels",
     "ImageOutcome",
+    "check_out_dir",
     "collect_inputs",
     "completed_inputs",
     "segment_file",
@@ -81,14 +83,20 @@ class ImageOutcome:
     finest: int = 0
 
 
-def collect_inputs(specs: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], list[str]]:
+def collect_inputs(specs: Sequence[str | os.PathLike[str]], check: bool = False) -> tuple[list[Path], list[str]]:
     """Image paths from files, folders (their images, sorted, not recursive), glob patterns and
     ``@FILE`` lists (one path per line, ``#`` comments), in the order given, without repeats.
+
+    Args:
+        specs: what a user gave as inputs.
+        check: also read each image's header (:func:`ndd.io.check_image`, milliseconds
+            each): files that are not images, cannot be read or are too small become
+            problems and are left out, before any model is loaded.
 
     Returns:
         ``(paths, problems)``: ``problems`` are one-line messages (a missing file, a folder
         without images, a pattern that matches nothing, two inputs whose outputs would share a
-        name).
+        name; with ``check``, an unusable image).
 
     Example:
         >>> collect_inputs(["no/such.jpg"])[1]
@@ -134,7 +142,53 @@ def collect_inputs(specs: Sequence[str | os.PathLike[str]]) -> tuple[list[Path],
             problems.append(f"{path}: its outputs would overwrite those of {by_stem[path.stem]} (same name)")
         else:
             by_stem[path.stem] = path
-    return [p for p in unique if by_stem.get(p.stem) == p], problems
+    kept = [p for p in unique if by_stem.get(p.stem) == p]
+    if check:
+        from ndd import io
+
+        usable = []
+        for path in kept:
+            try:
+                io.check_image(path)
+            except io.ImageReadError as err:
+                problems.append(str(err))
+            else:
+                usable.append(path)
+        kept = usable
+    return kept, problems
+
+
+def check_out_dir(out_dir: str | os.PathLike[str]) -> None:
+    """Check, without creating anything, that ``out_dir`` is or can become a writable folder.
+
+    Raises:
+        ValueError: one line naming the problem: ``out_dir`` is a file, a parent of it is a
+            file, or the folder it would be made in (or it itself) is not writable.
+
+    Example:
+        >>> check_out_dir("/dev/null/out")
+        Traceback (most recent call last):
+        ...
+        ValueError: output folder /dev/null/out: /dev/null is not a folder
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output folder {out}: exists and is not a folder")
+    existing = next((p for p in (out, *out.absolute().parents) if p.exists()), None)
+    if existing is None:  # pragma: no cover - the root always exists
+        return
+    if not existing.is_dir():
+        raise ValueError(f"output folder {out}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == out else f" (in {existing})"
+        raise ValueError(f"output folder {out}: no permission to write{where}")
+
+
+def _make_out_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot create the output folder {out}: {err.strerror or err}") from None
 
 
 def _manifest_key(path: Path) -> str:
@@ -159,24 +213,40 @@ def completed_inputs(out_dir: str | os.PathLike[str]) -> dict[str, list[str]]:
     return done
 
 
-def segment_file(path: Path, model: Any, job: SegmentJob) -> ImageOutcome:
-    """Segment one image and write its outputs; errors become a ``"failed"`` outcome."""
+def segment_file(path: Path, model: Any, job: SegmentJob,
+                 on_stage: Callable[[str], None] | None = None) -> ImageOutcome:
+    """Segment one image and write its outputs; unreadable images and write errors become a
+    ``"failed"`` outcome.
+
+    ``on_stage`` is called with ``"reading"``, ``"segmenting"`` and ``"writing"`` as each
+    begins (a progress display for a long image).
+    """
     from ndd import io
     from ndd.inference import segment_image
 
     start = time.perf_counter()
+    if on_stage is not None:
+        on_stage("reading")
     try:
         image = io.read_image(path)
     except (ValueError, OSError) as err:
         return ImageOutcome(path, "failed", error=str(err))
+    if on_stage is not None:
+        on_stage("segmenting")
     result = segment_image(image, model, max_side=job.max_side, highres=job.highres, legacy=job.legacy,
                            **job.options)
     wanted = job.levels if job.levels is not None else auto_levels(result.hierarchy.n_segments)
     counts = result.available_levels(wanted)
     picture = io.to_uint8_image(image)
     del image  # the float copy is 4x the size of the picture and no longer needed
-    written = io.write_segmentation(job.out_dir, path.stem, picture, result.level_maps(counts), result.to_ucm2,
-                                    job.formats)
+    if on_stage is not None:
+        on_stage("writing")
+    try:
+        written = io.write_segmentation(job.out_dir, path.stem, picture, result.level_maps(counts), result.to_ucm2,
+                                        job.formats)
+    except OSError as err:  # a full disk, a folder removed meanwhile: this image fails, the run goes on
+        return ImageOutcome(path, "failed", error=f"{path}: cannot write its outputs to {job.out_dir} "
+                                                  f"({err.strerror or err})")
     missing = sorted(set(wanted) - set(counts)) if set(job.formats) - {"ucm2"} else []
     return ImageOutcome(path, "done", written, seconds=time.perf_counter() - start, missing_levels=missing,
                         finest=result.hierarchy.n_segments)
@@ -233,6 +303,7 @@ def segment_files(
     resume: bool = True,
     rank: int = 0,
     world_size: int = 1,
+    on_stage: Callable[[Path, str], None] | None = None,
 ) -> Iterator[ImageOutcome]:
     """Segment ``paths`` into ``job.out_dir``, yielding one outcome per input as it finishes.
 
@@ -246,8 +317,13 @@ def segment_files(
         resume: skip inputs that an earlier run into the same folder completed.
         rank, world_size: this process's share of ``paths`` (``torchrun``: ``RANK``,
             ``WORLD_SIZE``): inputs ``rank, rank + world_size, ...``.
+        on_stage: with ``workers == 1``, called as ``on_stage(path, stage)`` when each stage
+            of each image begins (:func:`segment_file`).
+
+    Raises:
+        ValueError: the output folder cannot be created (on the first ``next``).
     """
-    job.out_dir.mkdir(parents=True, exist_ok=True)
+    _make_out_dir(job.out_dir)
     share = list(paths)[rank::world_size]
     done = completed_inputs(job.out_dir) if resume else {}
     todo = []
@@ -271,7 +347,8 @@ def segment_files(
 
             model, _ = load_segmentation_model(model_spec, device)
         for path in todo:
-            yield record(segment_file(path, model, job))
+            stage = None if on_stage is None else (lambda name, path=path: on_stage(path, name))
+            yield record(segment_file(path, model, job, stage))
         return
     # imported here: a run in this process needs neither (multiprocessing is tens of ms of start-up)
     import multiprocessing

@@ -1,16 +1,41 @@
-"""Device names: one parser and check for every command and API that takes ``device``."""
+"""Device names: one parser and check for every command and API that takes ``device``.
+
+:func:`check_device_name` needs no torch (a command line checks the spelling before it
+imports torch, seconds); :func:`resolve_device` also checks the device exists.
+"""
 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-__all__ = ["DEVICE_NAMES", "resolve_device"]
+__all__ = ["DEVICE_NAMES", "check_device_name", "resolve_device"]
 
 #: What ``device`` may be, for messages.
 DEVICE_NAMES = "auto, cpu, cuda, cuda:N or mps"
 _PATTERN = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
+
+
+def check_device_name(name: str) -> str:
+    """``name`` normalised (stripped, lower case) if it is a device name ``ndd`` knows.
+
+    Only the spelling is checked, without importing torch; :func:`resolve_device` checks
+    that the device exists.
+
+    Raises:
+        ValueError: an unknown name, in one line.
+
+    Example:
+        >>> check_device_name(" CUDA:1 ")
+        'cuda:1'
+    """
+    text = str(name).strip().lower()
+    if not _PATTERN.fullmatch(text):
+        raise ValueError(f"unknown device {name!r}: use {DEVICE_NAMES}")
+    return text
 
 
 def resolve_device(name: str | torch.device, local_rank: int = 0) -> torch.device:
@@ -28,11 +53,11 @@ def resolve_device(name: str | torch.device, local_rank: int = 0) -> torch.devic
         >>> resolve_device("cpu")
         device(type='cpu')
     """
+    import torch
+
     if isinstance(name, torch.device):
         name = str(name)
-    text = name.strip().lower()
-    if not _PATTERN.fullmatch(text):
-        raise ValueError(f"unknown device {name!r}: use {DEVICE_NAMES}")
+    text = check_device_name(name)
     if text == "auto":
         text = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(text)

@@ -25,7 +25,7 @@ from ndd.models import SpecDiffNet
 from ndd.segment import Hierarchy, segment_from_edges, segment_from_similarity, upsample_hierarchy
 from ndd.segment.hierarchy import UcmValues
 
-__all__ = ["HierarchyOptions", "SegmentationResult", "working_size", "segment_image", "similarity_maps", "points_to_nodes", "load_segmentation_model"]
+__all__ = ["HierarchyOptions", "SegmentationResult", "working_size", "segment_image", "similarity_maps", "points_to_nodes", "check_points", "load_segmentation_model"]
 
 #: Longest side processed by default: BSDS500's 481, on which the model was trained.
 DEFAULT_MAX_SIDE = 481
@@ -284,15 +284,16 @@ def similarity_maps(
         ys = (np.arange(all_grid) + 0.5) * full[0] / all_grid
         xs = (np.arange(all_grid) + 0.5) * full[1] / all_grid
         points = [(float(x), float(y)) for y in ys for x in xs]
-    points = _checked_points(points, full)  # in the user's pixels, before the network runs
+    points = check_points(points, full)  # in the user's pixels, before the network runs
     size = working_size(full, max_side)
     model.eval()
     out = model(_to_tensor(image, size, _device_of(model)), eigenpairs=False)
     return similarity_maps_from_output(out, model, points, full, size), points
 
 
-def _checked_points(points: Sequence[tuple[float, float]], image_size: tuple[int, int]) -> list[tuple[float, float]]:
-    """``points`` as floats; ``ValueError`` for none, or one outside the ``(H, W)`` image."""
+def check_points(points: Sequence[tuple[float, float]], image_size: tuple[int, int]) -> list[tuple[float, float]]:
+    """``points`` ``(x, y)`` as floats; ``ValueError`` for none, or one outside the ``(H, W)``
+    image (the message in the image's own pixels: call it before any resizing or model load)."""
     H, W = image_size
     pts = [(float(x), float(y)) for x, y in points]
     if not pts:
@@ -326,6 +327,11 @@ def load_segmentation_model(spec: str | None = None, device: torch.device | str 
                 "for the classical diffusion distance or --model CKPT for a trained checkpoint"
             )
         return spec_diff_net(member, device=device).eval(), f"shipped model {member.name} ({entry.filename})"
+    if not Path(spec).exists():  # a misspelt name as much as a missing file
+        raise FileNotFoundError(f"model {spec!r}: no such file, nor a model name "
+                                f"({', '.join(sorted(set(names) | {'default', 'handcrafted'}))})")
+    if Path(spec).is_dir():
+        raise ValueError(f"model {spec!r} is a folder: give a checkpoint file (e.g. {Path(spec) / 'last.pt'})")
     return load_model(spec, device), f"checkpoint {spec}"
 
 
@@ -355,7 +361,7 @@ def similarity_maps_from_output(
         ``(M, H, W)`` float32 maps in ``[0, 1]``.
     """
     full, size = tuple(image_size), tuple(working_size)
-    pts = _checked_points(points, full)
+    pts = check_points(points, full)
     scale_pts = [(px * size[1] / full[1], py * size[0] / full[0]) for px, py in pts]
     nodes = points_to_nodes(scale_pts, size, out.grid_shape).to(out.similarity.device)
     h, w = out.grid_shape

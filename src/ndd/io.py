@@ -20,6 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "ImageReadError",
+    "check_image",
     "read_image",
     "write_labels",
     "read_labels",
@@ -64,25 +65,65 @@ def read_image(path: PathLike, min_size: int = 2) -> np.ndarray:
         truncated / corrupt, or smaller than ``min_size`` in either dimension.
     """
     p = Path(path)
+    with _reading(p):
+        with Image.open(p) as im:
+            im.load()  # decode now so that truncated data raises here
+            im = ImageOps.exif_transpose(im)
+            rgb = _to_float_rgb(im)
+    _check_size(p, rgb.shape[:2], min_size)
+    return rgb
+
+
+def check_image(path: PathLike, min_size: int = 2) -> tuple[int, int]:
+    """Check that ``path`` is an image :func:`read_image` can use, from its header only.
+
+    Milliseconds, without decoding the pixels: what a command checks for every input before
+    it loads a model. Truncated pixel data is found only by :func:`read_image`.
+
+    Returns:
+        ``(H, W)`` of the image as stored (before any EXIF rotation).
+
+    Raises:
+        ImageReadError: as :func:`read_image`, for a missing file, a folder, a file that is
+            not an image, one that cannot be read, or one smaller than ``min_size``.
+
+    Example:
+        >>> check_image("no/such.png")
+        Traceback (most recent call last):
+        ...
+        ndd.io.ImageReadError: no/such.png: no such file
+    """
+    p = Path(path)
+    with _reading(p):
+        with Image.open(p) as im:
+            w, h = im.size
+    _check_size(p, (h, w), min_size)
+    return h, w
+
+
+@contextmanager
+def _reading(p: Path) -> Iterator[None]:
+    """Pillow's and the file system's errors while reading ``p`` as one-line :class:`ImageReadError`."""
     if not p.exists():
         raise ImageReadError(f"{p}: no such file")
     if p.is_dir():
         raise ImageReadError(f"{p}: is a directory, not an image")
     try:
-        with Image.open(p) as im:
-            im.load()  # decode now so that truncated data raises here
-            im = ImageOps.exif_transpose(im)
-            rgb = _to_float_rgb(im)
+        yield
     except Image.DecompressionBombError as e:
         raise ImageReadError(f"{p}: image too large to decode safely ({e})") from None
     except UnidentifiedImageError:
         raise ImageReadError(f"{p}: not an image file (or a format Pillow cannot read)") from None
+    except PermissionError:
+        raise ImageReadError(f"{p}: cannot read the file (permission denied)") from None
     except (OSError, SyntaxError, ValueError) as e:  # Pillow's truncated / corrupt data errors
         raise ImageReadError(f"{p}: unreadable or truncated image ({e})") from None
-    h, w = rgb.shape[:2]
+
+
+def _check_size(p: Path, size: tuple[int, int], min_size: int) -> None:
+    h, w = size
     if h < min_size or w < min_size:
         raise ImageReadError(f"{p}: image is {h}x{w} pixels; at least {min_size}x{min_size} is needed")
-    return rgb
 
 
 def _to_float_rgb(im: Image.Image) -> np.ndarray:

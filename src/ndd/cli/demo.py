@@ -42,6 +42,13 @@ def run(args: argparse.Namespace) -> int:
         print("ndd demo: --max-upload-mb must be > 0, --max-side >= 16, --threads >= 1 and --port in 0..65535",
               file=sys.stderr)
         return 2
+    from ndd.device import check_device_name
+
+    try:  # before torch and Gradio are imported (seconds)
+        check_device_name(args.device)
+    except ValueError as err:
+        print(f"ndd demo: {err}", file=sys.stderr)
+        return 2
     # Imported here so that other subcommands (and --help) start without torch or Gradio.
     import signal
     import time
@@ -58,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         model, description = load_segmentation_model(args.model, args.device)
     except (FileNotFoundError, ValueError, OSError, RuntimeError) as err:
         print(f"ndd demo: {err}", file=sys.stderr)
-        return 1
+        return 2
     if args.host not in LOCAL_HOSTS:
         print(f"ndd demo: warning: serving on {args.host} makes the demo reachable from other machines "
               "(no authentication); use --host 127.0.0.1 to keep it local", file=sys.stderr)

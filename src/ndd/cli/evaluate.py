@@ -79,6 +79,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     p.add_argument("--plot-size", default="600x600", metavar="WxH", help="size of the --plot PNG in pixels (600x600)")
     p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a one-line count of images done on stderr (default: when stderr is a terminal)",
+    )
+    p.add_argument(
         "--human",
         action="store_true",
         help="also score each annotator against the others (the human point of the PR plot)",
@@ -160,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
             methods,
             args.groundtruth,
             human=args.human,
-            progress=progress if sys.stderr.isatty() else None,
+            progress=progress if (sys.stderr.isatty() if args.progress is None else args.progress) else None,
             nthresh=args.nthresh,
             workers=args.workers,
             region=not args.no_region,

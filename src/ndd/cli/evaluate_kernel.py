@@ -43,6 +43,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def run(args: argparse.Namespace) -> int:
+    from ndd.device import check_device_name
+
+    try:  # before torch is imported: a misspelt device or a wrong pair of flags answers at once
+        check_device_name(args.device)
+        if args.checkpoint is not None and args.model is not None:
+            raise ValueError("give --model or --checkpoint, not both")
+        if args.max_images is not None and args.max_images < 1 or (args.num_threads or 1) < 1:
+            raise ValueError("--max-images and --num-threads must be >= 1")
+    except ValueError as exc:
+        print(f"ndd evaluate-kernel: error: {exc}", file=sys.stderr)
+        return 2
     import torch
 
     from ndd.data import BSDS500
@@ -53,12 +64,10 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.num_threads)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     try:
-        if args.checkpoint is not None and args.model is not None:
-            raise ValueError("give --model or --checkpoint, not both")
         spec = str(args.checkpoint) if args.checkpoint is not None else args.model
+        datasets = {s: BSDS500(args.data, s, annotation="all") for s in args.split}  # before the model loads
         model, description = load_segmentation_model(spec, args.device)  # checks the device first
         step = _checkpoint_step(spec)
-        datasets = {s: BSDS500(args.data, s, annotation="all") for s in args.split}
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"ndd evaluate-kernel: error: {exc}", file=sys.stderr)
         return 2

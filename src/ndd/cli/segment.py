@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ndd.cli._commands import subcommand_help
+from ndd.cli._output import messages_beside
 
 # io is NumPy/Pillow only: importing it keeps --help free of torch
 from ndd.io import DEFAULT_SEGMENTATION_FORMATS as DEFAULT_FORMATS
@@ -87,17 +88,30 @@ def run(args: argparse.Namespace) -> int:
             args.coverage is not None and not 0.0 < args.coverage < 1.0):
         print("ndd segment: --edge-weight must be in [0, 1] and --coverage in (0, 1)", file=sys.stderr)
         return 2
-    if args.workers < 1 or (args.threads is not None and args.threads < 1):
-        print("ndd segment: --workers and --threads must be >= 1", file=sys.stderr)
+    if args.workers < 1 or (args.threads is not None and args.threads < 1) or args.max_side < 16:
+        print("ndd segment: --workers and --threads must be >= 1, --max-side >= 16", file=sys.stderr)
         return 2
-    from ndd.batch import SegmentJob, collect_inputs, segment_files
+    from ndd.batch import SegmentJob, check_out_dir, collect_inputs, segment_files
+    from ndd.device import check_device_name
 
-    # Missing inputs are found before the model loads (seconds) and before --out exists.
-    images, problems = collect_inputs(args.images)
+    # Every mistake is found before torch is imported and the model loads (seconds), and before
+    # --out exists: a device name, inputs (each image's header is read), the output folder.
+    try:
+        check_device_name(args.device)
+    except ValueError as err:
+        print(f"ndd segment: {err}", file=sys.stderr)
+        return 2
+    images, problems = collect_inputs(args.images, check=True)
     for problem in problems:
         print(f"ndd segment: {problem}", file=sys.stderr)
     if not images:
-        print("ndd segment: no image to segment", file=sys.stderr)
+        if len(problems) != 1:  # one mistake, one line
+            print("ndd segment: no image to segment", file=sys.stderr)
+        return 2
+    try:
+        check_out_dir(args.out)
+    except ValueError as err:
+        print(f"ndd segment: {err}", file=sys.stderr)
         return 2
 
     # Imported here so that other subcommands start without loading torch.
@@ -138,6 +152,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"ndd segment: --method superpixels needs a model with an edge map; {description} has none "
               "(use --model default or --method grid)", file=sys.stderr)
         return 2
+    try:  # what check_out_dir could not foresee (a read-only file system, ...), still in one line
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(f"ndd segment: cannot create the output folder {args.out}: {err.strerror or err}", file=sys.stderr)
+        return 2
     if rank == 0:
         print(f"model: {description}", file=sys.stderr)
     if args.workers > 1:
@@ -147,18 +166,25 @@ def run(args: argparse.Namespace) -> int:
     missing: dict[int, list[int]] = {}
     start = time.perf_counter()
     bar = tqdm(total=len(images[rank::world]), desc="segment", unit="image", disable=not progress, file=sys.stderr)
+
+    def stage(path: Path, name: str) -> None:  # a long image shows what it is doing
+        bar.set_postfix_str(f"{path.name}: {name}")
+
     outcomes = segment_files(images, job, model=None if args.workers > 1 else model, model_spec=args.model,
-                             device=device, workers=args.workers, resume=args.resume, rank=rank, world_size=world)
-    for outcome in outcomes:
-        counts[outcome.status] += 1
-        bar.update(1)
-        if outcome.error:
-            bar.write(f"ndd segment: {outcome.error}", file=sys.stderr)  # never breaks the bar's line
-        for k in outcome.missing_levels:
-            missing.setdefault(k, []).append(outcome.finest)
-        if args.verbose and outcome.status == "done":
-            for file in outcome.written:
-                bar.write(str(file), file=sys.stdout)
+                             device=device, workers=args.workers, resume=args.resume, rank=rank, world_size=world,
+                             on_stage=stage if progress else None)
+    with messages_beside(bar, "ndd segment"):  # warnings and log records never break the bar's line
+        for outcome in outcomes:
+            counts[outcome.status] += 1
+            bar.update(1)
+            if outcome.error:
+                bar.write(f"ndd segment: {outcome.error}", file=sys.stderr)
+            for k in outcome.missing_levels:
+                missing.setdefault(k, []).append(outcome.finest)
+            if args.verbose and outcome.status == "done":
+                for file in outcome.written:
+                    bar.write(str(file), file=sys.stdout)
+    bar.set_postfix_str("", refresh=False)
     bar.close()
     seconds = time.perf_counter() - start
     if info is not None:  # every rank's counts, reported once by rank 0

@@ -357,6 +357,18 @@ def pair_inputs(
     return InputPairs(ids, results, {i: gts[i] for i in ids}, sorted(set(gts) - set(results)), ignored)
 
 
+def _unreadable(path: Path) -> str:
+    """``" (also unreadable: WHY)"`` for a result file that cannot be read, else ``""``: a stray
+    file is often a broken one, and both problems are said at once."""
+    if path.is_dir() or path.suffix.lower() == ".png":  # only .mat/.npz/.npy files count without a name match
+        return ""
+    try:
+        load_result(path)
+    except EvaluationError as exc:
+        return " (also unreadable: " + str(exc).removeprefix(f"{path}: ") + ")"
+    return ""
+
+
 def _name_list(names: Sequence[str], limit: int = 10) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f" ... ({len(names) - limit} more)" if len(names) > limit else "")
@@ -384,7 +396,7 @@ def check_pairing(
     if no_gt:
         parts.append(
             f"{len(no_gt)} result(s) in {results_dir} have no ground truth in {groundtruth_dir}: "
-            + _name_list([results[i].name for i in no_gt])
+            + _name_list([results[i].name + (_unreadable(results[i]) if k < 10 else "") for k, i in enumerate(no_gt)])
         )
     if missing:
         parts.append(
