@@ -27,6 +27,7 @@ from ndd.evaluation import (
 )
 
 from mini_data import MINI as MINI_ROOT
+from mini_data import needs_mini
 from test_evaluation_boundary import UCM2_DIGESTS, UCM2_SUMMARY, counts_digest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,9 +37,6 @@ GT_DIR = MINI / "data/groundTruth/test"
 OFFICIAL_TSV = MINI / "ucm2/test_eval/official_per_image.tsv"
 # bench/data of the BSDS500 release (5 images with official nthresh=5 outputs), if fetched into data/
 BENCH = REPO / "data/bench/data"
-
-needs_mini = pytest.mark.skipif(not UCM_DIR.is_dir(), reason="bsds500-mini not available")
-
 
 @pytest.fixture(scope="module")
 def mini_eval():

@@ -33,13 +33,11 @@ from ndd.evaluation import (
 )
 
 from mini_data import MINI as MINI_ROOT
+from mini_data import needs_mini
 
 UCM_DIR = MINI_ROOT / "BSDS500/ucm2/test"
 GT_DIR = MINI_ROOT / "BSDS500/data/groundTruth/test"
 IDS = ("100007", "279005")
-needs_mini = pytest.mark.skipif(not UCM_DIR.is_dir(), reason="bsds500-mini not available")
-
-
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
     """Two mini images: ground truth, their gPb ucm2, and a second copy of the ucm2."""

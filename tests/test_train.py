@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -25,6 +26,7 @@ from ndd.train import (
     TrainConfig,
     TrainingObjective,
     evaluate_kernel,
+    kernel_cosine,
     kernel_cosine_per_annotation,
     load_checkpoint,
     load_checkpoint_model,
@@ -145,6 +147,26 @@ def test_seeded_dataset_is_reproducible_and_leaves_global_rng_alone():
     assert torch.equal(torch.get_rng_state(), state)
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["labels"], b["labels"])
     assert not torch.equal(a["image"], c["image"])
+
+
+def test_kernel_cosine():
+    rng = np.random.default_rng(5)
+    K = torch.from_numpy(rng.random((3, 6, 6)))
+    assert torch.allclose(kernel_cosine(K, K), torch.ones(3, dtype=torch.float64))
+    assert kernel_cosine(np.eye(4), 1 - np.eye(4)) == pytest.approx(0.0)  # arrays work too
+    assert kernel_cosine(torch.zeros(4, 4), torch.eye(4)) == 0.0
+    assert kernel_cosine(K[0], 2 * K[0]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="equal N"):
+        kernel_cosine(torch.eye(3), torch.eye(4))
+
+
+def test_kernel_cosine_per_annotation_is_kernel_cosine_of_the_label_kernels():
+    g = torch.Generator().manual_seed(1)
+    labels = torch.randint(-1, 4, (3, 5, 6), generator=g)
+    K = torch.rand(30, 30, generator=g)
+    K_gt, valid = label_kernel(labels)
+    mask = (valid[:, :, None] & valid[:, None, :]).double()
+    assert torch.allclose(kernel_cosine_per_annotation(K, labels), kernel_cosine(K * mask, K_gt))
 
 
 def test_kernel_cosine_matches_loss():

@@ -1,22 +1,27 @@
-"""Reading images and writing segmentation results (label PNGs, overlays, strips, ucm2 .mat).
+"""Writing segmentation results (label PNGs, overlays, strips, ucm2 .mat) and pictures.
 
-Only numpy and PIL are imported with the module, so the formats can be read and written
-without torch; scipy.io (reading ``.mat`` files, BSDS ``segs``) and ``skimage.color`` (a rare
-fallback of :func:`colour_overlay`) are imported by the functions that need them: ``ndd
-segment`` needs neither. Label maps are written as they are (0-based ids) in 8-bit PNGs, or
-16-bit when an id exceeds 255; BSDS ``segs`` files (1-based) have their own writer.
+The file formats themselves (:func:`read_image`, label PNGs, ``ucm2`` / ``segs`` files) belong
+to :mod:`ndd.formats`; their names are importable from here too. Only numpy and PIL are imported
+with the module, so results can be written without torch; scipy.io (``.mat`` files) and
+``skimage.color`` (a rare fallback of :func:`colour_overlay`) are imported by the functions that
+need them. Label maps are written as they are (0-based ids) in 8-bit PNGs, or 16-bit when an id
+exceeds 255; BSDS ``segs`` files (1-based) have their own writer.
 """
 
 from __future__ import annotations
 
 import os
-import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
+
+# the file formats live in ndd.formats; their names stay importable from here
+from ndd.formats.bsds import read_ucm2, write_segs, write_ucm2
+from ndd.formats.images import ImageReadError, check_image, read_image
+from ndd.formats.labels import read_labels, resize_labels, write_labels
 
 __all__ = [
     "ImageReadError",
@@ -39,127 +44,6 @@ __all__ = [
 ]
 
 PathLike = str | os.PathLike[str]
-
-
-class ImageReadError(ValueError):
-    """An input image could not be used; the message starts with the file name."""
-
-
-# --------------------------------------------------------------------------- reading
-def read_image(path: PathLike, min_size: int = 2) -> np.ndarray:
-    """Read any RGB / grey / palette / RGBA / 16-bit image as float RGB.
-
-    EXIF orientation is applied; transparency is composited onto white; grey images are
-    repeated into three channels; 16-bit images keep their precision (scaled by 1/65535).
-    Only the first frame of an animated file is read.
-
-    Args:
-        path: image file.
-        min_size: smallest allowed height and width in pixels.
-
-    Returns:
-        (H, W, 3) float32 array in [0, 1].
-
-    Raises:
-        ImageReadError (a ``ValueError``) naming the file when it is missing, not an image,
-        truncated / corrupt, or smaller than ``min_size`` in either dimension.
-    """
-    p = Path(path)
-    with _reading(p):
-        with Image.open(p) as im:
-            im.load()  # decode now so that truncated data raises here
-            im = ImageOps.exif_transpose(im)
-            rgb = _to_float_rgb(im)
-    _check_size(p, rgb.shape[:2], min_size)
-    return rgb
-
-
-def check_image(path: PathLike, min_size: int = 2) -> tuple[int, int]:
-    """Check that ``path`` is an image :func:`read_image` can use, from its header only.
-
-    Milliseconds, without decoding the pixels: what a command checks for every input before
-    it loads a model. Truncated pixel data is found only by :func:`read_image`.
-
-    Returns:
-        ``(H, W)`` of the image as stored (before any EXIF rotation).
-
-    Raises:
-        ImageReadError: as :func:`read_image`, for a missing file, a folder, a file that is
-            not an image, one that cannot be read, or one smaller than ``min_size``.
-
-    Example:
-        >>> check_image("no/such.png")
-        Traceback (most recent call last):
-        ...
-        ndd.io.ImageReadError: no/such.png: no such file
-    """
-    p = Path(path)
-    with _reading(p):
-        with Image.open(p) as im:
-            w, h = im.size
-    _check_size(p, (h, w), min_size)
-    return h, w
-
-
-@contextmanager
-def _reading(p: Path) -> Iterator[None]:
-    """Pillow's and the file system's errors while reading ``p`` as one-line :class:`ImageReadError`."""
-    if not p.exists():
-        raise ImageReadError(f"{p}: no such file")
-    if p.is_dir():
-        raise ImageReadError(f"{p}: is a directory, not an image")
-    try:
-        yield
-    except Image.DecompressionBombError as e:
-        raise ImageReadError(f"{p}: image too large to decode safely ({e})") from None
-    except UnidentifiedImageError:
-        raise ImageReadError(f"{p}: not an image file (or a format Pillow cannot read)") from None
-    except PermissionError:
-        raise ImageReadError(f"{p}: cannot read the file (permission denied)") from None
-    except (OSError, SyntaxError, ValueError) as e:  # Pillow's truncated / corrupt data errors
-        raise ImageReadError(f"{p}: unreadable or truncated image ({e})") from None
-
-
-def _check_size(p: Path, size: tuple[int, int], min_size: int) -> None:
-    h, w = size
-    if h < min_size or w < min_size:
-        raise ImageReadError(f"{p}: image is {h}x{w} pixels; at least {min_size}x{min_size} is needed")
-
-
-def _to_float_rgb(im: Image.Image) -> np.ndarray:
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        a = np.asarray(im).astype(np.float64)
-        # 16-bit PNGs come as I;16 or (older Pillow) I; anything above 16 bits is clipped
-        grey = np.clip(a / 65535.0, 0.0, 1.0)
-        return np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
-    if im.mode == "F":
-        grey = np.clip(np.asarray(im, dtype=np.float64), 0.0, 1.0)
-        return np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
-    if im.mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
-        alpha = rgba[..., 3:4]
-        return (rgba[..., :3] * alpha + (1.0 - alpha)).astype(np.float32)  # over white
-    return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-
-
-# --------------------------------------------------------------------------- label maps
-def write_labels(path: PathLike, labels: np.ndarray) -> None:
-    """Write an (H, W) label map of non-negative ids as a PNG (uint8, or uint16 above 255)."""
-    labels = np.asarray(labels)
-    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be a 2-D integer array, got {labels.dtype} {labels.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() > 65535):
-        raise ValueError("label ids must be in 0 .. 65535 to fit a PNG")
-    dtype = np.uint8 if labels.size == 0 or labels.max() <= 255 else np.uint16
-    Image.fromarray(labels.astype(dtype)).save(_out(path), format="PNG")
-
-
-def read_labels(path: PathLike) -> np.ndarray:
-    """Read a label PNG written by :func:`write_labels` as (H, W) int64."""
-    with Image.open(path) as im:
-        return np.asarray(im).astype(np.int64)
 
 
 # --------------------------------------------------------------------------- pictures
@@ -189,7 +73,7 @@ def _overlay_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """``labels`` at ``size`` (nearest neighbour), as int32 when the ids fit."""
     # uint8 and int32 throughout (not float64 as skimage's label2rgb / mark_boundaries):
     # a 24-megapixel photo then needs a few hundred MB here, not several GB
-    lab = _resize_labels(np.asarray(labels), size)
+    lab = resize_labels(np.asarray(labels), size)
     return lab.astype(np.int32, copy=False) if lab.size and 0 <= lab.min() and lab.max() < 2**31 else lab
 
 
@@ -274,7 +158,7 @@ def hierarchy_strip(
     if (H, W) != img.shape[:2]:
         # shrink first, then draw: the panels of a 24-megapixel photo cost what small ones do
         img = np.asarray(Image.fromarray(img).resize((W, H), Image.Resampling.LANCZOS))
-    panels = ([img] if include_image else []) + [colour_overlay(img, _resize_labels(np.asarray(lab), (H, W)))
+    panels = ([img] if include_image else []) + [colour_overlay(img, resize_labels(np.asarray(lab), (H, W)))
                                                  for lab in levels]
     if not panels:
         raise ValueError("nothing to draw: no levels and include_image=False")
@@ -362,7 +246,7 @@ def write_segmentation(
                     _save_picture(tmp, _paint(image, *painted, mean_colours=fmt == "mean"))
             written.append(path)
         if strip_size is not None:
-            strip_levels[k] = _resize_labels(np.asarray(labels), strip_size)
+            strip_levels[k] = resize_labels(np.asarray(labels), strip_size)
         del labels, painted
     if strip_levels:
         path = out / f"{stem}_hierarchy.png"
@@ -377,82 +261,6 @@ def write_segmentation(
             write_ucm2(tmp, ucm2() if callable(ucm2) else ucm2)  # type: ignore[arg-type]
         written.append(path)
     return written
-
-
-# --------------------------------------------------------------------------- BSDS .mat files
-def write_ucm2(path: PathLike, ucm2: np.ndarray) -> None:
-    """Save a doubleSize ``ucm2`` ((2H+1, 2W+1), values in [0, 1]) as ``.mat`` key ``ucm2``
-    (float64, MATLAB v5 format, compressed, as the BSDS benchmark reads it)."""
-    u = np.asarray(ucm2, dtype=np.float64)
-    if u.ndim != 2 or u.shape[0] % 2 == 0 or u.shape[1] % 2 == 0 or min(u.shape) < 3:
-        raise ValueError(f"ucm2 must be (2H+1, 2W+1) with H, W >= 1, got {u.shape}")
-    if not np.all(np.isfinite(u)) or u.min() < 0.0 or u.max() > 1.0:
-        raise ValueError("ucm2 values must be finite and in [0, 1]")
-    _write_mat_double(_out(path), "ucm2", u)
-
-
-def _write_mat_double(path: Path, name: str, array: np.ndarray, chunk_columns: int = 256) -> None:
-    """One real 2-D double matrix as a compressed MATLAB v5 ``.mat`` file, streamed.
-
-    Written by hand because ``scipy.io.savemat(do_compression=True)`` builds the whole
-    uncompressed element in memory and copies it again before compressing: three copies of a
-    768 MB ``ucm2`` for a 24-megapixel photo. Here the columns go through ``zlib`` a band at a
-    time. The layout (MATLAB's "MAT-File Format", level 5) is what savemat writes: a 128-byte
-    header, then one ``miCOMPRESSED`` element holding the ``miMATRIX`` element (array flags,
-    dimensions, name, column-major ``miDOUBLE`` data). ``scipy.io.loadmat`` reads it back.
-    """
-    a = np.asarray(array, dtype="<f8")
-    rows, cols = a.shape
-    name_bytes = name.encode("latin1")
-    pad = (-len(name_bytes)) % 8
-
-    def tag(kind: int, nbytes: int) -> bytes:
-        return np.array([kind, nbytes], dtype="<u4").tobytes()
-
-    mi_int8, mi_int32, mi_uint32, mi_double, mi_matrix, mi_compressed, mx_double_class = 1, 5, 6, 9, 14, 15, 6
-    data_bytes = rows * cols * 8
-    body = (
-        tag(mi_uint32, 8) + np.array([mx_double_class, 0], dtype="<u4").tobytes()
-        + tag(mi_int32, 8) + np.array([rows, cols], dtype="<i4").tobytes()
-        + tag(mi_int8, len(name_bytes)) + name_bytes + b"\0" * pad
-        + tag(mi_double, data_bytes)
-    )
-    header = b"MATLAB 5.0 MAT-file, written by ndd".ljust(116, b" ") + b" " * 8 + np.array([0x0100], "<u2").tobytes() + b"IM"
-    # level 1: a third of the time of zlib's default 6 on a 321x481 ucm2, which stays small
-    # (mostly zeros: 77 kB instead of 35 kB, of 7.7 MB of doubles)
-    compressor = zlib.compressobj(1)
-    with open(path, "wb") as f:
-        f.write(header)
-        tag_at = f.tell()
-        f.write(tag(mi_compressed, 0))  # its byte count is known only at the end
-        written = f.write(compressor.compress(tag(mi_matrix, len(body) + data_bytes) + body))
-        for c0 in range(0, cols, chunk_columns):  # column-major: columns c0.. one after another
-            band = np.ascontiguousarray(a[:, c0 : c0 + chunk_columns].T)
-            written += f.write(compressor.compress(band.tobytes()))
-        written += f.write(compressor.flush())
-        f.seek(tag_at)
-        f.write(tag(mi_compressed, written))
-
-
-def read_ucm2(path: PathLike) -> np.ndarray:
-    """Read the ``ucm2`` array of a BSDS-style ``.mat`` file as float64."""
-    import scipy.io
-
-    return np.asarray(scipy.io.loadmat(path)["ucm2"], dtype=np.float64)
-
-
-def write_segs(path: PathLike, levels: Sequence[np.ndarray]) -> None:
-    """Save label maps as a BSDS ``segs`` ``.mat`` (a 1xL cell of uint16 maps with ids >= 1,
-    as the benchmark's segmentation-stack input requires)."""
-    cell = np.empty((1, len(levels)), dtype=object)
-    for k, lab in enumerate(levels):
-        lab = np.asarray(lab)
-        if lab.ndim != 2 or lab.min() < 0 or lab.max() >= 65535:
-            raise ValueError("each level must be a 2-D map of ids in 0 .. 65534")
-        cell[0, k] = (lab + 1).astype(np.uint16)
-    import scipy.io
-
-    scipy.io.savemat(_out(path), {"segs": cell}, do_compression=True)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -513,17 +321,6 @@ def _as_float_image(image: np.ndarray) -> np.ndarray:
     if np.issubdtype(img.dtype, np.integer):
         return img.astype(np.float64) / (65535.0 if img.max() > 255 else 255.0)
     return np.clip(img.astype(np.float64), 0.0, 1.0)
-
-
-def _resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a label map (pixel-centre sampling)."""
-    h, w = labels.shape
-    H, W = size
-    if (h, w) == (H, W):
-        return labels
-    rows = np.minimum(((np.arange(H) + 0.5) * h / H).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(W) + 0.5) * w / W).astype(np.int64), w - 1)
-    return labels[np.ix_(rows, cols)]
 
 
 # --------------------------------------------------------------------------- similarity maps

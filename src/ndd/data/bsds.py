@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ndd.formats import check_image
+
 from ._io import StrPath, read_bsds_segmentations, read_image
 from ._sample import Sample, make_sample
 from .labels import relabel_consecutive
@@ -163,11 +165,4 @@ class BSDS500(Dataset[Sample]):
 
 def _image_size(path: Path) -> tuple[int, int]:
     """``(H, W)`` of an image from its header (no decoding)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ValueError(f"cannot read image {path}: {exc}") from exc
-    return h, w
+    return check_image(path, min_size=1)

@@ -13,6 +13,8 @@ from typing import Literal, TypeVar
 import numpy as np
 import torch
 
+from ndd.formats.labels import relabel_consecutive as _relabel_numpy
+
 __all__ = ["IGNORE_INDEX", "relabel_consecutive", "downsample_labels", "label_kernel"]
 
 IGNORE_INDEX = -1
@@ -28,40 +30,17 @@ def relabel_consecutive(labels: ArrayOrTensor, ignore_index: int | None = IGNORE
 
     Values equal to ``ignore_index`` become :data:`IGNORE_INDEX` (``-1``);
     ``ignore_index=None`` relabels every value.
-    Works on a NumPy array or a torch tensor of any shape and returns the same
-    type as int64. The whole array is relabelled jointly; relabel each map of a
-    batch separately if their labels are unrelated.
+    :func:`ndd.formats.relabel_consecutive` (whose default numbers every value) with the
+    data sets' default ``ignore_index``, for a NumPy array or a torch tensor of any shape;
+    returns the same type as int64. The whole array is relabelled jointly; relabel each map
+    of a batch separately if their labels are unrelated.
 
     Example: ``[[5, 5, 9], [-1, 2, 9]] -> [[1, 1, 2], [-1, 0, 2]]``.
     """
-    if isinstance(labels, torch.Tensor):
-        flat = labels.reshape(-1).to(torch.int64)
-        out = torch.full_like(flat, IGNORE_INDEX)
-        valid = flat != ignore_index if ignore_index is not None else torch.ones_like(flat, dtype=torch.bool)
-        if valid.any():
-            values = flat[valid]
-            lo, hi = int(values.min()), int(values.max())
-            if hi - lo <= _LUT_LIMIT:  # O(n) lookup table instead of a sort
-                present = torch.zeros(hi - lo + 1, dtype=torch.int64, device=flat.device)
-                present[values - lo] = 1
-                out[valid] = (present.cumsum(0) - 1)[values - lo]
-            else:
-                out[valid] = torch.unique(values, sorted=True, return_inverse=True)[1]
-        return out.reshape(labels.shape)
-    arr = np.asarray(labels)
-    flat = arr.reshape(-1).astype(np.int64, copy=False)
-    out = np.full(flat.shape, IGNORE_INDEX, dtype=np.int64)
-    valid = flat != ignore_index if ignore_index is not None else np.ones(flat.shape, dtype=bool)
-    if valid.any():
-        values = flat[valid]
-        lo, hi = int(values.min()), int(values.max())
-        if hi - lo <= _LUT_LIMIT:
-            present = np.zeros(hi - lo + 1, dtype=np.int64)
-            present[values - lo] = 1
-            out[valid] = (np.cumsum(present) - 1)[values - lo]
-        else:
-            out[valid] = np.unique(values, return_inverse=True)[1].reshape(-1)
-    return out.reshape(arr.shape)
+    if isinstance(labels, torch.Tensor):  # the NumPy implementation, on the CPU
+        out = _relabel_numpy(labels.detach().cpu().numpy(), ignore_index=ignore_index)
+        return torch.from_numpy(out).to(labels.device)
+    return _relabel_numpy(labels, ignore_index=ignore_index)
 
 
 def _cell_index(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from ndd import io
 from ndd.demo.analysis import ImageAnalysis, analyse_image
@@ -221,9 +220,8 @@ class DemoBackend:
             raise ValueError(f"the file is {size / 2**20:.1f} MB; this demo takes at most "
                              f"{s.max_upload_bytes / 2**20:.1f} MB (ndd demo --max-upload-mb)")
         try:  # the header alone: refuse huge images before decoding them
-            with Image.open(path) as im:
-                width, height = im.size
-        except Exception:  # not an image: io.read_image says so below, in its words
+            height, width = io.check_image(path, min_size=0)
+        except ValueError:  # not an image: io.read_image says so below, in its words
             width = height = 0
         if width * height > s.max_pixels:
             raise ValueError(f"the image is {width}x{height} = {width * height / 1e6:.0f} megapixels; "

@@ -21,7 +21,8 @@ job each:
 * :mod:`~ndd.evaluation.human` - human agreement (annotators against each other);
 * :mod:`~ndd.evaluation.nms` - the edge papers' non-maximum suppression of soft maps;
 * :mod:`~ndd.evaluation.plot` - precision-recall plots (matplotlib, imported lazily);
-* :mod:`~ndd.evaluation.kernel` - kernel cosine accuracy (paper Table 1).
+* :mod:`~ndd.evaluation.kernel` - deprecated: the kernel accuracy (paper Table 1) is
+  :mod:`ndd.train.kernel_eval`'s.
 
 Example::
 
@@ -71,7 +72,6 @@ from ndd.evaluation.inputs import (
     load_result,
     pair_inputs,
 )
-from ndd.evaluation.kernel import kernel_cosine
 from ndd.evaluation.matching import correspond_pixels, match_radius_graph, max_distance_px
 from ndd.evaluation.nms import conv_tri, edge_orientation, edges_nms, nms_edge_map
 from ndd.evaluation.plot import PlotUnavailable, plot_pr, require_matplotlib
@@ -131,7 +131,6 @@ __all__ = [
     "format_comparison",
     "format_summary",
     "human_agreement",
-    "kernel_cosine",
     "level_scales",
     "load_groundtruth",
     "load_result",
@@ -160,10 +159,11 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """``ndd.evaluation.Hierarchy``: the old name of :class:`SegmentationStack`, deprecated.
+    """Deprecated names: ``Hierarchy`` (the old name of :class:`SegmentationStack`) and
+    ``kernel_cosine`` (now :func:`ndd.train.kernel_eval.kernel_cosine`).
 
-    Renamed because ``ndd.segment.Hierarchy`` is a different class; the old
-    name still imports, with a warning, so existing scripts keep working.
+    ``Hierarchy`` was renamed because ``ndd.segment.Hierarchy`` is a different class. Both old
+    names still import and warn, so existing scripts keep working.
     """
     if name == "Hierarchy":
         warnings.warn(
@@ -173,4 +173,8 @@ def __getattr__(name: str) -> Any:
             stacklevel=2,
         )
         return SegmentationStack
+    if name == "kernel_cosine":  # deprecated; the function warns when called
+        from ndd.evaluation.kernel import kernel_cosine
+
+        return kernel_cosine
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import scipy.io
 
 from ndd.evaluation.boundary import seg2bdry, thin_boundary
+from ndd.formats import FormatError, check_ucm2, label_maps, read_groundtruth, read_image, read_labels, read_mat
 
 __all__ = [
     "SOFT_MAP_KEYS",
@@ -78,26 +79,17 @@ class MachineResult:
 
 
 # ----------------------------------------------------------------------------- loading
+# The file formats (ground truth, ucm2 / segs variables, label PNGs, images) are read by
+# ndd.formats; here their errors become EvaluationError and the benchmark's own checks are added.
 
 
-def _loadmat(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise EvaluationError(f"{path}: file not found")
+@contextmanager
+def _as_evaluation_error() -> Iterator[None]:
+    """:class:`~ndd.formats.FormatError` (one line, starting with the file name) as :class:`EvaluationError`."""
     try:
-        return scipy.io.loadmat(str(path), simplify_cells=True)
-    except NotImplementedError as exc:  # MATLAB v7.3 (HDF5) files
-        raise EvaluationError(f"{path}: MATLAB v7.3 files are not supported, save with -v7 ({exc})") from exc
-    except Exception as exc:  # corrupt or not a .mat file
-        raise EvaluationError(f"{path}: cannot read .mat file ({type(exc).__name__}: {exc})") from exc
-
-
-def _as_list(cell: Any) -> list[Any]:
-    """A MATLAB cell read with ``simplify_cells`` as a list (1x1 cells come back bare)."""
-    if isinstance(cell, (list, tuple)):
-        return list(cell)
-    if isinstance(cell, np.ndarray) and cell.dtype == object:
-        return list(cell.ravel())
-    return [cell]
+        yield
+    except FormatError as exc:
+        raise EvaluationError(str(exc)) from None
 
 
 def load_groundtruth(path: str | os.PathLike[str]) -> list[Annotation]:
@@ -108,65 +100,20 @@ def load_groundtruth(path: str | os.PathLike[str]) -> list[Annotation]:
     maps of BSDS500.
     """
     path = Path(path)
-    mat = _loadmat(path)
-    if "groundTruth" not in mat:
-        raise EvaluationError(
-            f"{path}: no 'groundTruth' variable (found {sorted(k for k in mat if not k.startswith('__'))})"
-        )
+    with _as_evaluation_error():
+        humans = read_groundtruth(path)
     annotations = []
-    shape = None
-    for k, entry in enumerate(_as_list(mat["groundTruth"])):
-        if not isinstance(entry, dict) or "Segmentation" not in entry:
-            raise EvaluationError(f"{path}: groundTruth{{{k + 1}}} has no 'Segmentation' field")
-        seg = np.asarray(entry["Segmentation"])
-        if seg.ndim != 2 or not np.issubdtype(seg.dtype, np.number):
-            raise EvaluationError(f"{path}: groundTruth{{{k + 1}}}.Segmentation is not a 2-D label map ({seg.shape})")
-        if shape is None:
-            shape = seg.shape
-        elif seg.shape != shape:
-            raise EvaluationError(f"{path}: annotations of different shapes {shape} and {seg.shape}")
-        if np.issubdtype(seg.dtype, np.floating) and not np.all(np.isfinite(seg)):
-            raise EvaluationError(f"{path}: groundTruth{{{k + 1}}}.Segmentation contains NaN/Inf")
-        seg = seg.astype(np.int64)
+    for k, human in enumerate(humans):
+        seg = human.segmentation
         if seg.min() < 1:
             raise EvaluationError(f"{path}: groundTruth{{{k + 1}}}.Segmentation has labels < 1")
-        if "Boundaries" in entry and entry["Boundaries"] is not None and np.size(entry["Boundaries"]):
-            bdry = np.asarray(entry["Boundaries"]).astype(bool)
-            if bdry.shape != shape:
-                raise EvaluationError(f"{path}: groundTruth{{{k + 1}}}.Boundaries has shape {bdry.shape}, not {shape}")
-        else:
-            bdry = thin_boundary(seg2bdry(seg))
+        bdry = human.boundaries if human.boundaries is not None else thin_boundary(seg2bdry(seg))
         annotations.append(Annotation(seg, bdry))
-    if not annotations:
-        raise EvaluationError(f"{path}: empty groundTruth cell")
     return annotations
 
 
 def _natural_key(name: str) -> list[Any]:
     return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", name)]
-
-
-def _label_image(arr: np.ndarray, where: str) -> np.ndarray:
-    """A label map from a stored array: 2-D numbers, or colours (h, w, c) → one code per colour."""
-    arr = np.asarray(arr)
-    if arr.ndim == 3:
-        _, inv = np.unique(arr.reshape(-1, arr.shape[2]), axis=0, return_inverse=True)
-        arr = inv.reshape(arr.shape[:2])
-    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
-        raise EvaluationError(f"{where}: not a 2-D label map (shape {arr.shape}, dtype {arr.dtype})")
-    if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
-        raise EvaluationError(f"{where}: label map contains NaN/Inf")
-    return arr
-
-
-def _check_ucm2(ucm2: Any, path: Path) -> np.ndarray:
-    ucm2 = np.asarray(ucm2)
-    if ucm2.ndim != 2 or not np.issubdtype(ucm2.dtype, np.number):
-        raise EvaluationError(f"{path}: 'ucm2' must be a 2-D numeric array, got shape {ucm2.shape} dtype {ucm2.dtype}")
-    ucm2 = ucm2.astype(np.float64)
-    if not np.all(np.isfinite(ucm2)):
-        raise EvaluationError(f"{path}: 'ucm2' contains NaN/Inf")
-    return ucm2
 
 
 def _soft_map(arr: Any, where: str) -> np.ndarray:
@@ -207,10 +154,12 @@ def load_result(path: str | os.PathLike[str]) -> MachineResult:
         files = sorted((p for p in path.iterdir() if p.suffix.lower() == ".png"), key=lambda p: _natural_key(p.name))
         if not files:
             raise EvaluationError(f"{path}: folder holds no PNG label map")
-        return MachineResult("segs", [_label_image(_imread(p), str(p)) for p in files], path)
+        with _as_evaluation_error():
+            return MachineResult("segs", [read_labels(p) for p in files], path)
     suffix = path.suffix.lower()
     if suffix == ".png":
-        img = np.asarray(_imread(path))
+        with _as_evaluation_error():
+            img = read_image(path, None, exif_orientation=False, min_size=1)  # the stored values
         if img.ndim == 3:
             img = img[..., 0]
         if img.dtype not in (np.uint8, np.uint16):
@@ -233,22 +182,16 @@ def load_result(path: str | os.PathLike[str]) -> MachineResult:
         except Exception as exc:
             raise EvaluationError(f"{path}: cannot read .npz file ({type(exc).__name__}: {exc})") from exc
     elif suffix == ".mat":
-        data = _loadmat(path)
+        with _as_evaluation_error():
+            data = read_mat(path)
     else:
         raise EvaluationError(f"{path}: unsupported result format (expected .mat, .npz, .npy, .png or a folder)")
     if "ucm2" in data:
-        return MachineResult("ucm2", _check_ucm2(data["ucm2"], path), path)
+        with _as_evaluation_error():
+            return MachineResult("ucm2", check_ucm2(data["ucm2"], str(path)), path)
     if "segs" in data:
-        segs = data["segs"]
-        if isinstance(segs, np.ndarray) and segs.dtype != object and segs.ndim == 3:
-            items = list(segs)  # (S, h, w)
-        elif isinstance(segs, np.ndarray) and segs.dtype != object and segs.ndim == 2:
-            items = [segs]  # a 1x1 cell comes back as the bare map
-        else:
-            items = _as_list(segs)
-        if not items:
-            raise EvaluationError(f"{path}: 'segs' is empty")
-        return MachineResult("segs", [_label_image(s, f"{path}: segs{{{k + 1}}}") for k, s in enumerate(items)], path)
+        with _as_evaluation_error():
+            return MachineResult("segs", label_maps(data["segs"], str(path)), path)
     for key in SOFT_MAP_KEYS:
         if key in data:
             return MachineResult("pb", _soft_map(data[key], f"{path}: '{key}'"), path)
@@ -256,15 +199,6 @@ def load_result(path: str | os.PathLike[str]) -> MachineResult:
     raise EvaluationError(
         f"{path}: no 'ucm2' or 'segs' variable, nor a soft map {', '.join(map(repr, SOFT_MAP_KEYS))} (found {keys})"
     )
-
-
-def _imread(path: Path) -> np.ndarray:
-    from skimage.io import imread  # deferred: imageio is slow to import
-
-    try:
-        return np.asarray(imread(str(path)))
-    except Exception as exc:
-        raise EvaluationError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
 
 
 def find_results(

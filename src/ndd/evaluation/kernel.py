@@ -1,6 +1,13 @@
-"""Kernel accuracy (paper Table 1): cosine similarity of two similarity matrices."""
+"""Deprecated: the kernel accuracy (paper Table 1) has one owner, :mod:`ndd.train.kernel_eval`.
+
+``ndd.evaluation.kernel_cosine`` still imports (without torch) and works, with a
+``DeprecationWarning``; it calls :func:`ndd.train.kernel_eval.kernel_cosine`, importing torch
+on first use.
+"""
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
@@ -8,16 +15,9 @@ __all__ = ["kernel_cosine"]
 
 
 def kernel_cosine(K: np.ndarray, K_gt: np.ndarray) -> np.ndarray:
-    """Cosine similarity between kernels, ``<K, K_gt>_F / (||K||_F ||K_gt||_F)``.
+    """Deprecated: :func:`ndd.train.kernel_eval.kernel_cosine` (same arguments), as a NumPy array."""
+    warnings.warn("ndd.evaluation.kernel_cosine is deprecated: use ndd.train.kernel_cosine "
+                  "(the kernel accuracy lives in ndd.train.kernel_eval)", DeprecationWarning, stacklevel=2)
+    from ndd.train.kernel_eval import kernel_cosine as owner  # torch: imported on first use only
 
-    ``K``, ``K_gt``: (..., N, N) similarity matrices (broadcastable leading
-    batch dimensions).  Returns an array of the batch shape ((), for single
-    matrices), in [-1, 1]; 0 where either kernel is all zeros.
-    """
-    K = np.asarray(K, dtype=np.float64)
-    K_gt = np.asarray(K_gt, dtype=np.float64)
-    if K.ndim < 2 or K_gt.ndim < 2 or K.shape[-2:] != K_gt.shape[-2:]:
-        raise ValueError(f"kernels must be (..., N, N) of equal N, got {K.shape} and {K_gt.shape}")
-    dot = np.einsum("...ij,...ij->...", K, K_gt)
-    norm = np.sqrt(np.einsum("...ij,...ij->...", K, K)) * np.sqrt(np.einsum("...ij,...ij->...", K_gt, K_gt))
-    return np.divide(dot, norm, out=np.zeros_like(dot), where=norm > 0)
+    return owner(np.asarray(K), np.asarray(K_gt)).numpy()

@@ -26,6 +26,8 @@ from __future__ import annotations
 import numpy as np
 from skimage.measure import label as cc_label
 
+from ndd.formats.labels import relabel_consecutive  # the one implementation; re-exported here
+
 from .regions import region_adjacency
 
 __all__ = [
@@ -35,12 +37,6 @@ __all__ = [
     "reattach_pieces",
     "relabel_consecutive",
 ]
-
-
-def relabel_consecutive(labels: np.ndarray) -> np.ndarray:
-    """Map the ids of ``labels`` to ``0 .. n-1`` keeping their order. Shape preserved, int64."""
-    _, inv = np.unique(np.asarray(labels), return_inverse=True)
-    return inv.reshape(np.shape(labels)).astype(np.int64)
 
 
 def split_components(labels: np.ndarray) -> np.ndarray:

@@ -15,6 +15,8 @@ from typing import Literal
 
 import numpy as np
 
+from ndd.formats.labels import resize_labels
+
 from .ucm import ucm2_from_labels
 
 __all__ = ["Hierarchy", "UcmValues"]
@@ -199,11 +201,7 @@ class Hierarchy:
         Enlarging keeps every segment and its 4-connectivity (each grid cell becomes a block).
         When shrinking, segments that lose all pixels are dropped from the hierarchy.
         """
-        H, W = int(size[0]), int(size[1])
-        h, w = self.shape
-        rows = np.minimum(((np.arange(H) + 0.5) * h / H).astype(np.int64), h - 1)
-        cols = np.minimum(((np.arange(W) + 0.5) * w / W).astype(np.int64), w - 1)
-        return self.with_finest(self.finest[np.ix_(rows, cols)])
+        return self.with_finest(resize_labels(self.finest, (int(size[0]), int(size[1]))))
 
     def with_finest(self, finest: np.ndarray) -> Hierarchy:
         """Replay the merges on new finest labels that use a subset of the same ids.

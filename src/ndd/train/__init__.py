@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .checkpoint import load_checkpoint, load_checkpoint_model, save_checkpoint, seed_everything
     from .config import TrainConfig, load_yaml, save_yaml
     from .distributed import DistInfo, init_distributed
-    from .kernel_eval import evaluate_kernel, kernel_cosine_per_annotation
+    from .kernel_eval import evaluate_kernel, kernel_cosine, kernel_cosine_per_annotation
     from .loop import Trainer, train
     from .objective import TrainingObjective
 
@@ -42,6 +42,7 @@ _WHERE = {
     "TrainingObjective": "objective",
     "seed_everything": "checkpoint",
     "evaluate_kernel": "kernel_eval",
+    "kernel_cosine": "kernel_eval",
     "kernel_cosine_per_annotation": "kernel_eval",
     "load_checkpoint": "checkpoint",
     "load_checkpoint_model": "checkpoint",

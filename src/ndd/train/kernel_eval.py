@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -24,7 +25,32 @@ from torch.utils.data import Dataset
 from ndd.data import downsample_labels
 from ndd.models import SpecDiffNet
 
-__all__ = ["kernel_cosine_per_annotation", "evaluate_kernel"]
+__all__ = ["kernel_cosine", "kernel_cosine_per_annotation", "evaluate_kernel"]
+
+
+def kernel_cosine(K: Tensor | np.ndarray, K_gt: Tensor | np.ndarray) -> Tensor:
+    """Cosine similarity of two kernels, ``<K, K_gt>_F / (||K||_F ||K_gt||_F)``: the metric's definition.
+
+    Args:
+        K, K_gt: ``(..., N, N)`` similarity matrices (tensors or arrays; broadcastable
+            leading batch dimensions).
+
+    Returns:
+        float64 tensor of the batch shape (``()`` for single matrices), in [-1, 1]; 0 where
+        either kernel is all zeros. :func:`kernel_cosine_per_annotation` is the same number
+        for label kernels, computed without building them.
+
+    Example:
+        >>> float(kernel_cosine(torch.eye(2), torch.ones(2, 2)))  # 2 / (sqrt(2) * 2)
+        0.7071067811865475
+    """
+    K = torch.as_tensor(K).double()
+    K_gt = torch.as_tensor(K_gt, device=K.device).double()
+    if K.ndim < 2 or K_gt.ndim < 2 or K.shape[-2:] != K_gt.shape[-2:]:
+        raise ValueError(f"kernels must be (..., N, N) of equal N, got {tuple(K.shape)} and {tuple(K_gt.shape)}")
+    dot = (K * K_gt).sum((-2, -1))
+    norm = K.square().sum((-2, -1)).sqrt() * K_gt.square().sum((-2, -1)).sqrt()
+    return torch.where(norm > 0, dot / torch.where(norm > 0, norm, torch.ones_like(norm)), torch.zeros_like(dot))
 
 
 def kernel_cosine_per_annotation(K: Tensor, grid_labels: Tensor) -> Tensor:
@@ -37,7 +63,9 @@ def kernel_cosine_per_annotation(K: Tensor, grid_labels: Tensor) -> Tensor:
     Returns:
         ``(A,)`` float64 cosines (0 for an annotation without any labelled node).
 
-    Uses one-hot sums instead of materialising ``A`` dense ``N x N`` kernels.
+    For annotation ``a`` this is :func:`kernel_cosine` of ``K`` with the rows and columns of
+    unlabelled nodes zeroed and the label kernel ``K_gt`` (:func:`ndd.data.label_kernel`),
+    computed from one-hot sums instead of materialising ``A`` dense ``N x N`` kernels.
     """
     K = K.double()
     labels = grid_labels.reshape(grid_labels.shape[0], -1)
