@@ -117,3 +117,20 @@ def test_default_ucm2_reaches_every_level_of_the_hierarchy():
     for k, labels in found.items():  # and each is exactly that level of the hierarchy
         pairs = np.unique(labels.ravel() * (k + 1) + hier.labels_at(k).ravel())
         assert len(pairs) == k
+
+
+def test_merge_mu_scale_comes_from_the_model_unless_overridden():
+    rng = np.random.default_rng(0)
+    img = np.clip(two_tone() + rng.normal(0, 0.08, (48, 64, 3)), 0, 1).astype(np.float32)
+    plain = handcrafted()
+    scaled = SpecDiffNet(SpecDiffNetConfig.handcrafted(window=5, n_eigs=20, merge_mu_scale=0.5))
+    by_config = segment_image(img, scaled, max_side=None).hierarchy
+    by_option = segment_image(img, plain, max_side=None, merge_mu_scale=0.5).hierarchy
+    unscaled = segment_image(img, plain, max_side=None).hierarchy
+    np.testing.assert_array_equal(by_config.similarities, by_option.similarities)
+    np.testing.assert_array_equal(by_config.merges, by_option.merges)
+    assert not np.allclose(by_option.similarities, unscaled.similarities)
+    np.testing.assert_array_equal(segment_image(img, plain, max_side=None, merge_mu_scale=1.0).hierarchy.merges,
+                                  unscaled.merges)
+    with pytest.raises(ValueError, match="merge_mu_scale"):
+        SpecDiffNetConfig(merge_mu_scale=0.0)

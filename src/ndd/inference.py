@@ -57,6 +57,9 @@ class HierarchyOptions:
         min_region: superpixels: regions smaller than this fraction of the image are absorbed
             first (slivers between the flanks of a contour).
         edge_weight: superpixels: weight of the contour term against feature similarity.
+        merge_mu_scale: merging by features: the kernel is ``exp(-s * mu ||f_i - f_j||^2)``
+            with this ``s``; ``None`` (default): the model's own
+            (:attr:`ndd.models.SpecDiffNetConfig.merge_mu_scale`, chosen with its weights).
         ucm_values: values written to the ``ucm2`` (:meth:`ndd.segment.Hierarchy.merge_values`):
             ``"spread"`` (merge heights, moved just enough that every level with at most 99
             segments has a BSDS threshold of its own), ``"rank"`` (evenly spaced by merge
@@ -75,6 +78,7 @@ class HierarchyOptions:
     superpixel_depth: float = 0.02
     min_region: float = 200 / (321 * 481)
     edge_weight: float = 0.2
+    merge_mu_scale: float | None = None
     ucm_values: UcmValues | Literal["auto"] = "auto"
     legacy: bool = False
 
@@ -213,9 +217,11 @@ def segment_image(
     return SegmentationResult(hier, grid, size, values)
 
 
-def _merge_similarity(out, model: SpecDiffNet, merge_by: MergeBy) -> torch.Tensor:
+def _merge_similarity(out, model: SpecDiffNet, opts: HierarchyOptions) -> torch.Tensor:
+    merge_by = opts.merge_by
     if merge_by == "features":
-        return spectral.feature_kernel(out.embedding[:1].float(), model.mu.float())[0]
+        scale = model.config.merge_mu_scale if opts.merge_mu_scale is None else opts.merge_mu_scale
+        return spectral.feature_kernel(out.embedding[:1].float(), scale * model.mu.float())[0]
     if merge_by == "diffusion":
         return out.similarity[0].float()
     raise ValueError(f"merge_by must be 'features' or 'diffusion', got {merge_by!r}")
@@ -225,14 +231,14 @@ def _grid_hierarchy(out, model: SpecDiffNet, opts: HierarchyOptions) -> Hierarch
     if opts.legacy:
         merge = out.affinity.to_dense()[0]
     else:
-        merge = _merge_similarity(out, model, opts.merge_by)
+        merge = _merge_similarity(out, model, opts)
     return segment_from_similarity(out.similarity[0].float(), out.grid_shape, merge_similarity=merge,
                                    coverage_threshold=opts.coverage_threshold, legacy=opts.legacy)
 
 
 def _superpixel_hierarchy(out, model: SpecDiffNet, size: tuple[int, int], opts: HierarchyOptions) -> Hierarchy:
     edges = out.edges[0, 0].float().cpu().numpy()
-    similarity = _merge_similarity(out, model, opts.merge_by)
+    similarity = _merge_similarity(out, model, opts)
     return segment_from_edges(edges, similarity, out.grid_shape, depth=opts.superpixel_depth,
                               min_size=round(opts.min_region * size[0] * size[1]), edge_weight=opts.edge_weight)
 

@@ -72,6 +72,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="average similarity that merging uses: the feature kernel (paper §6, default) or K_D")
     p.add_argument("--edge-weight", type=float, default=None,
                    help="superpixels: weight of the contour term against feature similarity (default 0.2)")
+    p.add_argument("--merge-mu-scale", type=float, default=None, metavar="S",
+                   help="merging by features: kernel exp(-S mu |f_i - f_j|^2) (default: the model's own, chosen "
+                        "with its weights on BSDS500 val)")
     p.add_argument("--coverage", type=float, default=None,
                    help="grid: residual coverage at which centre selection stops (default 0.005; paper 0.02)")
     p.add_argument("--ucm-values", choices=("auto", "spread", "height", "rank"), default=None,
@@ -85,8 +88,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if (args.edge_weight is not None and not 0.0 <= args.edge_weight <= 1.0) or (
-            args.coverage is not None and not 0.0 < args.coverage < 1.0):
-        print("ndd segment: --edge-weight must be in [0, 1] and --coverage in (0, 1)", file=sys.stderr)
+            args.coverage is not None and not 0.0 < args.coverage < 1.0) or (
+            args.merge_mu_scale is not None and not args.merge_mu_scale > 0):
+        print("ndd segment: --edge-weight must be in [0, 1], --coverage in (0, 1), --merge-mu-scale > 0", file=sys.stderr)
         return 2
     if args.workers < 1 or (args.threads is not None and args.threads < 1) or args.max_side < 16:
         print("ndd segment: --workers and --threads must be >= 1, --max-side >= 16", file=sys.stderr)
@@ -128,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
 
     given = {"method": args.method, "merge_by": args.merge_by, "edge_weight": args.edge_weight,
-             "coverage_threshold": args.coverage, "ucm_values": args.ucm_values}
+             "merge_mu_scale": args.merge_mu_scale, "coverage_threshold": args.coverage, "ucm_values": args.ucm_values}
     job = SegmentJob(args.out, tuple(args.format), tuple(args.levels) if args.levels else None, args.max_side, not args.lowres, args.legacy,
                      {k: v for k, v in given.items() if v is not None})
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # under torchrun: one share per rank

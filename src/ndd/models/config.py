@@ -58,6 +58,10 @@ class SpecDiffNetConfig:
             for pixel-accurate hierarchies) when the main backbone has no edge head.
         edge_scales: input scales whose edge maps are averaged into ``edges``
             (:func:`ndd.models.backbone_base.multiscale_edges`); ``(1.0,)`` is one pass.
+        merge_mu_scale: the hierarchy's merging kernel (``segment_image``, ``merge_by="features"``)
+            is ``exp(-merge_mu_scale * mu * ||f_i - f_j||^2)``. A hierarchy setting, but one that
+            belongs to the embedding it was chosen for (on BSDS500 val), so it travels with the
+            weights; :class:`ndd.inference.HierarchyOptions` can override it.
         spectral_dtype: ``"float64"`` (default) or ``"float32"``: the precision of
             the spectral part (subspace iteration, Rayleigh-Ritz, assembly of ``D``;
             see :func:`ndd.spectral.diffusion`); the affinity and the outputs stay in
@@ -90,9 +94,12 @@ class SpecDiffNetConfig:
     alpha_init: float = 10.0
     edge_detector: str | None = None
     edge_scales: tuple[float, ...] = (1.0,)
+    merge_mu_scale: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not self.merge_mu_scale > 0:
+            raise ValueError(f"merge_mu_scale must be > 0, got {self.merge_mu_scale!r}")
         if self.spectral_dtype not in SPECTRAL_DTYPES:
             raise ValueError(f"spectral_dtype must be one of {sorted(SPECTRAL_DTYPES)}, got {self.spectral_dtype!r}")
         if self.affinity not in AFFINITIES:
