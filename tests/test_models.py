@@ -66,10 +66,16 @@ def test_handcrafted_baseline_has_no_trainable_parameters():
 
 
 def test_legacy_mode_uses_fixed_grid():
-    net = SpecDiffNet(tiny_config(legacy=True, legacy_grid=(7, 7), n_power=6))
+    net = SpecDiffNet(SpecDiffNetConfig.authors(backbone="small_cnn", window=5, n_eigs=8, legacy_grid=(7, 7), n_power=6))
     out = net(torch.rand(1, 3, 40, 64))
     assert out.grid_shape == (7, 7) and out.distance.shape == (1, 49, 49)
     assert net.t.item() == pytest.approx(0.5) and net.tau.item() == pytest.approx(1e3)
+
+
+def test_authors_preset_is_explicit_and_overridable():
+    # no hidden defaults: a legacy config takes the t and tau it is given, the preset sets the authors'
+    assert SpecDiffNet(tiny_config(legacy=True, t_init=10.0)).t.item() == pytest.approx(10.0)
+    assert SpecDiffNetConfig.authors(t_init=2.0) == SpecDiffNetConfig(legacy=True, t_init=2.0, tau_init=1e3)
 
 
 def test_similarity_maps_for_points():

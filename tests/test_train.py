@@ -313,6 +313,10 @@ def test_legacy_run(tmp_path):
     cfg = tiny_config(tmp_path, legacy=True, stage1_steps=1, stage2_steps=1, save_every=0)
     raw = torch.load(train(cfg), weights_only=True)
     assert raw["model_config"]["legacy"] is True
+    # the authors' preset under the user's model keys: tau from the preset, t (TINY_MODEL's 2.0) from the user
+    assert (raw["model_config"]["t_init"], raw["model_config"]["tau_init"]) == (2.0, 1e3)
+    no_t = {k: v for k, v in TINY_MODEL.items() if k != "t_init"}
+    assert tiny_config(tmp_path, legacy=True, model=no_t).model_config().t_init == 0.5
     rows = read_metrics(tmp_path / "metrics.csv")
     assert all(torch.isfinite(torch.tensor(float(r["loss"]))) for r in rows) and rows[-1]["loss_hr"] != ""
 

@@ -9,12 +9,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["SpecDiffNetConfig", "SPECTRAL_DTYPES", "AFFINITIES"]
+__all__ = ["SpecDiffNetConfig", "SPECTRAL_DTYPES", "AFFINITIES", "AUTHORS_PRESET"]
 
 #: Precisions of the spectral part (names of torch dtypes).
 SPECTRAL_DTYPES: tuple[str, ...] = ("float64", "float32")
 #: What the affinity ``W`` is built from.
 AFFINITIES: tuple[str, ...] = ("features", "contour", "features+contour")
+
+
+#: What :meth:`SpecDiffNetConfig.authors` sets: the authors' procedure and initial values.
+AUTHORS_PRESET: dict[str, Any] = {"legacy": True, "t_init": 0.5, "tau_init": 1e3}
 
 
 @dataclass
@@ -123,6 +127,13 @@ class SpecDiffNetConfig:
             if key in data and data[key] is not None:
                 data[key] = tuple(data[key])
         return cls(**data)
+
+    @classmethod
+    def authors(cls, **overrides: Any) -> SpecDiffNetConfig:
+        """The authors' released procedure: ``legacy=True`` with their initial ``t = 0.5`` and
+        ``tau = 1000`` (README, "Where the authors' code departs from the paper"); keywords
+        override any of it."""
+        return cls(**{**AUTHORS_PRESET, **overrides})
 
     @classmethod
     def handcrafted(cls, **overrides: Any) -> SpecDiffNetConfig:

@@ -97,11 +97,9 @@ class SpecDiffNet(nn.Module):
                 nn.Conv2d(width, config.embed_dim, 1),
             )
         learn = config.learn_diffusion
-        t_init = 0.5 if config.legacy and config.t_init == 10.0 else config.t_init
-        tau_init = 1e3 if config.legacy and config.tau_init == 1.0 else config.tau_init
         self.log_mu = _log_param(config.mu_init, learn)
-        self.log_t = _log_param(t_init, learn)
-        self.log_tau = _log_param(tau_init, learn)
+        self.log_t = _log_param(config.t_init, learn)
+        self.log_tau = _log_param(config.tau_init, learn)
         if "contour" in config.affinity:
             self.log_alpha = _log_param(config.alpha_init, learn)
         self.fai = FeatureAttentionalInterpolation(

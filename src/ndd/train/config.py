@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from ndd.models.config import SpecDiffNetConfig
+from ndd.models.config import AUTHORS_PRESET, SpecDiffNetConfig
 
 __all__ = [
     "TrainConfig", "load_yaml", "save_yaml", "field_types", "coerce_value", "merge_overrides", "apply_sources",
@@ -162,9 +162,9 @@ class TrainConfig:
         else:
             # Batch norm trained from scratch must learn; pretrained statistics stay frozen.
             overrides.setdefault("freeze_bn", self.weights is not None)
-        if self.legacy:
-            overrides["legacy"] = True
-        return SpecDiffNetConfig.from_dict({**base, **overrides})
+        # --legacy is the authors' preset; model keys given by the user still win over it
+        preset = AUTHORS_PRESET if self.legacy else {}
+        return SpecDiffNetConfig.from_dict({**base, **preset, **overrides})
 
     def resolved(self, check_data: bool = True) -> TrainConfig:
         """Validate and make the model configuration explicit (what is saved with the run).
