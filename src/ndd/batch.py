@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ndd.models.config import DEFAULT_MAX_SIDE
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "SegmentJob",
@@ -59,7 +61,7 @@ class SegmentJob:
     out_dir: Path
     formats: tuple[str, ...]
     levels: tuple[int, ...] | None = None
-    max_side: int | None = 481
+    max_side: int | None = DEFAULT_MAX_SIDE
     highres: bool = True
     legacy: bool = False
     options: dict[str, Any] = field(default_factory=dict)

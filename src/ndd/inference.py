@@ -22,13 +22,12 @@ from ndd import spectral
 from ndd.device import resolve_device
 from ndd.interpolate import infer_stride_ratio
 from ndd.models import SpecDiffNet
+from ndd.models.config import DEFAULT_MAX_SIDE  # torch-free: the CLI reads the same constant
 from ndd.segment import Hierarchy, segment_from_edges, segment_from_similarity, upsample_hierarchy
 from ndd.segment.hierarchy import UcmValues
 
 __all__ = ["HierarchyOptions", "SegmentationResult", "working_size", "segment_image", "similarity_maps", "points_to_nodes", "check_points", "load_segmentation_model"]
 
-#: Longest side processed by default: BSDS500's 481, on which the model was trained.
-DEFAULT_MAX_SIDE = 481
 
 
 Method = Literal["auto", "superpixels", "grid"]

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ndd.cli._commands import subcommand_help
+from ndd.models.config import DEFAULT_MAX_SIDE
 
 INSTALL_HINT = 'ndd demo: needs Gradio; install it with: pip install "neural-diffusion-distance[demo]"'
 
@@ -26,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's choice; 1 can be faster on a busy small CPU)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload accepted, in MB (default 20)")
-    p.add_argument("--max-side", type=int, default=481, help="longest side the network sees (default 481)")
+    p.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE, help="longest side the network sees (default %(default)s)")
     p.add_argument("--examples", type=Path, default=None,
                    help="folder of example images offered on the page (default: the repository's examples/)")
     p.set_defaults(func=run)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ndd.cli._commands import subcommand_help
+from ndd.models.config import DEFAULT_MAX_SIDE
 from ndd.cli._output import messages_beside
 
 # io is NumPy/Pillow only: importing it keeps --help free of torch
@@ -61,8 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "for a busy core")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="skip inputs that an earlier run into --out completed (default: on)")
-    p.add_argument("--max-side", type=int, default=481,
-                   help="longest side processed (default 481, BSDS500's); larger images are scaled down and results mapped back")
+    p.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
+                   help="longest side processed (default %(default)s, BSDS500's); larger images are scaled down and results mapped back")
     # hierarchy options default to None: ndd.inference.HierarchyOptions owns their defaults
     p.add_argument("--method", choices=("auto", "superpixels", "grid"), default=None,
                    help="superpixels: pixel-accurate regions of the model's edge map merged by contour strength and "

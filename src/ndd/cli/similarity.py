@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ndd.cli._commands import subcommand_help
+from ndd.models.config import DEFAULT_MAX_SIDE
 
 
 
@@ -39,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("."), help="output folder (default: current)")
     p.add_argument("--model", default=None, help="'default', 'handcrafted' or a checkpoint path")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (default cpu)")
-    p.add_argument("--max-side", type=int, default=481, help="longest side processed (default 481)")
+    p.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE, help="longest side processed (default %(default)s)")
     p.set_defaults(func=run)
 
 

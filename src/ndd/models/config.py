@@ -9,13 +9,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["SpecDiffNetConfig", "SPECTRAL_DTYPES", "AFFINITIES", "AUTHORS_PRESET"]
+__all__ = ["SpecDiffNetConfig", "SPECTRAL_DTYPES", "AFFINITIES", "AUTHORS_PRESET", "DEFAULT_MAX_SIDE"]
 
 #: Precisions of the spectral part (names of torch dtypes).
 SPECTRAL_DTYPES: tuple[str, ...] = ("float64", "float32")
 #: What the affinity ``W`` is built from.
 AFFINITIES: tuple[str, ...] = ("features", "contour", "features+contour")
 
+
+#: Longest image side the shipped models see by default: BSDS500's 481x321, the size they were
+#: trained and scored at (larger images are scaled down and results mapped back).
+DEFAULT_MAX_SIDE = 481
 
 #: What :meth:`SpecDiffNetConfig.authors` sets: the authors' procedure and initial values.
 AUTHORS_PRESET: dict[str, Any] = {"legacy": True, "t_init": 0.5, "tau_init": 1e3}

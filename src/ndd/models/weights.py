@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .config import DEFAULT_MAX_SIDE
 from .specdiffnet import SpecDiffNet, SpecDiffNetConfig
 
 __all__ = ["WeightsEntry", "SpecDiffNetWeights", "spec_diff_net", "load_model", "load_default_model", "save_model"]
@@ -54,7 +55,7 @@ class WeightsEntry:
 #: What every shipped model expects: ``ndd.inference`` does this to any image.
 _PREPROCESSING: dict[str, Any] = {
     "input": "RGB float in [0, 1], (B, 3, H, W); normalisation happens inside the backbone",
-    "max_side": 481,  # BSDS500's 481x321: the size the model was trained and scored at
+    "max_side": DEFAULT_MAX_SIDE,
     "grid_stride": 8,
 }
 
