@@ -18,7 +18,11 @@ official C++ matcher), run with another interpreter if it is not installed in
 this one::
 
     python benchmarks/bench_evaluation.py [--root data/BSDS500] [--workers 2] [--soft DIR ...]
-        [--skip-ucm2] [--other-python PATH] [--other-images 3]
+        [--skip-ucm2] [--other-python PATH] [--other-images 3] [--json-dir DIR]
+
+``--json-dir`` writes each run's figures and per-image counts (``ndd
+evaluate --json``) there, to check that a faster version gives the same
+figures (``soft_<folder>.json``, ``ucm2.json``).
 
 Fetch the data first (git-ignored ``data/``)::
 
@@ -29,6 +33,7 @@ Fetch the data first (git-ignored ``data/``)::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import subprocess
@@ -190,7 +195,13 @@ def main() -> int:
     ap.add_argument("--skip-ucm2", action="store_true", help="do not time the ucm2 benchmark")
     ap.add_argument("--other-python", help="interpreter with pyEdgeEval installed, to time it too")
     ap.add_argument("--other-images", type=int, default=3, help="images for the other evaluator (it is slow)")
+    ap.add_argument("--json-dir", type=Path, help="write each run's figures and per-image counts here as JSON")
     args = ap.parse_args()
+
+    def save(ev, name: str) -> None:
+        if args.json_dir is not None:
+            args.json_dir.mkdir(parents=True, exist_ok=True)
+            (args.json_dir / name).write_text(json.dumps(ev.to_json_dict()))
 
     ucm_dir, gt_dir = args.root / "ucm2/test", args.root / "data/groundTruth/test"
     if not gt_dir.is_dir():
@@ -205,6 +216,7 @@ def main() -> int:
         )
         b = ev.boundary
         print(f"  boundary ODS {b.ods_f:.4f}  OIS {b.ois_f:.4f}  AP {b.ap:.4f}")
+        save(ev, f"soft_{soft.name}.json")
     if args.skip_ucm2:
         return 0
     if not ucm_dir.is_dir():
@@ -213,6 +225,7 @@ def main() -> int:
     ev = time_evaluation(
         "region + boundary benchmark on gPb-owt-ucm ucm2", ucm_dir, gt_dir, nthresh=args.nthresh, workers=args.workers
     )
+    save(ev, "ucm2.json")
     eval_dir = args.root / "ucm2/test_eval"
     if (eval_dir / "eval_cover.txt").is_file() and args.nthresh == 99:  # the full release only
         compare_official(ev, eval_dir)

@@ -95,14 +95,15 @@ class NeighbourTable:
     ``shape``: the GT pixels near pixel ``p`` are
     ``gt_index[indptr[p]:indptr[p + 1]]`` (ascending indices into the GT pixels
     taken in row-major order), at squared distances ``d2``.  Built once per
-    annotation and reused for every threshold.
+    annotation and reused for every threshold; stored narrow (int32 indices,
+    one byte per distance) because every threshold gathers its edges from it.
     """
 
     shape: tuple[int, int]
     radius: float
     indptr: np.ndarray  # (h*w + 1,) int64
-    gt_index: np.ndarray  # (nnz,) int64
-    d2: np.ndarray  # (nnz,) int64
+    gt_index: np.ndarray  # (nnz,) int32
+    d2: np.ndarray  # (nnz,) uint8 (int64 for a tolerance of 16 px or more)
     gt_flat: np.ndarray  # (n_gt,) int64: flat index of each GT pixel
 
     @property
@@ -143,8 +144,8 @@ def neighbour_table(gt_map: np.ndarray, radius: float) -> NeighbourTable:
         slot[start : start + qq.size] = filled[qq]
         filled[qq] += 1  # q is distinct within one offset
         start += qq.size
-    gi = np.empty(q.size, dtype=np.int64)
-    dd = np.empty(q.size, dtype=np.int64)
+    gi = np.empty(q.size, dtype=np.int32)
+    dd = np.empty(q.size, dtype=np.uint8 if d2.size == 0 or d2.max() < 256 else np.int64)
     gi[slot] = np.concatenate(gs)
     dd[slot] = np.concatenate(ds)
     return NeighbourTable((h, w), float(radius), indptr, gi, dd, gt_flat)
@@ -154,8 +155,9 @@ def radius_edges(table: NeighbourTable, machine_flat: np.ndarray) -> tuple[np.nd
     """Edges of the radius graph between machine pixels and the table's GT pixels.
 
     ``machine_flat``: (n1,) flat indices of the machine boundary pixels.
-    Returns ``(b, g, d2)``, each (E,) int64: machine index (into
-    ``machine_flat``), GT index, squared distance; sorted by ``(b, g)``.
+    Returns ``(b, g, d2)``, each (E,): machine index (into ``machine_flat``,
+    int64), GT index (int32), squared distance (the table's dtype, uint8 for
+    the usual tolerances: widen it before arithmetic); sorted by ``(b, g)``.
     """
     machine_flat = np.asarray(machine_flat, dtype=np.int64)
     start = table.indptr[machine_flat]
@@ -163,7 +165,8 @@ def radius_edges(table: NeighbourTable, machine_flat: np.ndarray) -> tuple[np.nd
     total = int(count.sum())
     b = np.repeat(np.arange(machine_flat.size, dtype=np.int64), count)
     # position of each edge in the table: its run's start + its rank in the run
-    pos = np.arange(total, dtype=np.int64) + np.repeat(start - (np.cumsum(count) - count), count)
+    pos = np.repeat(start - (np.cumsum(count) - count), count)
+    pos += np.arange(total, dtype=np.int64)
     return b, table.gt_index[pos], table.d2[pos]
 
 
@@ -205,13 +208,18 @@ def _greedy_by_level(b: np.ndarray, g: np.ndarray, d2: np.ndarray, n1: int, n2: 
     mate2 = np.full(n2, -1, dtype=np.int64)
     if b.size == 0:
         return mate1, mate2
-    # a stable (radix) sort on the few level values keeps the (b, g) order within a level
-    order = np.argsort(d2.astype(np.int16), kind="stable")
-    cuts = np.flatnonzero(np.diff(d2[order])) + 1
-    for at in np.split(order, cuts):
-        bb, gg = b[at], g[at]
-        keep = (mate1[bb] < 0) & (mate2[gg] < 0)
-        bb, gg = bb[keep], gg[keep]
+    # a stable (radix) sort on the few level values keeps the (b, g) order within a level;
+    # one byte per key when the levels allow (one radix pass instead of two)
+    key = d2 if d2.dtype == np.uint8 else d2.astype(np.uint8 if d2.max() < 256 else np.int64)
+    order = np.argsort(key, kind="stable")
+    per_level = np.bincount(d2)
+    ends = np.cumsum(per_level[per_level > 0]).tolist()
+    sb, sg = b[order], g[order]  # gathered once, then sliced level by level
+    for lo, hi in zip([0] + ends[:-1], ends):
+        bb, gg = sb[lo:hi], sg[lo:hi]
+        if lo:  # (at the first level every pixel is free)
+            keep = (mate1[bb] < 0) & (mate2[gg] < 0)
+            bb, gg = bb[keep], gg[keep]
         while bb.size:
             first = _first_of_runs(bb)
             pb, pg = bb[first], gg[first]  # one proposal per free machine pixel, pb ascending
@@ -234,14 +242,16 @@ def _augment_short(b: np.ndarray, g: np.ndarray, d2: np.ndarray, mate1: np.ndarr
     cheaper to find here than by graph search.
     """
     n1, n2 = mate1.size, mate2.size
-    e = np.flatnonzero((mate2[g] < 0) & (mate1[b] >= 0))
-    f = np.flatnonzero((mate1[b] < 0) & (mate2[g] >= 0))
+    free_b = mate1[b] < 0
+    free_g = mate2[g] < 0
+    e = np.flatnonzero(free_g & ~free_b)
+    f = np.flatnonzero(free_b & ~free_g)
     if e.size == 0 or f.size == 0:
         return
-    move = _min_per(b[e], d2[e] * n2 + g[e], n1)  # b1 → nearest free g2
+    move = _min_per(b[e], d2[e].astype(np.int64) * n2 + g[e], n1)  # b1 → nearest free g2
     b1 = np.flatnonzero(move != _NONE)
     g2 = move[b1] % n2
-    take = _min_per(g[f], d2[f] * n1 + b[f], n2)  # g1 → nearest free b0
+    take = _min_per(g[f], d2[f].astype(np.int64) * n1 + b[f], n2)  # g1 → nearest free b0
     t = take[mate1[b1]]
     ok = t != _NONE
     if not ok.any():
@@ -363,16 +373,17 @@ def _improve_swaps(
     """
     n1, n2 = mate1.size, mate2.size
     # distance of each GT pixel to its partner: the d2 of edge (mate2[g], g)
-    key = b * n2 + g  # ascending
+    mate_b = mate1[b]
     mate_d2 = np.zeros(n2, dtype=np.int64)
-    matched = np.flatnonzero(mate2 >= 0)
-    mate_d2[matched] = d2[np.searchsorted(key, mate2[matched] * n2 + matched)]
-    for _ in range(rounds):
-        cand = np.flatnonzero((mate1[b] < 0) & (mate2[g] >= 0))
+    on = mate_b == g  # the matched edges (one per matched pair)
+    mate_d2[g[on]] = d2[on]
+    for r in range(rounds):
+        cand = np.flatnonzero((mate_b if r == 0 else mate1[b]) < 0)
+        cand = cand[mate2[g[cand]] >= 0]
         cand = cand[d2[cand] < mate_d2[g[cand]]]
         if cand.size == 0:
             return
-        cb, cg, cd = b[cand], g[cand], d2[cand]
+        cb, cg, cd = b[cand], g[cand], d2[cand].astype(np.int64)
         k = cd * n1 + cb  # each GT pixel: its nearest proposer
         keep = _min_per(cg, k, n2)[cg] == k
         cb, cg, cd = cb[keep], cg[keep], cd[keep]
@@ -387,7 +398,7 @@ def _improve_swaps(
 
 def _cost(d2: np.ndarray) -> np.ndarray:
     """Official edge cost: the distance in units of 0.01 px, rounded."""
-    return np.rint(100.0 * np.sqrt(d2)).astype(np.int64)
+    return np.rint(100.0 * np.sqrt(np.asarray(d2, dtype=np.float64))).astype(np.int64)
 
 
 def _min_cost_max_matching(
@@ -457,8 +468,11 @@ def match_radius_graph(
     rounded distance, the official optimum; slow, meant for checks).
     """
     b = np.asarray(b, dtype=np.int64)
-    g = np.asarray(g, dtype=np.int64)
-    d2 = np.asarray(d2, dtype=np.int64)
+    g = np.asarray(g)
+    d2 = np.asarray(d2)  # any non-negative integer dtype (radius_edges: uint8); widened where keys need it
+    if g.dtype.kind not in "iu" or d2.dtype.kind not in "iu":
+        g = g.astype(np.int64)
+        d2 = d2.astype(np.int64)
     if tiebreak == "exact":
         return _exact_by_component(b, g, d2, n1, n2)
     if tiebreak != "greedy":
