@@ -2,6 +2,10 @@
 prediction and evaluation, from Python and from the command line."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,18 +126,25 @@ def _chance_miou(data):
 
 def test_end_to_end_pseudo_labels_beat_chance_and_the_gap_baseline(tmp_path):
     """A short CPU run on the synthetic data's easy style (flat colours) with hand-crafted features
-    and guidance: the full method's pseudo labels are far above chance in mIoU, and far above GAP
-    (CAM) in pixel accuracy and background IoU, where CAMs with a fixed background threshold spill
-    over the background. (In mIoU this 80-step run has GAP ahead, 0.37 against 0.30: the full
-    method has not yet learned every class; the README's 500-step run has it ahead, 37.3 against 24.8.)"""
+    and guidance: the full method's pseudo labels beat GAP (CAM) and chance by a wide margin in
+    mIoU, and GAP in background IoU, where CAMs with a fixed background threshold spill over.
+
+    Measured (32 images of 64x64, 120 Adam steps at lr 0.1, ~10 s on one thread), pseudo-label
+    mIoU full / GAP / chance: data seed 0 (this test): 0.683 / 0.380 / 0.156; seed 1: 0.630 /
+    0.410 / 0.148; seed 2: 0.607 / 0.345 / 0.144; seed 3: 0.614 / 0.406 / 0.153 (lowest class
+    IoU of the full method 0.30-0.52; pixel accuracy 0.86-0.90 against GAP's 0.60-0.67).
+    The settings matter: at lr 1e-2 for 80 steps (or 1e-2..3e-2 for up to 200 steps on 16
+    images) the full method has not yet learned every class, one or two stay at ~0 IoU (their
+    nodes are labelled background and the class fires on background nodes), and GAP can be
+    ahead (seed 0, 80 steps: 0.30 against 0.37)."""
     from ndd.data import ImageLabelFolder, write_multiclass_dataset
 
     root = tmp_path / "flat"
-    write_multiclass_dataset(root, 16, 0, (64, 64), seed=0, style="flat", clutter=(2, 5))
+    write_multiclass_dataset(root, 32, 0, (64, 64), seed=0, style="flat", clutter=(2, 5))
     scores = {}
     for variant in ("full", "gap"):
         ckpt = wsss.train(dataset="folder", data_root=str(root), split="train", variant=variant, crop_size=64,
-                          scale_range=(1.0, 1.0), flip=False, batch_size=8, steps=80, optimizer="adam", lr=1e-2,
+                          scale_range=(1.0, 1.0), flip=False, batch_size=8, steps=120, optimizer="adam", lr=0.1,
                           head_lr_mult=1, weight_decay=0.0, num_workers=0, log_every=1000, save_every=0,
                           progress=False, tensorboard=False, run_dir=str(tmp_path / variant),
                           guidance_cache=str(tmp_path / "k"), feature_cache=str(tmp_path / "f"),
@@ -144,6 +155,46 @@ def test_end_to_end_pseudo_labels_beat_chance_and_the_gap_baseline(tmp_path):
         scores[variant] = wsss.evaluate(tmp_path / variant / "pseudo", dataset="folder", data_root=root, split="train")
     chance = _chance_miou(ImageLabelFolder(root, "train", require_masks=True))
     full, gap = scores["full"], scores["gap"]
-    assert full["miou"] > chance + 0.1, (full["miou"], chance)
+    assert full["miou"] > chance + 0.3, (full["miou"], chance)
+    assert full["miou"] > gap["miou"] + 0.15, (full["miou"], gap["miou"])
+    assert min(full["per_class"].values()) > 0.2, full["per_class"]  # every class learned
     assert full["pixel_accuracy"] > gap["pixel_accuracy"] + 0.1, (full["pixel_accuracy"], gap["pixel_accuracy"])
     assert full["per_class"]["background"] > gap["per_class"]["background"] + 0.1
+
+
+def test_ddp_of_both_training_steps(shapes, tmp_path):
+    """``ndd wsss train`` and ``ndd wsss train-seg`` as 2-process gloo DDP jobs on the CPU (torchrun):
+    both finish, only rank 0 writes the run directory (checkpoints, metrics), and after 3 steps the
+    parameters are identical on both ranks and equal to the checkpoint. Buffers are not compared
+    across ranks: with trainable batch norm (``freeze_bn=false`` here) DDP broadcasts rank 0's
+    running statistics at the start of each forward, so after the last step each rank holds its own
+    batch's; the checkpoint holds rank 0's."""
+    common = ["--dataset", "folder", "--data", str(shapes), "--split", "train", "--crop-size", "32", "--batch-size",
+              "2", "--num-workers", "0", "--no-progress", "--no-tensorboard", "--optimizer", "adam", "--device", "cpu",
+              "--num-threads", "1", "--log-every", "1", "--steps", "3", "--save-every", "2"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(Path(__file__).with_name("wsss_ddp_worker.py")), str(tmp_path),
+           "wsss", "train", *common, "--run-dir", str(tmp_path / "wsss"), "--backbone", "small_cnn", "--feature-dim",
+           "8", "--spec-diff-net", "handcrafted", "--model", "freeze_bn=false", "--",
+           "wsss", "train-seg", *common, "--run-dir", str(tmp_path / "seg"), "--pseudo-labels", str(shapes / "masks"),
+           "--arch", "deeplabv3_small_cnn", "--no-freeze-bn"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("final checkpoint:") == 2  # rank 0 only, once per step
+    assert json.loads((tmp_path / "writes_rank1.json").read_text()) == []
+    assert json.loads((tmp_path / "writes_rank0.json").read_text()) == ["open_run_dir", "save_run_checkpoint",
+                                                                       "save_run_checkpoint"] * 2
+    for kind in ("wsss", "seg"):
+        ckpt = load_wsss_checkpoint(tmp_path / kind / "last.pt", kind)
+        assert ckpt["step"] == 3 and ckpt["world_size"] == 2
+        assert [int(r["step"]) for r in read_metrics(tmp_path / kind / "metrics.csv")] == [1, 2, 3]
+        rank0, rank1 = (torch.load(tmp_path / f"{kind}_rank{r}.pt", weights_only=True) for r in (0, 1))
+        step2 = load_wsss_checkpoint(tmp_path / kind / "checkpoints" / "step_0000002.pt", kind)
+        assert any(not torch.equal(v, step2["model"][k]) for k, v in rank0["parameters"].items())  # it trained
+        for name, value in rank0["parameters"].items():
+            assert torch.equal(value, rank1["parameters"][name]), (kind, name)
+            assert torch.equal(value, ckpt["model"][name]), (kind, name)
+        for name, value in rank0["buffers"].items():
+            if name in ckpt["model"]:
+                assert torch.equal(value, ckpt["model"][name]), (kind, name)
