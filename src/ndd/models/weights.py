@@ -244,6 +244,15 @@ def spec_diff_net(
         return SpecDiffNet(SpecDiffNetConfig(**config)).to(device)
     if config:
         raise ValueError("config keywords only apply to weights=None; trained weights carry their config")
+    weights = _resolve(weights)
+    if isinstance(weights, SpecDiffNetWeights):
+        entry = weights.value
+        return _build(_payload_of(entry), entry.path, device, entry.config)
+    return load_model(weights, device)
+
+
+def _resolve(weights: SpecDiffNetWeights | str | os.PathLike[str]) -> SpecDiffNetWeights | str | os.PathLike[str]:
+    """A member for a member or its name (``"DEFAULT"`` included), else the path as given."""
     if isinstance(weights, str) and not os.path.exists(weights):
         name = weights.split(".")[-1].upper()
         if name == "DEFAULT":
@@ -253,12 +262,10 @@ def spec_diff_net(
         else:
             raise ValueError(f"unknown weights {weights!r}: not a file, and not one of "
                              f"{['DEFAULT', *SpecDiffNetWeights.__members__]}")
-    if isinstance(weights, SpecDiffNetWeights):
+    if isinstance(weights, SpecDiffNetWeights) and not weights.value.path.is_file():
         entry = weights.value
-        if not entry.path.is_file():
-            raise FileNotFoundError(f"the shipped weights {entry.filename} are missing from this installation ({entry.path})")
-        return _build(_payload_of(entry), entry.path, device, entry.config)
-    return load_model(weights, device)
+        raise FileNotFoundError(f"the shipped weights {entry.filename} are missing from this installation ({entry.path})")
+    return weights
 
 
 def _payload_of(entry: WeightsEntry) -> dict[str, Any]:
@@ -282,5 +289,12 @@ def load_default_model(device: torch.device | str = "cpu") -> SpecDiffNet:
 
 def weights_config(weights: SpecDiffNetWeights | str | os.PathLike[str]) -> dict[str, Any]:
     """The :class:`SpecDiffNetConfig` (as a dict) of trained ``weights`` (a member, its name or a
-    file), with a shipped entry's ``config`` applied: what fine-tuning from them starts with."""
-    return spec_diff_net(weights).config.to_dict()
+    file), with a shipped entry's ``config`` applied: what fine-tuning from them starts with.
+    Read from the file's config (no model is built)."""
+    weights = _resolve(weights)
+    if isinstance(weights, SpecDiffNetWeights):
+        entry = weights.value
+        config = {**dict(_payload_of(entry)["config"]), **entry.config}
+    else:
+        config = dict(_read(weights)["config"])
+    return SpecDiffNetConfig.from_dict(config).to_dict()
