@@ -25,8 +25,10 @@ from ndd.data import (
     downsample_labels,
     label_kernel,
     relabel_consecutive,
+    resize_labels_nearest,
     train_transform,
 )
+from ndd.formats import resize_labels
 
 from mini_data import MINI, needs_mini
 
@@ -362,6 +364,14 @@ def test_collate() -> None:
 
 
 # --------------------------------------------------------------------------- label helpers
+
+
+def test_resize_labels_nearest_is_the_formats_rule_on_tensors() -> None:
+    labels = np.random.default_rng(0).integers(-1, 9, (13, 21))
+    for size in [(13, 21), (5, 8), (40, 61), (1, 1), (26, 7)]:
+        got = resize_labels_nearest(torch.from_numpy(labels).expand(2, 13, 21), size)
+        assert got.shape == (2, *size)
+        assert np.array_equal(got[1].numpy(), resize_labels(labels, size))
 
 
 def test_downsample_labels_majority() -> None:

@@ -91,7 +91,7 @@ def test_voc_errors_name_the_problem(tmp_path):
         VOCSegmentation(voc, "val")
     # an RGB (colour) mask is refused with a hint
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(voc / "SegmentationClass" / "2007_000001.png")
-    with pytest.raises(ValueError, match="is an RGB image: store class ids"):
+    with pytest.raises(ValueError, match="is an RGB image: store ids"):
         read_mask_png(voc / "SegmentationClass" / "2007_000001.png", 21)
 
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import math
 import subprocess
 import sys
 import textwrap
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -142,11 +144,22 @@ def test_resize_labels_nearest_pixel_centre() -> None:
     assert formats.resize_labels(labels, (1, 1)).tolist() == [[4]]  # the pixel at the centre
 
 
+def test_nearest_indices_exact_for_every_size() -> None:
+    for n_in in (1, 2, 3, 7, 41, 321, 4097):
+        for n_out in (1, 2, 5, 41, 61, 481, 1000003 // 997):
+            want = [math.floor((i + Fraction(1, 2)) * n_in / n_out) for i in range(n_out)]
+            assert formats.nearest_indices(n_in, n_out).tolist() == want
+    with pytest.raises(ValueError, match="sizes"):
+        formats.nearest_indices(0, 3)
+
+
 def test_read_labels_codes_colours_and_names_missing_files(tmp_path: Path) -> None:
     colours = np.zeros((2, 3, 3), np.uint8)
     colours[0, 1] = (1, 2, 3)
     Image.fromarray(colours).save(tmp_path / "c.png")
     assert formats.read_labels(tmp_path / "c.png").tolist() == [[0, 65536 + 2 * 256 + 3, 0], [0, 0, 0]]
+    with pytest.raises(formats.FormatError, match=r"c\.png is an RGB image"):
+        formats.read_labels(tmp_path / "c.png", colours=False)  # class-id masks: colours are a mistake
     with pytest.raises(FileNotFoundError, match=r"x\.png"):
         formats.read_labels(tmp_path / "x.png")
     (tmp_path / "bad.png").write_bytes(b"no png")

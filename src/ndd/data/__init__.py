@@ -18,7 +18,7 @@ from ._sample import Sample
 from .bsds import BSDS500, resolve_bsds_root
 from .collate import collate
 from .folder import IMAGE_EXTENSIONS, SegmentationFolder
-from .labels import IGNORE_INDEX, downsample_labels, label_kernel, relabel_consecutive
+from .labels import IGNORE_INDEX, downsample_labels, label_kernel, relabel_consecutive, resize_labels_nearest
 from .synthetic import DeadLeaves
 from .transforms import Compose, RandomCrop, RandomHorizontalFlip, RandomScale, Resize, resize_sample, train_transform
 
@@ -38,6 +38,7 @@ __all__ = [
     "IGNORE_INDEX",
     "relabel_consecutive",
     "downsample_labels",
+    "resize_labels_nearest",
     "label_kernel",
     "read_image",
     "read_label_png",

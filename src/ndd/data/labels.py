@@ -13,9 +13,10 @@ from typing import Literal, TypeVar
 import numpy as np
 import torch
 
+from ndd.formats.labels import nearest_indices
 from ndd.formats.labels import relabel_consecutive as _relabel_numpy
 
-__all__ = ["IGNORE_INDEX", "relabel_consecutive", "downsample_labels", "label_kernel"]
+__all__ = ["IGNORE_INDEX", "relabel_consecutive", "resize_labels_nearest", "downsample_labels", "label_kernel"]
 
 IGNORE_INDEX = -1
 """Label value of pixels that carry no ground truth (padding, void)."""
@@ -66,6 +67,23 @@ def _count_pairs(keys: torch.Tensor, num_keys: int) -> tuple[torch.Tensor, torch
     return keys[idx], ends - idx
 
 
+def resize_labels_nearest(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour resize of ``(..., H, W)`` labels to ``size = (h, w)``: an index gather.
+
+    The tensor twin of :func:`ndd.formats.resize_labels`, with the same pixel-centre rule
+    (:func:`ndd.formats.nearest_indices`), on ``labels``' device.
+
+    Example:
+        >>> resize_labels_nearest(torch.tensor([[1, 2]]), (2, 4)).tolist()
+        [[1, 1, 2, 2], [1, 1, 2, 2]]
+    """
+    H, W = labels.shape[-2:]
+    h, w = int(size[0]), int(size[1])
+    iy = torch.from_numpy(nearest_indices(H, h)).to(labels.device)
+    ix = torch.from_numpy(nearest_indices(W, w)).to(labels.device)
+    return labels[..., iy[:, None], ix[None, :]]
+
+
 def downsample_labels(
     labels: torch.Tensor,
     size: tuple[int, int],
@@ -101,9 +119,7 @@ def downsample_labels(
     device = labels.device
 
     if mode == "nearest":
-        iy = ((torch.arange(h, device=device) + 0.5) * H / h).floor().long().clamp_(max=H - 1)
-        ix = ((torch.arange(w, device=device) + 0.5) * W / w).floor().long().clamp_(max=W - 1)
-        return labels[:, iy[:, None], ix[None, :]]
+        return resize_labels_nearest(labels, (h, w))
     if mode != "majority":
         raise ValueError(f"unknown mode {mode!r}; expected 'majority' or 'nearest'")
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ._sample import Sample
-from .labels import IGNORE_INDEX
+from .labels import IGNORE_INDEX, resize_labels_nearest
 
 __all__ = [
     "Compose",
@@ -43,23 +43,13 @@ def _as_size(size: int | Sequence[int]) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
-def _resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Nearest-neighbour resize of ``(..., H, W)`` integer labels (exact: an index gather)."""
-    H, W = labels.shape[-2:]
-    h, w = size
-    # Same half-pixel convention as bilinear with align_corners=False ("nearest-exact").
-    iy = ((torch.arange(h, device=labels.device) + 0.5) * (H / h)).floor().long().clamp_(max=H - 1)
-    ix = ((torch.arange(w, device=labels.device) + 0.5) * (W / w)).floor().long().clamp_(max=W - 1)
-    return labels[..., iy[:, None], ix[None, :]]
-
-
 def resize_sample(sample: Sample, size: tuple[int, int]) -> Sample:
     """Resize image (bilinear, antialiased) and labels (nearest) to ``size = (h, w)``."""
     image, labels = sample["image"], sample["labels"]
     if tuple(image.shape[-2:]) == tuple(size):
         return dict(sample)  # type: ignore[return-value]
     image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
-    return {**sample, "image": image, "labels": _resize_labels(labels, size)}
+    return {**sample, "image": image, "labels": resize_labels_nearest(labels, size)}
 
 
 class Compose:

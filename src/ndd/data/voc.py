@@ -129,11 +129,7 @@ def read_mask_png(path: StrPath, num_classes: int, ignore: int = VOC_IGNORE) -> 
         FileNotFoundError: no such file.
         ValueError: unreadable, RGB (colours, not ids), or values outside ``0..num_classes-1`` and ``ignore``.
     """
-    raw = read_label_png(path)
-    with Image.open(path) as im:
-        mode = im.mode
-    if mode in ("RGB", "RGBA"):
-        raise ValueError(f"mask {path} is an RGB image: store class ids (palette or grey PNG), not colours")
+    raw = read_label_png(path, colours=False)
     bad = np.unique(raw[((raw < 0) | (raw >= num_classes)) & (raw != ignore)])
     if bad.size:
         shown = ", ".join(str(v) for v in bad[:6]) + (" ..." if bad.size > 6 else "")

@@ -19,6 +19,7 @@ from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 from skimage.measure import label as sk_label
 
 from ndd.evaluation.scales import level_scales
+from ndd.formats import relabel_consecutive
 
 __all__ = [
     "RegionCounts",
@@ -144,8 +145,7 @@ def segs_hierarchy(segs: Sequence[np.ndarray]) -> SegmentationStack:
         s = np.asarray(s)
         if s.shape != shape or s.ndim != 2:
             raise ValueError(f"segmentation {k} has shape {s.shape}, expected {shape}")
-        _, inv = np.unique(s.ravel(), return_inverse=True)
-        labels.append(inv + 1)
+        labels.append(relabel_consecutive(s).ravel() + 1)
     base = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape)
     return SegmentationStack(base, np.stack(labels).astype(np.int64), level_scales(len(segs)))
 

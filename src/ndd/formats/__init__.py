@@ -6,7 +6,7 @@ NumPy and Pillow are imported with the package; ``scipy.io`` (``.mat`` files) an
 
 * :mod:`~ndd.formats.images` - :func:`read_image` (the one image reader: dtype and EXIF
   orientation are arguments), :func:`check_image`;
-* :mod:`~ndd.formats.labels` - :func:`relabel_consecutive`, :func:`resize_labels`
+* :mod:`~ndd.formats.labels` - :func:`relabel_consecutive`, :func:`resize_labels` (:func:`nearest_indices`)
   (nearest neighbour), label PNGs (:func:`read_labels`, :func:`write_labels`);
 * :mod:`~ndd.formats.bsds` - the benchmark's thresholds (:func:`bsds_thresholds`,
   :data:`BSDS_THRESHOLDS`), ground truth (:func:`read_groundtruth`), ``ucm2`` and ``segs`` files;
@@ -36,7 +36,7 @@ from .bsds import (
 )
 from .errors import FormatError, MissingFileError
 from .images import ImageDtype, ImageNotFoundError, ImageReadError, check_image, read_image
-from .labels import read_labels, relabel_consecutive, resize_labels, write_labels
+from .labels import nearest_indices, read_labels, relabel_consecutive, resize_labels, write_labels
 from .ucm import label_stack_from_ucm2, labels_from_ucm2, ucm2_from_edges, ucm2_from_label_stack, ucm2_from_labels
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "check_image",
     # label maps
     "relabel_consecutive",
+    "nearest_indices",
     "resize_labels",
     "read_labels",
     "write_labels",

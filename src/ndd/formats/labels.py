@@ -15,7 +15,7 @@ from PIL import Image
 
 from .errors import FormatError, MissingFileError
 
-__all__ = ["relabel_consecutive", "resize_labels", "read_labels", "write_labels"]
+__all__ = ["relabel_consecutive", "nearest_indices", "resize_labels", "read_labels", "write_labels"]
 
 PathLike = str | os.PathLike[str]
 
@@ -55,11 +55,28 @@ def relabel_consecutive(labels: np.ndarray, ignore_index: int | None = None) -> 
     return out.reshape(arr.shape)
 
 
+def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
+    """``(n_out,)`` int64: the input position each output position reads in a nearest-neighbour resize.
+
+    Pixel-centre sampling: output ``i`` reads input ``floor((i + 0.5) n_in / n_out)``, computed
+    in integers, so it is exact for every size (``F.interpolate(mode="nearest-exact")``'s rule).
+    The one definition behind :func:`resize_labels` and the tensor resizes of :mod:`ndd.data`.
+
+    Example:
+        >>> nearest_indices(2, 4).tolist(), nearest_indices(5, 2).tolist()
+        ([0, 0, 1, 1], [1, 3])
+    """
+    n_in, n_out = int(n_in), int(n_out)
+    if n_in < 1 or n_out < 1:
+        raise ValueError(f"sizes must be >= 1, got {n_in} -> {n_out}")
+    return ((2 * np.arange(n_out, dtype=np.int64) + 1) * n_in) // (2 * n_out)
+
+
 def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of an (h, w) label map to ``size = (H, W)`` (pixel-centre sampling).
 
-    Output pixel ``(r, c)`` takes input pixel ``(floor((r + 0.5) h / H), floor((c + 0.5) w / W))``;
-    enlarging turns each pixel into a block, so segments keep their 4-connectivity. Returns
+    Output pixel ``(r, c)`` takes input pixel ``(floor((r + 0.5) h / H), floor((c + 0.5) w / W))``
+    (:func:`nearest_indices`); enlarging turns each pixel into a block, so segments keep their 4-connectivity. Returns
     ``labels`` itself when the size is already right.
 
     Example:
@@ -71,17 +88,16 @@ def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     H, W = int(size[0]), int(size[1])
     if (h, w) == (H, W):
         return labels
-    rows = np.minimum(((np.arange(H) + 0.5) * h / H).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(W) + 0.5) * w / W).astype(np.int64), w - 1)
-    return labels[np.ix_(rows, cols)]
+    return labels[np.ix_(nearest_indices(h, H), nearest_indices(w, W))]
 
 
-def read_labels(path: PathLike) -> np.ndarray:
+def read_labels(path: PathLike, *, colours: bool = True) -> np.ndarray:
     """Read an integer label map saved as an image (PNG recommended), ids as stored.
 
     Single-channel files (8/16/32-bit grey or palette) give their stored integer values (for
     palette images: the palette *index*); RGB(A) files give the colour code
-    ``R * 65536 + G * 256 + B`` per pixel, so colour-coded segmentations work too.
+    ``R * 65536 + G * 256 + B`` per pixel, so colour-coded segmentations work too, unless
+    ``colours=False`` (class-id masks, where colours are a mistake: an error).
 
     Returns:
         (H, W) int64 array of raw ids (not relabelled).
@@ -98,6 +114,8 @@ def read_labels(path: PathLike) -> np.ndarray:
             if im.mode in ("L", "P", "I", "I;16", "I;16B", "I;16L", "1"):
                 return np.asarray(im, dtype=np.int64).copy()
             if im.mode in ("RGB", "RGBA"):
+                if not colours:
+                    raise FormatError(f"{p} is an RGB image: store ids (palette or grey PNG), not colours")
                 rgb = np.asarray(im.convert("RGB"), dtype=np.int64)
                 return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
             if im.mode == "LA":

@@ -28,7 +28,7 @@ from skimage.measure import label as cc_label
 
 from ndd.formats.labels import relabel_consecutive  # the one implementation; re-exported here
 
-from .regions import region_adjacency
+from .regions import boundary_sums, region_adjacency
 
 __all__ = [
     "split_components",
@@ -79,7 +79,7 @@ def absorb_small_segments(
     if min_size <= 1 or sizes.min() >= min_size or n == 1:
         return labels
     if sums is None:
-        score = _border_lengths(labels, n)  # plays the role of the sums, without size normalisation
+        score = boundary_sums(labels, np.zeros(labels.shape), n)[1]  # border lengths, not size-normalised
     else:
         score = np.array(sums, dtype=np.float64)
     adj = region_adjacency(labels, n)
@@ -188,9 +188,3 @@ def _largest_pieces(labels: np.ndarray, pieces: np.ndarray) -> tuple[np.ndarray,
     return kept, owner
 
 
-def _border_lengths(labels: np.ndarray, n: int) -> np.ndarray:
-    L = np.zeros((n, n), dtype=np.float64)
-    for a, b in ((labels[:, :-1], labels[:, 1:]), (labels[:-1, :], labels[1:, :])):
-        d = a != b
-        np.add.at(L, (a[d], b[d]), 1.0)
-    return L + L.T
