@@ -353,4 +353,14 @@ def test_evaluate_kernel_cli_on_mini(tiny_run, tmp_path, capsys):
     assert val["num_images"] == 2 and val["num_annotations"] >= 8 and 0 < val["mean"] <= 1
     assert len(report["per_image"]["val"]) == 2 and "annotations" in report["per_image"]["val"][0]
     assert "val" in capsys.readouterr().out
+    assert report["step"] == load_checkpoint(tiny_run)["step"] and report["checkpoint"] == str(tiny_run)
+    # the same report from Python, with the same names
+    from ndd.data import BSDS500
+    from ndd.train import checkpoint_step, format_kernel_report, kernel_report
+
+    same = kernel_report(load_checkpoint_model(tiny_run), {"val": BSDS500(MINI, "val", annotation="all")},
+                         description="run", step=checkpoint_step(tiny_run), max_images=2)
+    assert same["splits"]["val"]["mean"] == pytest.approx(val["mean"], abs=1e-6)
+    assert checkpoint_step(tmp_path / "none.pt") is None and checkpoint_step("default") is None
+    assert format_kernel_report(same).splitlines()[2].split()[:2] == ["val", f"{val['mean']:.4f}"]
     assert main(["evaluate-kernel", "--checkpoint", str(tmp_path / "none.pt"), "--data", str(MINI)]) == 2

@@ -7,14 +7,9 @@ import sys
 from pathlib import Path
 
 from ndd.cli._commands import subcommand_help
-from typing import Any
-
 from ndd.cli._output import write_json_report
 
 __all__ = ["register", "run"]
-
-#: Paper Table 1, (T, t) = (2, 10): the setting the defaults follow.
-PAPER_TABLE1 = {"trainval": 0.794, "test": 0.741}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -58,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ndd.data import BSDS500
     from ndd.inference import load_segmentation_model
-    from ndd.train import evaluate_kernel
+    from ndd.train import checkpoint_step, format_kernel_report, kernel_report
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
@@ -67,50 +62,16 @@ def run(args: argparse.Namespace) -> int:
         spec = str(args.checkpoint) if args.checkpoint is not None else args.model
         datasets = {s: BSDS500(args.data, s, annotation="all") for s in args.split}  # before the model loads
         model, description = load_segmentation_model(spec, args.device)  # checks the device first
-        step = _checkpoint_step(spec)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"ndd evaluate-kernel: error: {exc}", file=sys.stderr)
         return 2
-    results: dict[str, dict[str, Any]] = {}
     try:
-        for split, dataset in datasets.items():
-            results[split] = evaluate_kernel(model, dataset, max_images=args.max_images, progress=progress)
+        report = kernel_report(model, datasets, description=description, checkpoint=spec, step=checkpoint_step(spec),
+                               data=str(args.data), max_images=args.max_images, progress=progress)
     except (ValueError, FileNotFoundError) as exc:
         print(f"ndd evaluate-kernel: error: {exc}", file=sys.stderr)
         return 1
-
-    at_step = f"step {step}, " if step is not None else ""
-    print(f"kernel accuracy of {description} ({at_step}backbone {model.config.backbone})")
-    print(f"{'split':10s}{'mean':>8s}{'images':>8s}{'annots':>8s}{'paper':>8s}")
-    for split, r in results.items():
-        paper = PAPER_TABLE1.get(split)
-        print(f"{split:10s}{r['mean']:8.4f}{r['num_images']:8d}{r['num_annotations']:8d}"
-              f"{(f'{paper:8.3f}' if paper is not None else '       -')}")
-    print("paper: Table 1, ResNet-101, (T, t) = (2, 10), 160k steps on BSDS500 train+val")
-    if args.json:
-        report = {
-            "model": description,
-            "checkpoint": spec,
-            "step": step,
-            "model_config": model.config.to_dict(),
-            "data": str(args.data),
-            "splits": {s: {k: r[k] for k in ("mean", "num_images", "num_annotations", "seconds")}
-                       for s, r in results.items()},
-            "per_image": {s: r["per_image"] for s, r in results.items()},
-            "paper_table1": PAPER_TABLE1,
-        }
-        if not write_json_report(args.json, report, "ndd evaluate-kernel"):
-            return 1
+    print(format_kernel_report(report))
+    if args.json and not write_json_report(args.json, report, "ndd evaluate-kernel"):
+        return 1
     return 0
-
-
-def _checkpoint_step(spec: str | None) -> int | None:
-    """The training step stored in a checkpoint file (None for shipped or hand-crafted models)."""
-    from ndd.train import load_checkpoint
-
-    if spec is None or not Path(spec).is_file():
-        return None
-    try:
-        return load_checkpoint(spec).get("step")
-    except (ValueError, FileNotFoundError):
-        return None  # a weights file of save_model: no step

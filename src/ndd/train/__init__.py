@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING
 from ndd._lazy import lazy_attributes
 
 if TYPE_CHECKING:
-    from .checkpoint import load_checkpoint, load_checkpoint_model, save_checkpoint, seed_everything
+    from .checkpoint import checkpoint_step, load_checkpoint, load_checkpoint_model, save_checkpoint, seed_everything
     from .config import TrainConfig, load_yaml, save_yaml
     from .distributed import DistInfo, init_distributed
-    from .kernel_eval import evaluate_kernel, kernel_cosine, kernel_cosine_per_annotation
+    from .kernel_eval import (PAPER_TABLE1, evaluate_kernel, format_kernel_report, kernel_cosine,
+                              kernel_cosine_per_annotation, kernel_report)
     from .loop import Trainer, train
     from .objective import TrainingObjective
 
@@ -44,6 +45,10 @@ _WHERE = {
     "evaluate_kernel": "kernel_eval",
     "kernel_cosine": "kernel_eval",
     "kernel_cosine_per_annotation": "kernel_eval",
+    "kernel_report": "kernel_eval",
+    "format_kernel_report": "kernel_eval",
+    "PAPER_TABLE1": "kernel_eval",
+    "checkpoint_step": "checkpoint",
     "load_checkpoint": "checkpoint",
     "load_checkpoint_model": "checkpoint",
     "save_checkpoint": "checkpoint",

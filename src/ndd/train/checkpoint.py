@@ -36,6 +36,7 @@ __all__ = [
     "training_state",
     "restore_training_state",
     "save_run_checkpoint",
+    "checkpoint_step",
 ]
 
 CHECKPOINT_FORMAT = "ndd-train"
@@ -196,3 +197,14 @@ def load_checkpoint_model(
     """
     model = load_model(path, device)
     return model if eval_mode else model.train()
+
+
+def checkpoint_step(spec: str | Path | None) -> int | None:
+    """The training step stored in the checkpoint file ``spec``; ``None`` for anything else
+    (a shipped model's name, a weights file of :func:`ndd.models.save_model`, no file)."""
+    if spec is None or not Path(spec).is_file():
+        return None
+    try:
+        return load_checkpoint(spec).get("step")
+    except (ValueError, FileNotFoundError):
+        return None

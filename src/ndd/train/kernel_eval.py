@@ -25,7 +25,12 @@ from torch.utils.data import Dataset
 from ndd.data import downsample_labels
 from ndd.models import SpecDiffNet
 
-__all__ = ["kernel_cosine", "kernel_cosine_per_annotation", "evaluate_kernel"]
+__all__ = ["PAPER_TABLE1", "kernel_cosine", "kernel_cosine_per_annotation", "evaluate_kernel", "kernel_report",
+           "format_kernel_report"]
+
+#: Kernel accuracy of the paper's Table 1 (ResNet-101, (T, t) = (2, 10), 160k steps on BSDS500
+#: train+val), by split: the setting ``ndd``'s defaults follow.
+PAPER_TABLE1: dict[str, float] = {"trainval": 0.794, "test": 0.741}
 
 
 def kernel_cosine(K: Tensor | np.ndarray, K_gt: Tensor | np.ndarray) -> Tensor:
@@ -139,3 +144,54 @@ def evaluate_kernel(
         "seconds": time.perf_counter() - start,
         "per_image": per_image,
     }
+
+
+def kernel_report(
+    model: SpecDiffNet,
+    datasets: dict[str, Dataset[Any]],
+    *,
+    description: str,
+    checkpoint: str | None = None,
+    step: int | None = None,
+    data: str | None = None,
+    max_images: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Kernel accuracy of ``model`` on several splits, as the report ``ndd evaluate-kernel`` prints and saves.
+
+    Args:
+        model: a :class:`SpecDiffNet`.
+        datasets: ``{split: dataset}`` (e.g. ``BSDS500(root, split, annotation="all")``).
+        description: how the model is named in the report (e.g. a shipped model's name).
+        checkpoint, step, data: where the model and the data came from (recorded as given).
+        max_images, progress: as :func:`evaluate_kernel`.
+
+    Returns:
+        A JSON-ready dict: ``model``, ``checkpoint``, ``step``, ``model_config``, ``data``,
+        ``splits`` (``{split: {"mean", "num_images", "num_annotations", "seconds"}}``),
+        ``per_image`` (``{split: [...]}``) and ``paper_table1`` (:data:`PAPER_TABLE1`).
+    """
+    results = {s: evaluate_kernel(model, d, max_images=max_images, progress=progress) for s, d in datasets.items()}
+    return {
+        "model": description,
+        "checkpoint": checkpoint,
+        "step": step,
+        "model_config": model.config.to_dict(),
+        "data": data,
+        "splits": {s: {k: r[k] for k in ("mean", "num_images", "num_annotations", "seconds")} for s, r in results.items()},
+        "per_image": {s: r["per_image"] for s, r in results.items()},
+        "paper_table1": dict(PAPER_TABLE1),
+    }
+
+
+def format_kernel_report(report: dict[str, Any]) -> str:
+    """The report of :func:`kernel_report` as a table, one row per split, beside the paper's figure."""
+    at_step = f"step {report['step']}, " if report.get("step") is not None else ""
+    lines = [f"kernel accuracy of {report['model']} ({at_step}backbone {report['model_config']['backbone']})",
+             f"{'split':10s}{'mean':>8s}{'images':>8s}{'annots':>8s}{'paper':>8s}"]
+    for split, r in report["splits"].items():
+        paper = report["paper_table1"].get(split)
+        lines.append(f"{split:10s}{r['mean']:8.4f}{r['num_images']:8d}{r['num_annotations']:8d}"
+                     + (f"{paper:8.3f}" if paper is not None else "       -"))
+    lines.append("paper: Table 1, ResNet-101, (T, t) = (2, 10), 160k steps on BSDS500 train+val")
+    return "\n".join(lines)
