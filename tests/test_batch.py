@@ -178,3 +178,13 @@ def test_write_segmentation_reads_each_level_once_and_draws_as_the_picture_funct
     strip = np.asarray(Image.open(tmp_path / "x_hierarchy.png"))
     assert strip.shape[0] == 240
     assert np.array_equal(strip, io.hierarchy_strip(picture, [dict(levels)[k] for k in (35, 9, 2)]))
+
+
+def test_default_workers_processes_on_the_cpu_only_for_several_images():
+    from ndd.batch import default_workers
+
+    assert default_workers(200, "cpu", cores=2) == 2
+    assert default_workers(200, "cpu", threads=2, cores=2) == 1  # the cores are taken by threads
+    assert default_workers(200, "cpu", cores=64) == 4  # bounded: one model per process in memory
+    assert default_workers(3, "cpu", cores=64) == 3  # never more processes than images
+    assert default_workers(1, "cpu", cores=8) == 1 and default_workers(50, "cuda:0", cores=8) == 1

@@ -22,7 +22,7 @@ import scipy.io
 from PIL import Image
 
 from ndd import io
-from ndd.batch import auto_levels
+from ndd.batch import auto_levels, default_workers
 from ndd.cli._commands import SUBCOMMANDS
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -147,7 +147,9 @@ def test_no_progress_bar_in_a_log_and_a_summary_line(segment_run):
     assert "\r" not in done.stderr and "%|" not in done.stderr  # stderr is a pipe: no bar
     # a bad input among good ones: named in one line before the model loads, the others are done
     assert lines[0] == f"ndd segment: {notes}: not an image file (or a format Pillow cannot read)"
-    assert lines[1] == "model: hand-crafted features (classical diffusion distance)"
+    # two images on a CPU of two or more cores: ndd.batch.default_workers spreads them over processes
+    workers = "; 2 worker processes" if default_workers(2, "cpu", threads=1) == 2 else ""
+    assert lines[1] == "model: hand-crafted features (classical diffusion distance)" + workers
     assert re.fullmatch(rf"ndd segment: 2 image\(s\) segmented, 1 failed, in [\d.]+ s, [\d.]+ images/s; "
                         rf"outputs in {re.escape(str(out))}", lines[-1]), lines[-1]
 

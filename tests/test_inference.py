@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from ndd.inference import points_to_nodes, segment_image, similarity_maps, working_size
+from ndd.inference import HierarchyOptions, points_to_nodes, segment_image, similarity_maps, working_size
 from ndd.models import SpecDiffNet, SpecDiffNetConfig
-from ndd.segment import labels_from_ucm2
+from ndd.segment import GridClustering, labels_from_ucm2, segment_from_similarity
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -101,6 +101,25 @@ def test_superpixel_method_needs_edges_and_gives_a_pixel_hierarchy():
     assert u.shape == (97, 129)
     grid = segment_image(img, model, max_side=None, method="grid")
     assert grid.grid_hierarchy is not None
+
+
+def test_authors_preset_is_the_grid_method_with_their_choices():
+    img = two_tone()
+    model = handcrafted()
+    result = segment_image(img, model, max_side=None, options=HierarchyOptions.authors(highres=False))
+    assert result.grid_hierarchy is not None and result.grid_hierarchy.n_segments <= 9
+    # the same as spelling their choices out: clustering preset, merging by the banded kernel W
+    with torch.no_grad():
+        out = model(torch.from_numpy(img).permute(2, 0, 1)[None], eigenpairs=False)
+    want = segment_from_similarity(out.similarity[0].float(), out.grid_shape,
+                                   merge_similarity=out.affinity.to_dense()[0],
+                                   coverage_threshold=HierarchyOptions().coverage_threshold,
+                                   clustering=GridClustering.authors())
+    assert np.array_equal(result.grid_hierarchy.merges, want.merges)
+    assert np.array_equal(result.grid_hierarchy.finest, want.finest)
+    assert HierarchyOptions.authors(coverage_threshold=0.02).coverage_threshold == 0.02
+    with pytest.raises(ValueError, match="merge_by"):
+        segment_image(img, model, max_side=None, merge_by="nearest")
 
 
 def test_default_ucm2_reaches_every_level_of_the_hierarchy():

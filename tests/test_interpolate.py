@@ -160,7 +160,12 @@ def _rand(*shape, dtype=torch.float64, seed=0):
     return torch.randn(*shape, generator=g, dtype=dtype)
 
 
-GEOMETRIES = [("stride", False), ("corners", False), ("centres", False), ("corners", True)]  # (geometry, legacy)
+GEOMETRIES = [("stride", False), ("corners", False), ("centres", False), ("corners", True)]  # (geometry, authors' window)
+
+
+def _lib(geometry, legacy):
+    """The library's geometry argument for a reference (geometry, authors' window) pair."""
+    return "authors" if legacy else geometry
 SIZES = [
     ((4, 5), (7, 9)),
     ((3, 3), (3, 5)),  # window wider than the coarse grid
@@ -186,7 +191,7 @@ SIZES = [
 def test_matches_reference(geometry, legacy, coarse, fine, s):
     values = _rand(1, 3, *coarse, seed=1)
     feats = _rand(1, 4, *fine, seed=2)
-    got = feature_attentional_upsample(values, feats, 1.7, s, geometry=geometry, legacy=legacy)
+    got = feature_attentional_upsample(values, feats, 1.7, s, geometry=_lib(geometry, legacy))
     want = reference_fai(values, feats, 1.7, s, geometry, legacy)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
@@ -213,11 +218,11 @@ def test_matches_reference_explicit_ratio(coarse, fine, ratio):
 @pytest.mark.parametrize("fine", [(13, 17), (10, 14)])
 def test_weights_sum_to_one_and_mask(geometry, legacy, fine):
     feats = _rand(2, 5, *fine, seed=3)
-    w = fai_weights(feats, (5, 7), 3.0, 5, geometry=geometry, legacy=legacy)
+    w = fai_weights(feats, (5, 7), 3.0, 5, geometry=_lib(geometry, legacy))
     assert w.shape == (2, 25, *fine)
     assert (w >= 0).all()
     torch.testing.assert_close(w.sum(1), torch.ones(2, *fine, dtype=w.dtype))
-    index, valid = fai_neighbours(fine, (5, 7), 5, geometry=geometry, legacy=legacy)
+    index, valid = fai_neighbours(fine, (5, 7), 5, geometry=_lib(geometry, legacy))
     assert index.shape == valid.shape == (25, *fine)
     assert int(index.min()) >= 0 and int(index.max()) < 35
     assert (w[:, ~valid] == 0).all()
@@ -244,7 +249,7 @@ def test_weights_reproduce_upsample():
 def test_constant_map_stays_constant(geometry, legacy, gamma, dtype, fine):
     feats = 10 * _rand(2, 6, *fine, dtype=dtype, seed=6)
     values = torch.full((2, 3, 7, 9), 0.37, dtype=dtype)
-    out = feature_attentional_upsample(values, feats, gamma, 5, geometry=geometry, legacy=legacy)
+    out = feature_attentional_upsample(values, feats, gamma, 5, geometry=_lib(geometry, legacy))
     assert out.dtype == dtype and out.shape == (2, 3, *fine)
     torch.testing.assert_close(out, torch.full_like(out, 0.37))
 
@@ -352,7 +357,7 @@ def test_gradcheck_single_step(geometry, legacy):
     gamma = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
 
     def fn(v, f, g):
-        return feature_attentional_upsample(v, f, g, 3, geometry=geometry, legacy=legacy)
+        return feature_attentional_upsample(v, f, g, 3, geometry=_lib(geometry, legacy))
 
     # the full Jacobian for the default geometry (stride 2, even sizes), random projections for the others
     fast = (geometry, legacy) != ("stride", False)
@@ -607,11 +612,12 @@ def test_geometry_arguments_and_backward_compatibility():
     assert torch.equal(run(align_corners=False), run(geometry="centers"))
     assert torch.equal(run(geometry="corners", align_corners=True), run(geometry="corners"))
     assert not torch.allclose(default, run(geometry="corners"))
-    # legacy ignores the geometry, as before
-    assert torch.equal(run(legacy=True), run(legacy=True, align_corners=True))
-    assert torch.equal(run(legacy=True), run(legacy=True, align_corners=False))
+    # the authors' window is corner-aligned
+    assert torch.equal(run(geometry="authors"), run(geometry="authors", align_corners=True))
+    assert not torch.allclose(run(geometry="authors"), run(geometry="corners"))  # borders clamped, not masked
     for bad in [dict(geometry="stride", align_corners=True), dict(geometry="corners", align_corners=False),
-                dict(geometry="pixels"), dict(geometry="corners", ratio=2), dict(legacy=True, ratio=2)]:
+                dict(geometry="pixels"), dict(geometry="corners", ratio=2), dict(geometry="authors", ratio=2),
+                dict(geometry="authors", align_corners=False)]:
         with pytest.raises(ValueError, match="geometry|ratio"):
             run(**bad)
     for bad in (0, -1.0, float("nan"), float("inf"), (1, 2, 3), True, "2", (2, None)):
@@ -626,7 +632,7 @@ def test_geometry_arguments_and_backward_compatibility():
 
 def test_module_geometry():
     fai = FeatureAttentionalInterpolation()
-    assert fai.geometry == "stride" and fai.align_corners is None and not fai.legacy
+    assert fai.geometry == "stride" and fai.align_corners is None
     assert "geometry='stride'" in repr(fai)
     assert FeatureAttentionalInterpolation(align_corners=True).geometry == "corners"
     assert FeatureAttentionalInterpolation(align_corners=False).align_corners is False
@@ -634,7 +640,7 @@ def test_module_geometry():
     with pytest.raises(ValueError, match="contradicts"):
         FeatureAttentionalInterpolation(geometry="stride", align_corners=True)
     values, feats, gammas = _odd_even_case(20, 26, seed=95)
-    for kw in (dict(), dict(geometry="corners"), dict(geometry="centres"), dict(legacy=True)):
+    for kw in (dict(), dict(geometry="corners"), dict(geometry="centres"), dict(geometry="authors")):
         fai = FeatureAttentionalInterpolation(gammas, **kw).double()
         got = fai(values, feats, (20, 26))
         want = fai_upsample(values, feats, fai.gamma, (20, 26), **kw)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from ndd.data import label_kernel
-from ndd.losses import kernel_matching_loss, sample_segment_points, segment_matching_loss
+from ndd.losses import SegmentMatching, kernel_matching_loss, sample_segment_points, segment_matching_loss
 
 
 def grid_labels():
@@ -70,10 +70,10 @@ def test_segment_loss_zero_for_perfect_maps_and_positive_otherwise():
     K_gt, _ = label_kernel(labels)
     g = torch.Generator().manual_seed(1)
     assert segment_matching_loss(K_gt, labels, labels, identity_upsample, g) < 1e-6
-    assert segment_matching_loss(K_gt, labels, labels, identity_upsample, g, legacy=True) < 1e-6
+    assert segment_matching_loss(K_gt, labels, labels, identity_upsample, g, matching=SegmentMatching.authors()) < 1e-6
     flat = torch.ones_like(K_gt)  # everything similar to everything
     assert segment_matching_loss(flat, labels, labels, identity_upsample, g) > 0.1
-    assert segment_matching_loss(flat, labels, labels, identity_upsample, g, legacy=True) > 0.1
+    assert segment_matching_loss(flat, labels, labels, identity_upsample, g, matching=SegmentMatching.authors()) > 0.1
 
 
 def test_segment_loss_uses_upsampled_resolution():
@@ -90,3 +90,17 @@ def test_segment_loss_uses_upsampled_resolution():
     (loss + K.sum() * 0).backward()
     with pytest.raises(ValueError, match="upsample returned"):
         segment_matching_loss(K_gt, labels, fine, identity_upsample)
+
+
+def test_segment_matching_points_and_distance():
+    """The authors' variant is exactly the mean absolute error over 20 sampled nodes' maps."""
+    labels = grid_labels()
+    K = torch.rand(1, labels[0].numel(), labels[0].numel(), generator=torch.Generator().manual_seed(0))
+    got = segment_matching_loss(K, labels, labels, identity_upsample, torch.Generator().manual_seed(3),
+                                matching=SegmentMatching(points=20, distance="l1"))
+    nodes = torch.randint(labels[0].numel(), (20,), generator=torch.Generator().manual_seed(3))
+    maps = K[0, nodes].reshape(20, *labels.shape[1:])
+    masks = (labels[0] == labels[0].reshape(-1)[nodes].view(-1, 1, 1)).float()
+    assert torch.allclose(got, (maps - masks).abs().mean())
+    with pytest.raises(ValueError, match="points"):
+        SegmentMatching(points=0)

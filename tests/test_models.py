@@ -70,6 +70,8 @@ def test_legacy_mode_uses_fixed_grid():
     out = net(torch.rand(1, 3, 40, 64))
     assert out.grid_shape == (7, 7) and out.distance.shape == (1, 49, 49)
     assert net.t.item() == pytest.approx(0.5) and net.tau.item() == pytest.approx(1e3)
+    assert net.fai.geometry == "authors"  # their clamped-border FAI window too
+    assert SpecDiffNet(tiny_config()).fai.geometry == "stride"
 
 
 def test_authors_preset_is_explicit_and_overridable():

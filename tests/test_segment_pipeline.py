@@ -8,6 +8,7 @@ import torch
 
 from ndd.segment import (
     BSDS_THRESHOLDS,
+    GridClustering,
     Hierarchy,
     hierarchy_from_segments,
     hierarchy_from_superpixels,
@@ -28,11 +29,13 @@ def test_finest_level_recovers_blocks() -> None:
     assert same_partition(hierarchy.finest, block_labels())
 
 
-def test_legacy_and_any_run() -> None:
+def test_authors_clustering_and_any_run() -> None:
     g = block_labels()
     K = block_kernel(g, noise=0.1)
-    legacy = segment_from_similarity(K, (H, W), legacy=True)
-    assert legacy.n_segments <= 9
+    authors = segment_from_similarity(K, (H, W), clustering=GridClustering.authors())
+    assert authors.n_segments <= 9  # their cap on centres; largest piece kept, so one segment per cluster
+    capped = segment_from_similarity(K, (H, W), clustering=GridClustering(max_centers=2, cleanup="largest"))
+    assert capped.n_segments <= 2
     anyh = segment_from_similarity(K, (H, W), adjacency="any", merge_similarity=K * 0.5)
     assert anyh.levels([1])[0].max() == 0
 

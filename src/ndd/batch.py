@@ -24,14 +24,18 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ndd.models.config import DEFAULT_MAX_SIDE
+
+if TYPE_CHECKING:  # ndd.inference imports torch; this module is read before torch is needed
+    from ndd.inference import HierarchyOptions
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "SegmentJob",
     "auto_levels",
+    "default_workers",
     "ImageOutcome",
     "check_out_dir",
     "collect_inputs",
@@ -54,17 +58,16 @@ class SegmentJob:
         formats: subset of :data:`ndd.io.SEGMENTATION_FORMATS`.
         levels: numbers of segments of the levels to write (those a hierarchy has), or ``None``
             for :func:`auto_levels` of each image's hierarchy.
-        max_side, highres, legacy: as for :func:`ndd.inference.segment_image`.
-        options: :class:`ndd.inference.HierarchyOptions` fields to override.
+        max_side: as for :func:`ndd.inference.segment_image`.
+        options: how the hierarchy is built (:class:`ndd.inference.HierarchyOptions`, e.g.
+            ``HierarchyOptions.authors()``); ``None``: the defaults.
     """
 
     out_dir: Path
     formats: tuple[str, ...]
     levels: tuple[int, ...] | None = None
     max_side: int | None = DEFAULT_MAX_SIDE
-    highres: bool = True
-    legacy: bool = False
-    options: dict[str, Any] = field(default_factory=dict)
+    options: HierarchyOptions | None = None
 
 
 @dataclass
@@ -235,8 +238,7 @@ def segment_file(path: Path, model: Any, job: SegmentJob,
         return ImageOutcome(path, "failed", error=str(err))
     if on_stage is not None:
         on_stage("segmenting")
-    result = segment_image(image, model, max_side=job.max_side, highres=job.highres, legacy=job.legacy,
-                           **job.options)
+    result = segment_image(image, model, max_side=job.max_side, options=job.options)
     wanted = job.levels if job.levels is not None else auto_levels(result.hierarchy.n_segments)
     counts = result.available_levels(wanted)
     picture = io.to_uint8_image(image)
@@ -252,6 +254,28 @@ def segment_file(path: Path, model: Any, job: SegmentJob,
     missing = sorted(set(wanted) - set(counts)) if set(job.formats) - {"ucm2"} else []
     return ImageOutcome(path, "done", written, seconds=time.perf_counter() - start, missing_levels=missing,
                         finest=result.hierarchy.n_segments)
+
+
+def default_workers(n_images: int, device: str = "cpu", threads: int | None = None,
+                    cores: int | None = None, most: int = 4) -> int:
+    """Worker processes ``ndd segment`` runs when ``--workers`` is not given.
+
+    On the CPU, several images go to ``min(n_images, cores // threads, most)`` processes
+    (``threads`` per process, default 1): much of the pipeline (the hierarchy, depthwise
+    convolutions, small spectral steps) uses one core, so processes beat threads; on the 2-core
+    machine of the README 2 processes x 1 thread segment 1.4x as many images per second as
+    1 x 2 (``benchmarks/bench_segment_many.py``). ``most`` bounds the memory (about 1 GB per
+    process with the default model). One image, or a GPU: 1.
+
+    Example:
+        >>> default_workers(200, "cpu", cores=2), default_workers(1, "cpu", cores=8), default_workers(9, "cuda:0")
+        (2, 1, 1)
+    """
+    if n_images < 2 or not str(device).startswith("cpu"):
+        return 1
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(n_images, cores // max(1, threads or 1), most))
 
 
 def auto_levels(finest: int, coarsest: int = 2, most: int = 32) -> tuple[int, ...]:

@@ -23,7 +23,7 @@ from ndd.device import resolve_device
 from ndd.interpolate import infer_stride_ratio
 from ndd.models import SpecDiffNet
 from ndd.models.config import DEFAULT_MAX_SIDE  # torch-free: the CLI reads the same constant
-from ndd.segment import Hierarchy, segment_from_edges, segment_from_similarity, upsample_hierarchy
+from ndd.segment import GridClustering, Hierarchy, segment_from_edges, segment_from_similarity, upsample_hierarchy
 from ndd.segment.hierarchy import UcmValues
 
 __all__ = ["HierarchyOptions", "SegmentationResult", "working_size", "segment_image", "similarity_maps", "points_to_nodes", "check_points", "load_segmentation_model"]
@@ -31,7 +31,7 @@ __all__ = ["HierarchyOptions", "SegmentationResult", "working_size", "segment_im
 
 
 Method = Literal["auto", "superpixels", "grid"]
-MergeBy = Literal["features", "diffusion"]
+MergeBy = Literal["features", "diffusion", "affinity"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,8 @@ class HierarchyOptions:
             kernel ``exp(-mu ||f_i - f_j||^2)`` (paper §6, "average feature similarity", as in
             the authors' code), or ``"diffusion"``, ``K_D``. Between separated regions
             ``K_D ~ exp(-tau (1/pi_A + 1/pi_B))`` depends on their sizes, so merging by it
-            follows region size more than appearance.
+            follows region size more than appearance. ``"affinity"``: the banded feature
+            kernel ``W`` the diffusion starts from (zero beyond the window; the authors' code).
         coverage_threshold: grid method: residual coverage at which centre selection stops
             (paper 0.02; smaller gives a finer finest level).
         highres: grid method: FAI up-sampling of the finest segments ("Ours-HR").
@@ -66,8 +67,10 @@ class HierarchyOptions:
             score: late merges crowd above the last thresholds and those levels can never be
             scored) or ``"auto"`` (default: ``"spread"`` for superpixels, ``"rank"`` for the
             grid method, the better of the two on BSDS500 val for each).
-        legacy: grid method with the authors' choices (fixed first centre, at most 9 centres,
-            soft k-means, merging by the banded feature kernel ``W``).
+        clustering: grid method: centres, k-means and clean-up
+            (:class:`ndd.segment.GridClustering`).
+
+    :meth:`authors` is the authors' released hierarchy as a preset.
     """
 
     method: Method = "auto"
@@ -79,7 +82,20 @@ class HierarchyOptions:
     edge_weight: float = 0.2
     merge_mu_scale: float | None = None
     ucm_values: UcmValues | Literal["auto"] = "auto"
-    legacy: bool = False
+    clustering: GridClustering = GridClustering()
+
+    @classmethod
+    def authors(cls, **changes: object) -> HierarchyOptions:
+        """The authors' released hierarchy: the grid method, :meth:`GridClustering.authors`
+        (fixed first centre, at most 9 centres, soft k-means, largest piece kept) and merging by
+        the banded feature kernel ``W``; ``changes`` are fields to set on top.
+
+        Example:
+            >>> HierarchyOptions.authors(coverage_threshold=0.02).merge_by
+            'affinity'
+        """
+        preset = cls(method="grid", merge_by="affinity", clustering=GridClustering.authors())
+        return replace(preset, **changes)
 
 
 @dataclass(frozen=True)
@@ -192,7 +208,7 @@ def segment_image(
     out = model(x, eigenpairs=False)
     method = opts.method
     if method == "auto":
-        method = "superpixels" if out.edges is not None and not opts.legacy else "grid"
+        method = "superpixels" if out.edges is not None else "grid"
     if method == "superpixels":
         if out.edges is None:
             raise ValueError("method 'superpixels' needs a model with an edge map (e.g. the default model)")
@@ -223,16 +239,15 @@ def _merge_similarity(out, model: SpecDiffNet, opts: HierarchyOptions) -> torch.
         return spectral.feature_kernel(out.embedding[:1].float(), scale * model.mu.float())[0]
     if merge_by == "diffusion":
         return out.similarity[0].float()
-    raise ValueError(f"merge_by must be 'features' or 'diffusion', got {merge_by!r}")
+    if merge_by == "affinity":
+        return out.affinity.to_dense()[0].float()
+    raise ValueError(f"merge_by must be 'features', 'diffusion' or 'affinity', got {merge_by!r}")
 
 
 def _grid_hierarchy(out, model: SpecDiffNet, opts: HierarchyOptions) -> Hierarchy:
-    if opts.legacy:
-        merge = out.affinity.to_dense()[0]
-    else:
-        merge = _merge_similarity(out, model, opts)
-    return segment_from_similarity(out.similarity[0].float(), out.grid_shape, merge_similarity=merge,
-                                   coverage_threshold=opts.coverage_threshold, legacy=opts.legacy)
+    return segment_from_similarity(out.similarity[0].float(), out.grid_shape,
+                                   merge_similarity=_merge_similarity(out, model, opts),
+                                   coverage_threshold=opts.coverage_threshold, clustering=opts.clustering)
 
 
 def _superpixel_hierarchy(out, model: SpecDiffNet, size: tuple[int, int], opts: HierarchyOptions) -> Hierarchy:

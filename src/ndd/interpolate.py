@@ -64,10 +64,9 @@ Conventions (the same in every function of this module)
   nearest coarse cell ``round(u_i)`` (ties go up; clamped into the grid) and
   takes the offsets ``-r..r`` (``r = (S - 1) // 2``) along each axis.
   Neighbours outside the coarse grid are *masked out* (weight zero), so border
-  values are not counted twice. ``legacy=True`` reproduces the authors' code
+  values are not counted twice. ``geometry="authors"`` reproduces the authors' code
   instead: base cell ``floor(i * (h - 1) / (H - 1))`` with offsets ``-r..r``
-  around it (corner-aligned geometry whatever ``geometry`` or
-  ``align_corners`` say) and out-of-grid indices *clamped* to the border, so
+  around it (corner-aligned) and out-of-grid indices *clamped* to the border, so
   border cells count several times. (Their CPU variant's ``r / r_c`` spacing
   is not reproduced.)
 
@@ -113,7 +112,7 @@ __all__ = [
 ]
 
 GammaLike = float | Tensor
-Geometry = Literal["stride", "corners", "centres"]
+Geometry = Literal["stride", "corners", "centres", "authors"]
 RatioLike = int | float | Fraction | Sequence[int | float | Fraction]
 
 # A tile of fine pixels spans this many windows' worth of coarse cells per
@@ -199,19 +198,23 @@ def _check_pair(values: Tensor, fine_features: Tensor, name: str = "fine_feature
 _GEOMETRIES = ("stride", "corners", "centres")
 
 
-def _resolve_geometry(geometry: str | None, align_corners: bool | None, legacy: bool) -> str:
-    """``"stride"``, ``"corners"``, ``"centres"`` or ``"legacy"`` from the public arguments."""
+def _resolve_geometry(geometry: str | None, align_corners: bool | None) -> str:
+    """``"stride"``, ``"corners"``, ``"centres"`` or ``"authors"`` from the public arguments."""
     if align_corners is not None:
         align_corners = bool(align_corners)
+    if geometry == "authors":  # corner-aligned, borders clamped
+        if align_corners is False:
+            raise ValueError("geometry='authors' is corner-aligned; it contradicts align_corners=False")
+        return "authors"
     if geometry is None:
         kind = "stride" if align_corners is None else ("corners" if align_corners else "centres")
     else:
         kind = "centres" if geometry == "centers" else geometry
         if kind not in _GEOMETRIES:
-            raise ValueError(f"geometry must be one of {_GEOMETRIES}, got {geometry!r}")
+            raise ValueError(f"geometry must be one of {_GEOMETRIES + ('authors',)}, got {geometry!r}")
         if align_corners is not None and kind != ("corners" if align_corners else "centres"):
             raise ValueError(f"geometry={geometry!r} contradicts align_corners={align_corners}")
-    return "legacy" if legacy else kind
+    return kind
 
 
 def _as_ratio(ratio: RatioLike) -> tuple[Fraction, Fraction]:
@@ -262,7 +265,7 @@ def infer_stride_ratio(fine_size: Sequence[int], coarse_size: Sequence[int]) -> 
 class _Geom:
     """The resolved geometry of one step (hashable: part of the plan cache key).
 
-    ``kind`` is ``"stride"``, ``"corners"``, ``"centres"`` or ``"legacy"``;
+    ``kind`` is ``"stride"``, ``"corners"``, ``"centres"`` or ``"authors"``;
     ``ratio`` (stride only) is ``(rows, cols)``: coarse index ``j`` sits at
     fine coordinate ``j * ratio``.
     """
@@ -276,7 +279,7 @@ def _step_geometry(
 ) -> _Geom:
     if kind != "stride":
         if ratio is not None:
-            raise ValueError("ratio is only used by geometry='stride' (and not with legacy=True)")
+            raise ValueError("ratio is only used by geometry='stride'")
         return _Geom(kind)
     if ratio is not None:
         return _Geom("stride", _as_ratio(ratio))
@@ -291,7 +294,7 @@ def _centres(n_fine: int, n_coarse: int, kind: str, ratio: Fraction | None, devi
     i = torch.arange(n_fine, device=device)
     # Integer arithmetic, so exact ties (e.g. stride 2) round the same way on
     # every device and dtype.
-    if kind == "legacy":
+    if kind == "authors":
         return (i * (n_coarse - 1)) // max(n_fine - 1, 1)
     if kind == "corners":
         if n_fine == 1 or n_coarse == 1:
@@ -392,7 +395,7 @@ class _AxisPlan:
     band: int
     band_index: Tensor  # (n_blocks * band,) coarse index of each band cell, clamped into the grid
     pos: Tensor  # (n_blocks * block,) band position of window offset 0 (i.e. -r)
-    valid: Tensor  # (n_blocks * block, S) window offset inside the coarse grid (all True if legacy)
+    valid: Tensor  # (n_blocks * block, S) window offset inside the coarse grid (all True for the authors' geometry)
 
 
 def _axis_plan(n_fine: int, n_coarse: int, s: int, kind: str, ratio: Fraction | None, device) -> _AxisPlan:
@@ -414,7 +417,7 @@ def _axis_plan(n_fine: int, n_coarse: int, s: int, kind: str, ratio: Fraction | 
     offsets = torch.arange(-r, r + 1, device=device)
     index = centre.reshape(-1, 1) + offsets
     valid = (index >= 0) & (index < n_coarse)
-    if kind == "legacy":
+    if kind == "authors":
         valid = torch.ones_like(valid)  # clamped: the band holds the border cell there
     return _AxisPlan(
         n_fine=n_fine,
@@ -507,7 +510,6 @@ def fai_neighbours(
     *,
     geometry: Geometry | None = None,
     align_corners: bool | None = None,
-    legacy: bool = False,
     ratio: RatioLike | None = None,
     device: torch.device | str | None = None,
 ) -> tuple[Tensor, Tensor]:
@@ -517,7 +519,7 @@ def fai_neighbours(
         fine_size: ``(H, W)`` of the fine grid.
         coarse_size: ``(h, w)`` of the coarse grid.
         neighbourhood: odd window side ``S`` in coarse cells.
-        geometry, align_corners, legacy, ratio: geometry, see
+        geometry, align_corners, ratio: geometry, see
             :func:`feature_attentional_upsample` and the module docstring.
         device: where to build the indices (default CPU).
 
@@ -527,12 +529,12 @@ def fai_neighbours(
             ``b - r``), clamped into the grid.
         valid: ``(S*S, H, W)`` bool, whether that neighbour is inside the
             coarse grid (masked-out neighbours get weight 0 in
-            :func:`fai_weights`; always True with ``legacy``).
+            :func:`fai_weights`; always True for ``"authors"``).
     """
     s = _check_neighbourhood(neighbourhood)
     fh, fw = _check_size("fine_size", fine_size)
     ch, cw = _check_size("coarse_size", coarse_size)
-    geom = _step_geometry(_resolve_geometry(geometry, align_corners, legacy), (fh, fw), (ch, cw), ratio)
+    geom = _step_geometry(_resolve_geometry(geometry, align_corners), (fh, fw), (ch, cw), ratio)
     rr, rc = geom.ratio if geom.ratio is not None else (None, None)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     r = (s - 1) // 2
@@ -542,7 +544,7 @@ def fai_neighbours(
     rv, cv = (rows >= 0) & (rows < ch), (cols >= 0) & (cols < cw)
     index = rows.clamp(0, ch - 1)[:, None, :, None] * cw + cols.clamp(0, cw - 1)[None, :, None, :]
     valid = rv[:, None, :, None] & cv[None, :, None, :]
-    if geom.kind == "legacy":
+    if geom.kind == "authors":
         valid = torch.ones_like(valid)
     return index.reshape(s * s, fh, fw), valid.reshape(s * s, fh, fw)
 
@@ -577,7 +579,7 @@ def _tile_weights(
     dist = (f_sq + g_sq - 2.0 * cross).clamp_min(0.0) / c  # mean over channels
 
     logits = dist * (-gamma)
-    if geom.kind != "legacy":
+    if geom.kind != "authors":
         logits = logits.masked_fill(~p.valid, float("-inf"))
     # The window centre is always valid, so no row is all -inf; softmax
     # subtracts the row maximum, so a large gamma cannot give 0/0.
@@ -592,7 +594,6 @@ def fai_weights(
     *,
     geometry: Geometry | None = None,
     align_corners: bool | None = None,
-    legacy: bool = False,
     ratio: RatioLike | None = None,
 ) -> Tensor:
     """Attention weights of one FAI step (the normalised exponentials of Eq. 6).
@@ -602,20 +603,20 @@ def fai_weights(
         coarse_size: ``(h, w)`` of the grid the values live on.
         gamma: non-negative scalar (float or 0-dim tensor, may require grad).
         neighbourhood: odd window side ``S`` in coarse cells.
-        geometry, align_corners, legacy, ratio: geometry, see
+        geometry, align_corners, ratio: geometry, see
             :func:`feature_attentional_upsample` and the module docstring.
 
     Returns:
         ``(B, S*S, H, W)`` weights; entry ``k = a * S + b`` belongs to the
         coarse neighbour given by :func:`fai_neighbours`. For every fine pixel
         they are non-negative and sum to one; out-of-grid neighbours get 0
-        (unless ``legacy``).
+        (clamped and counted instead for ``"authors"``).
     """
     _check_4d("fine_features", fine_features)
     _check_finite("fine_features", fine_features)
     s = _check_neighbourhood(neighbourhood)
     size = _check_size("coarse_size", coarse_size)
-    kind = _resolve_geometry(geometry, align_corners, legacy)
+    kind = _resolve_geometry(geometry, align_corners)
     geom = _step_geometry(kind, tuple(fine_features.shape[-2:]), size, ratio)
     g = _as_gamma(gamma, fine_features)
     w, p = _tile_weights(fine_features, size, g, s, geom)
@@ -642,7 +643,6 @@ def feature_attentional_upsample(
     *,
     geometry: Geometry | None = None,
     align_corners: bool | None = None,
-    legacy: bool = False,
     ratio: RatioLike | None = None,
 ) -> Tensor:
     """One FAI step (Eq. 6): coarse maps -> the grid of ``fine_features``.
@@ -656,13 +656,12 @@ def feature_attentional_upsample(
             average over the window.
         neighbourhood: odd window side ``S_at`` in coarse cells (paper and
             authors: 5).
-        geometry: ``"stride"`` (default), ``"corners"`` or ``"centres"``
-            (``"centers"`` also accepted), see the module docstring.
+        geometry: ``"stride"`` (default), ``"corners"``, ``"centres"``
+            (``"centers"`` also accepted) or ``"authors"`` (their clamped-border,
+            corner-aligned window), see the module docstring.
         align_corners: the older way to choose ``"corners"`` (True) or
             ``"centres"`` (False); ``None`` (default) leaves it to
             ``geometry``. Contradicting ``geometry`` is an error.
-        legacy: the authors' clamped-border, corner-aligned window (see the
-            module docstring); overrides ``geometry``.
         ratio: ``"stride"`` only: the stride ratio ``s_coarse / s_fine``
             (coarse index ``j`` at fine coordinate ``j * ratio``), one
             positive number or ``(rows, cols)``; default: inferred from the
@@ -683,7 +682,7 @@ def feature_attentional_upsample(
     _check_finite("values", values)
     _check_finite("fine_features", fine_features)
     s = _check_neighbourhood(neighbourhood)
-    kind = _resolve_geometry(geometry, align_corners, legacy)
+    kind = _resolve_geometry(geometry, align_corners)
     geom = _step_geometry(kind, tuple(fine_features.shape[-2:]), tuple(values.shape[-2:]), ratio)
     g = _as_gamma(gamma, fine_features)
     return _step(values, fine_features, g, s, geom)
@@ -715,7 +714,6 @@ def fai_upsample(
     *,
     geometry: Geometry | None = None,
     align_corners: bool | None = None,
-    legacy: bool = False,
 ) -> Tensor:
     """Coarse-to-fine FAI over several feature levels (paper §4.3).
 
@@ -751,7 +749,7 @@ def fai_upsample(
             ``gammas[l]`` weighs the step *onto* ``features[l]``. The authors'
             ``[8, 4, 1]`` (coarse to fine) is ``(1, 4, 8)`` here.
         output_size: optional final ``(H_out, W_out)``.
-        neighbourhood, geometry, align_corners, legacy: as in
+        neighbourhood, geometry, align_corners: as in
             :func:`feature_attentional_upsample`.
 
     Returns:
@@ -762,7 +760,7 @@ def fai_upsample(
     _check_4d("values", values)
     _check_finite("values", values)
     s = _check_neighbourhood(neighbourhood)
-    kind = _resolve_geometry(geometry, align_corners, legacy)
+    kind = _resolve_geometry(geometry, align_corners)
     gamma_items = _gamma_list(gammas, len(features))
     for l, f in enumerate(features):
         _check_pair(values, f, f"features[{l}]")
@@ -789,7 +787,7 @@ def fai_upsample(
         geom = _step_geometry(kind, tuple(nxt), tuple(cur), None)
         y = _step(y, f, _as_gamma(gamma_items[l], f), s, geom)
     if out_size is not None and tuple(y.shape[-2:]) != out_size:
-        y = _resize(y, out_size, "corners" if kind == "legacy" else kind)
+        y = _resize(y, out_size, "corners" if kind == "authors" else kind)
     return y
 
 
@@ -808,9 +806,9 @@ class FeatureAttentionalInterpolation(nn.Module):
         freeze_gamma: keep the gammas fixed (``requires_grad=False``), which
             is what the authors' code effectively does.
         geometry: ``"stride"`` (default: exact for the backbones' levels of
-            any image size), ``"corners"`` or ``"centres"``; see the module
-            docstring.
-        align_corners, legacy: see :func:`feature_attentional_upsample`.
+            any image size), ``"corners"``, ``"centres"`` or ``"authors"``; see
+            the module docstring.
+        align_corners: see :func:`feature_attentional_upsample`.
 
     Shape:
         ``forward(values (B, M, h, w), features [(B, C_l, H_l, W_l)] fine to
@@ -826,7 +824,6 @@ class FeatureAttentionalInterpolation(nn.Module):
         freeze_gamma: bool = False,
         geometry: Geometry | None = None,
         align_corners: bool | None = None,
-        legacy: bool = False,
     ) -> None:
         super().__init__()
         init = [float(g) for g in gamma_init]
@@ -835,9 +832,8 @@ class FeatureAttentionalInterpolation(nn.Module):
         if any(not (0.0 < g < math.inf) for g in init):
             raise ValueError(f"gamma_init must be positive and finite, got {init}")
         self.neighbourhood = _check_neighbourhood(neighbourhood)
-        #: ``"stride"``, ``"corners"`` or ``"centres"`` (``legacy`` overrides it).
-        self.geometry = _resolve_geometry(geometry, align_corners, False)
-        self.legacy = bool(legacy)
+        #: ``"stride"``, ``"corners"``, ``"centres"`` or ``"authors"``.
+        self.geometry = _resolve_geometry(geometry, align_corners)
         self.log_gamma = nn.Parameter(
             torch.tensor(init, dtype=torch.get_default_dtype()).log(),
             requires_grad=not freeze_gamma,
@@ -845,8 +841,8 @@ class FeatureAttentionalInterpolation(nn.Module):
 
     @property
     def align_corners(self) -> bool | None:
-        """True for ``"corners"``, False for ``"centres"``, None for ``"stride"``."""
-        return {"corners": True, "centres": False}.get(self.geometry)
+        """True for ``"corners"`` and ``"authors"``, False for ``"centres"``, None for ``"stride"``."""
+        return {"corners": True, "authors": True, "centres": False}.get(self.geometry)
 
     @property
     def gamma(self) -> Tensor:
@@ -873,13 +869,12 @@ class FeatureAttentionalInterpolation(nn.Module):
             output_size=output_size,
             neighbourhood=self.neighbourhood,
             geometry=self.geometry,
-            legacy=self.legacy,
         )
 
     def extra_repr(self) -> str:
         g = ", ".join(f"{v:.3g}" for v in self.gamma.detach().tolist())
         return (
             f"gamma=[{g}], neighbourhood={self.neighbourhood}, "
-            f"geometry={self.geometry!r}, legacy={self.legacy}, "
+            f"geometry={self.geometry!r}, "
             f"trainable={self.log_gamma.requires_grad}"
         )

@@ -7,11 +7,43 @@ Ground-truth kernels come from label maps with :func:`ndd.data.label_kernel`
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-__all__ = ["kernel_matching_loss", "sample_segment_points", "segment_matching_loss"]
+__all__ = ["SegmentMatching", "kernel_matching_loss", "sample_segment_points", "segment_matching_loss"]
+
+
+@dataclass(frozen=True)
+class SegmentMatching:
+    """Which similarity maps the HR loss (:func:`segment_matching_loss`) compares, and how.
+
+    Attributes:
+        points: ``None``: one random node per ground-truth segment (Eq. 8); ``k``: ``k`` nodes
+            drawn uniformly with replacement among the labelled ones.
+        distance: ``"cosine"`` (``1 - cosine`` of map and mask, Eq. 8) or ``"l1"`` (mean
+            absolute error over labelled pixels).
+
+    Example:
+        >>> SegmentMatching.authors()
+        SegmentMatching(points=20, distance='l1')
+    """
+
+    points: int | None = None
+    distance: Literal["cosine", "l1"] = "cosine"
+
+    def __post_init__(self) -> None:
+        if self.points is not None and self.points < 1:
+            raise ValueError(f"points must be None or >= 1, got {self.points}")
+        if self.distance not in ("cosine", "l1"):
+            raise ValueError(f"distance must be 'cosine' or 'l1', got {self.distance!r}")
+
+    @classmethod
+    def authors(cls) -> SegmentMatching:
+        """The authors' released variant: 20 random nodes, L1 to the mask."""
+        return cls(points=20, distance="l1")
 
 
 def _cosine(a: Tensor, b: Tensor, dim: tuple[int, ...]) -> Tensor:
@@ -74,8 +106,7 @@ def segment_matching_loss(
     upsample: Callable[[Tensor, int], Tensor],
     generator: torch.Generator | None = None,
     *,
-    legacy: bool = False,
-    legacy_points: int = 20,
+    matching: SegmentMatching = SegmentMatching(),
 ) -> Tensor:
     """HR segment matching loss (Eq. 8), averaged over sampled points and the batch.
 
@@ -85,7 +116,7 @@ def segment_matching_loss(
     the segment's binary mask by ``1 - cosine``. The paper sums over points; the
     mean keeps the loss scale independent of the number of segments.
 
-    ``legacy=True`` is the authors' released variant: ``legacy_points`` nodes drawn
+    ``matching=SegmentMatching.authors()`` is the authors' released variant: 20 nodes drawn
     uniformly with replacement and the mean absolute error to the mask.
 
     Args:
@@ -93,6 +124,8 @@ def segment_matching_loss(
         grid_labels: ``(B, h, w)`` labels on the grid (``-1`` = ignore).
         labels: ``(B, H, W)`` labels at the resolution ``upsample`` returns.
         upsample: ``upsample(maps (1, M, h, w), b) -> (1, M, H, W)`` for batch item ``b``.
+        generator: random source of the sampled nodes.
+        matching: points and distance (:class:`SegmentMatching`; default Eq. 8).
 
     Returns:
         scalar loss.
@@ -104,11 +137,11 @@ def segment_matching_loss(
         raise ValueError(f"labels must be (B, H, W) with B={batch}, got {tuple(labels.shape)}")
     losses = []
     for b in range(batch):
-        if legacy:
+        if matching.points is not None:
             valid_nodes = (grid_labels[b].reshape(-1) >= 0).nonzero().squeeze(1)
             if valid_nodes.numel() == 0:
                 continue
-            pick = torch.randint(valid_nodes.numel(), (legacy_points,), generator=generator).to(valid_nodes.device)
+            pick = torch.randint(valid_nodes.numel(), (matching.points,), generator=generator).to(valid_nodes.device)
             nodes = valid_nodes[pick]
             segments = grid_labels[b].reshape(-1)[nodes]
         else:
@@ -121,7 +154,7 @@ def segment_matching_loss(
             raise ValueError(f"upsample returned {tuple(up.shape[-2:])}, labels are {tuple(labels.shape[-2:])}")
         target = (labels[b].unsqueeze(0) == segments.view(-1, 1, 1)).to(up.dtype)
         keep = (labels[b] >= 0).to(up.dtype).unsqueeze(0)
-        if legacy:
+        if matching.distance == "l1":
             losses.append(((up - target).abs() * keep).sum() / (keep.sum() * up.shape[0]).clamp_min(1))
         else:
             losses.append((1 - _cosine(up * keep, target, (1, 2))).mean())

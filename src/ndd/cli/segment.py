@@ -53,8 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")
     p.add_argument("-v", "--verbose", action="store_true", help="list every file written")
-    p.add_argument("--workers", type=int, default=1, metavar="K",
-                   help="processes on the CPU, each with its own model (default 1); on GPUs use "
+    p.add_argument("--workers", type=int, default=None, metavar="K",
+                   help="processes on the CPU, each with its own model (default: for several images on the CPU, "
+                        "one per core up to 4, see ndd.batch.default_workers; else 1); on GPUs use "
                         "torchrun --nproc_per_node=G -m ndd segment ... (each rank takes a share)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch threads (default: torch's, one per core; --workers K processes share them); 1 is "
@@ -69,8 +70,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="superpixels: pixel-accurate regions of the model's edge map merged by contour strength and "
                         "feature similarity; grid: paper §6 on the stride-8 grid; auto (default): superpixels when "
                         "the model has an edge map")
-    p.add_argument("--merge-by", choices=("features", "diffusion"), default=None,
-                   help="average similarity that merging uses: the feature kernel (paper §6, default) or K_D")
+    p.add_argument("--merge-by", choices=("features", "diffusion", "affinity"), default=None,
+                   help="average similarity that merging uses: the feature kernel (paper §6, default), K_D, or the "
+                        "banded kernel W (the authors' code)")
     p.add_argument("--edge-weight", type=float, default=None,
                    help="superpixels: weight of the contour term against feature similarity (default 0.2)")
     p.add_argument("--merge-mu-scale", type=float, default=None, metavar="S",
@@ -83,7 +85,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "has a BSDS threshold of its own), rank (merge order), height (merge heights); auto "
                         "(default): spread for superpixels, rank for grid")
     p.add_argument("--lowres", action="store_true", help="grid method: skip FAI (nearest up-sampling of the grid result)")
-    p.add_argument("--legacy", action="store_true", help="grid method with the authors' hierarchy choices")
+    p.add_argument("--legacy", action="store_true",
+                   help="the authors' hierarchy (HierarchyOptions.authors(): grid method, fixed first centre, at most "
+                        "9 centres, soft k-means, merging by the banded kernel W); options given above still apply")
     p.set_defaults(func=run)
 
 
@@ -93,10 +97,10 @@ def run(args: argparse.Namespace) -> int:
             args.merge_mu_scale is not None and not args.merge_mu_scale > 0):
         print("ndd segment: --edge-weight must be in [0, 1], --coverage in (0, 1), --merge-mu-scale > 0", file=sys.stderr)
         return 2
-    if args.workers < 1 or (args.threads is not None and args.threads < 1) or args.max_side < 16:
+    if (args.workers is not None and args.workers < 1) or (args.threads is not None and args.threads < 1) or args.max_side < 16:
         print("ndd segment: --workers and --threads must be >= 1, --max-side >= 16", file=sys.stderr)
         return 2
-    from ndd.batch import SegmentJob, check_out_dir, collect_inputs, segment_files
+    from ndd.batch import SegmentJob, check_out_dir, collect_inputs, default_workers, segment_files
     from ndd.device import check_device_name
 
     # Every mistake is found before torch is imported and the model loads (seconds), and before
@@ -125,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from ndd.inference import load_segmentation_model
+    from ndd.inference import HierarchyOptions, load_segmentation_model
 
     if args.threads is not None:  # before anything runs: workers split what is set here
         import torch
@@ -133,9 +137,11 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
 
     given = {"method": args.method, "merge_by": args.merge_by, "edge_weight": args.edge_weight,
-             "merge_mu_scale": args.merge_mu_scale, "coverage_threshold": args.coverage, "ucm_values": args.ucm_values}
-    job = SegmentJob(args.out, tuple(args.format), tuple(args.levels) if args.levels else None, args.max_side, not args.lowres, args.legacy,
-                     {k: v for k, v in given.items() if v is not None})
+             "merge_mu_scale": args.merge_mu_scale, "coverage_threshold": args.coverage, "ucm_values": args.ucm_values,
+             "highres": False if args.lowres else None}
+    given = {k: v for k, v in given.items() if v is not None}
+    options = HierarchyOptions.authors(**given) if args.legacy else HierarchyOptions(**given)
+    job = SegmentJob(args.out, tuple(args.format), tuple(args.levels) if args.levels else None, args.max_side, options)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # under torchrun: one share per rank
     rank, world, info = 0, 1, None
     device = args.device
@@ -162,9 +168,13 @@ def run(args: argparse.Namespace) -> int:
     except OSError as err:
         print(f"ndd segment: cannot create the output folder {args.out}: {err.strerror or err}", file=sys.stderr)
         return 2
+    workers = args.workers
+    if workers is None:  # processes beat threads on the CPU; a GPU or a torchrun rank keeps one
+        on = str(next(iter(model.state_dict().values())).device)
+        workers = 1 if distributed else default_workers(len(images), on, args.threads)
     if rank == 0:
-        print(f"model: {description}", file=sys.stderr)
-    if args.workers > 1:
+        print(f"model: {description}" + (f"; {workers} worker processes" if workers > 1 else ""), file=sys.stderr)
+    if workers > 1:
         del model  # each worker process loads its own
     progress = (sys.stderr.isatty() if args.progress is None else args.progress) and rank == 0
     counts = {"done": 0, "skipped": 0, "failed": len(problems) if rank == 0 else 0}
@@ -175,8 +185,8 @@ def run(args: argparse.Namespace) -> int:
     def stage(path: Path, name: str) -> None:  # a long image shows what it is doing
         bar.set_postfix_str(f"{path.name}: {name}")
 
-    outcomes = segment_files(images, job, model=None if args.workers > 1 else model, model_spec=args.model,
-                             device=device, workers=args.workers, resume=args.resume, rank=rank, world_size=world,
+    outcomes = segment_files(images, job, model=None if workers > 1 else model, model_spec=args.model,
+                             device=device, workers=workers, resume=args.resume, rank=rank, world_size=world,
                              on_stage=stage if progress else None)
     with messages_beside(bar, "ndd segment"):  # warnings and log records never break the bar's line
         for outcome in outcomes:

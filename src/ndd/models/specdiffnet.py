@@ -102,8 +102,9 @@ class SpecDiffNet(nn.Module):
         self.log_tau = _log_param(config.tau_init, learn)
         if "contour" in config.affinity:
             self.log_alpha = _log_param(config.alpha_init, learn)
-        self.fai = FeatureAttentionalInterpolation(
-            config.fai_gammas, config.fai_neighbourhood, freeze_gamma=not config.learn_gamma
+        self.fai = FeatureAttentionalInterpolation(  # the authors' preset: their clamped-border window too
+            config.fai_gammas, config.fai_neighbourhood, freeze_gamma=not config.learn_gamma,
+            geometry="authors" if config.legacy else None,
         )
 
     # -- learnable scalars ------------------------------------------------- #

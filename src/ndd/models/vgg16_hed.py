@@ -151,6 +151,7 @@ class Vgg16HedBackbone(Backbone):
         if weights is not None:
             state, source = _read_weights(weights)
             load_state_strict(self, state, source=source)
+        self.to(memory_format=torch.channels_last)  # the kernels' layout matching the activations'
         self._apply_freeze_bn()
 
     def _init_heads(self) -> None:
@@ -169,7 +170,9 @@ class Vgg16HedBackbone(Backbone):
 
     def _run(self, images: Tensor) -> tuple[list[Tensor], Tensor]:
         """The five block outputs and the fused edge logits ``(B, 1, H, W)``."""
-        x = self.preprocess(images)
+        # Channels-last (NHWC) activations: oneDNN's dense 3x3 convolutions run about 15 %
+        # faster on this CPU (benchmarks/bench_segment.py); cuDNN prefers NHWC too.
+        x = self.preprocess(images).contiguous(memory_format=torch.channels_last)
         blocks = []
         for i in range(1, len(VGG16_BLOCKS) + 1):
             x = getattr(self, f"block{i}")(x)

@@ -37,7 +37,7 @@ from .cleanup import absorb_small_segments, keep_largest_component, reattach_pie
 from .hierarchy import Hierarchy
 from .kernel_kmeans import kernel_kmeans, kernel_kmeans_distances
 from .merge import LinkageTerm, agglomerate
-from .pipeline import hierarchy_from_segments, hierarchy_from_superpixels, segment_from_edges, segment_from_similarity
+from .pipeline import GridClustering, hierarchy_from_segments, hierarchy_from_superpixels, segment_from_edges, segment_from_similarity
 from .regions import boundary_sums, grid_similarity_sums, pixel_grid_nodes, region_adjacency, segment_similarity_sums
 from .superpixels import absorb_small_regions, watershed_superpixels
 from .ucm import BSDS_THRESHOLDS, label_stack_from_ucm2, labels_from_ucm2, ucm2_from_edges, ucm2_from_label_stack, ucm2_from_labels
@@ -45,6 +45,7 @@ from .upsample import upsample_hierarchy, upsample_labels
 
 __all__ = [
     "BSDS_THRESHOLDS",
+    "GridClustering",
     "Hierarchy",
     "LinkageTerm",
     "absorb_small_regions",

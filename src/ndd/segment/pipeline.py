@@ -12,6 +12,7 @@ hand them to :func:`ndd.segment.agglomerate` and wrap the merges in a :class:`Hi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -26,7 +27,39 @@ from .merge import LinkageTerm, agglomerate
 from .regions import boundary_sums, grid_similarity_sums, pixel_grid_nodes, region_adjacency, segment_similarity_sums
 from .superpixels import absorb_small_regions, watershed_superpixels
 
-__all__ = ["segment_from_similarity", "hierarchy_from_segments", "segment_from_edges", "hierarchy_from_superpixels"]
+__all__ = ["GridClustering", "segment_from_similarity", "hierarchy_from_segments", "segment_from_edges", "hierarchy_from_superpixels"]
+
+
+@dataclass(frozen=True)
+class GridClustering:
+    """How :func:`segment_from_similarity` finds the finest segments on the grid.
+
+    Attributes:
+        first: first centre, see :func:`coverage_centers` (``"argmax"``: the node covering
+            the most; ``"fixed"``: node 0, the authors').
+        max_centers: cap on centres (``None``: none).
+        temperature: ``None`` for hard kernel k-means, else the soft variant's temperature.
+        n_iter: k-means iterations.
+        cleanup: ``"split"`` (every 4-connected piece of a cluster is a segment, pieces below
+            ``min_size`` join their most similar neighbour) or ``"largest"`` (keep each
+            cluster's largest piece, the others join the most frequent neighbouring label).
+
+    Example:
+        >>> GridClustering.authors()
+        GridClustering(first='fixed', max_centers=9, temperature=50.0, n_iter=30, cleanup='largest')
+    """
+
+    first: Literal["argmax", "fixed"] | int = "argmax"
+    max_centers: int | None = None
+    temperature: float | None = None
+    n_iter: int = 30
+    cleanup: Literal["split", "largest"] = "split"
+
+    @classmethod
+    def authors(cls) -> GridClustering:
+        """The authors' released choices: node 0 first, at most 9 centres, soft k-means at
+        temperature 50, each cluster's largest piece kept."""
+        return cls(first="fixed", max_centers=9, temperature=50.0, cleanup="largest")
 
 
 def segment_from_similarity(
@@ -34,14 +67,9 @@ def segment_from_similarity(
     grid_shape: tuple[int, int],
     merge_similarity: Tensor | None = None,
     coverage_threshold: float = 0.02,
-    max_centers: int | None = None,
-    first: Literal["argmax", "fixed"] | int | None = None,
-    temperature: float | None = None,
-    n_iter: int = 30,
-    cleanup: Literal["split", "largest"] | None = None,
+    clustering: GridClustering = GridClustering(),
     min_size: int | None = None,
     adjacency: Literal["adjacent", "any"] = "adjacent",
-    legacy: bool = False,
 ) -> Hierarchy:
     """Hierarchical segmentation on the feature grid from a similarity matrix ("Ours-LR").
 
@@ -54,43 +82,33 @@ def segment_from_similarity(
         merge_similarity: (N, N) similarity used for merging (default ``K``; the authors' code
             used the feature kernel ``W``).
         coverage_threshold: residual coverage at which centre selection stops (paper 0.02).
-        max_centers: cap on centres (default none; legacy 9).
-        first: first centre, see :func:`coverage_centers` (default ``"argmax"``; legacy
-            ``"fixed"``).
-        temperature: ``None`` for hard kernel k-means (default), else the soft variant's
-            temperature (legacy 50).
-        n_iter: k-means iterations.
-        cleanup: ``"split"`` (default: every 4-connected piece of a cluster is a segment,
-            pieces below ``min_size`` join their most similar neighbour) or ``"largest"``
-            (legacy: keep each cluster's largest piece, the others join the most frequent
-            neighbouring label).
-        min_size: ``"split"`` only: minimum segment size in grid cells (default
+        clustering: centres, k-means and clean-up (:class:`GridClustering`;
+            ``GridClustering.authors()`` for the authors' choices).
+        min_size: ``cleanup="split"`` only: minimum segment size in grid cells (default
             ``max(2, N // 400)``, i.e. 0.25 % of the grid).
         adjacency: merge only 4-adjacent segments (default) or ``"any"`` pair.
-        legacy: use the authors' choices for every argument left at ``None`` above.
 
     Returns:
         :class:`Hierarchy` on the (h, w) grid.
+
+    Example:
+        >>> right = torch.arange(16) % 4 >= 2  # a 4x4 grid: left and right halves
+        >>> K = (right[:, None] == right[None, :]).float()
+        >>> segment_from_similarity(K, (4, 4)).labels_at(2).tolist()
+        [[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 1, 1]]
     """
     h, w = int(grid_shape[0]), int(grid_shape[1])
     K = torch.as_tensor(K)
     if K.shape != (h * w, h * w):
         raise ValueError(f"K must be ({h * w}, {h * w}) for grid {h}x{w}, got {tuple(K.shape)}")
     K = K.detach()
-    if first is None:
-        first = "fixed" if legacy else "argmax"
-    if max_centers is None and legacy:
-        max_centers = 9
-    if temperature is None and legacy:
-        temperature = 50.0
-    if cleanup is None:
-        cleanup = "largest" if legacy else "split"
+    cleanup = clustering.cleanup
     if min_size is None:
         min_size = max(2, (h * w) // 400)
     M = K if merge_similarity is None else torch.as_tensor(merge_similarity).detach()
 
-    centers = coverage_centers(K, coverage_threshold, max_centers, first)
-    clusters = kernel_kmeans(K, centers, n_iter=n_iter, temperature=temperature)
+    centers = coverage_centers(K, coverage_threshold, clustering.max_centers, clustering.first)
+    clusters = kernel_kmeans(K, centers, n_iter=clustering.n_iter, temperature=clustering.temperature)
     clusters = clusters.cpu().numpy().reshape(h, w)
     if cleanup == "split":
         finest = split_components(clusters)

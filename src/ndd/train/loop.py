@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ndd.losses import SegmentMatching
 from ndd.models import SpecDiffNet, SpecDiffNetConfig, spec_diff_net
 
 from .amp import autocast_dtype, autocast_submodules
@@ -81,8 +82,9 @@ class Trainer:
         if self.amp_dtype is not None:
             autocast_submodules([self.model.backbone, self.model.projection], self.device.type, self.amp_dtype)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.objective = TrainingObjective(
-            self.model, hr_weight=cfg.hr_weight, hr_scale=cfg.hr_scale, legacy_hr=cfg.legacy
+        self.objective = TrainingObjective(  # --legacy: the authors' preset for the HR loss too
+            self.model, hr_weight=cfg.hr_weight, hr_scale=cfg.hr_scale,
+            matching=SegmentMatching.authors() if cfg.legacy else SegmentMatching(),
         )
         self.optimizer = build_optimizer(self.model, cfg.lr, cfg.diffusion_lr_mult, cfg.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, cfg.stage1_steps, cfg.stage2_steps, cfg.poly_power)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ndd.data import downsample_labels, label_kernel
-from ndd.losses import kernel_matching_loss, segment_matching_loss
+from ndd.losses import SegmentMatching, kernel_matching_loss, segment_matching_loss
 from ndd.models import SpecDiffNet
 
 __all__ = ["TrainingObjective", "hr_label_size"]
@@ -29,18 +29,20 @@ class TrainingObjective(nn.Module):
         model: the :class:`SpecDiffNet` being trained.
         hr_weight: weight of the HR term.
         hr_scale: label resolution of the HR term relative to the input.
-        legacy_hr: the authors' HR variant (20 points, L1) instead of Eq. 8.
+        matching: the HR loss's points and distance (:class:`ndd.losses.SegmentMatching`;
+            ``SegmentMatching.authors()`` for the authors' 20 points and L1).
 
     ``forward(images (B, 3, H, W), labels (B, H, W), hr=False, generator=None)``
     returns a dict with ``"loss"`` and ``"loss_lr"`` (and ``"loss_hr"``).
     """
 
-    def __init__(self, model: SpecDiffNet, *, hr_weight: float = 1.0, hr_scale: float = 1.0, legacy_hr: bool = False):
+    def __init__(self, model: SpecDiffNet, *, hr_weight: float = 1.0, hr_scale: float = 1.0,
+                 matching: SegmentMatching = SegmentMatching()):
         super().__init__()
         self.model = model
         self.hr_weight = hr_weight
         self.hr_scale = hr_scale
-        self.legacy_hr = legacy_hr
+        self.matching = matching
 
     def forward(
         self, images: Tensor, labels: Tensor, hr: bool = False, generator: torch.Generator | None = None
@@ -58,7 +60,7 @@ class TrainingObjective(nn.Module):
                 return self.model.upsample(maps, [f[b : b + 1] for f in out.levels], output_size=size)
 
             loss_hr = segment_matching_loss(
-                out.similarity, grid_labels, hr_labels, upsample, generator, legacy=self.legacy_hr
+                out.similarity, grid_labels, hr_labels, upsample, generator, matching=self.matching
             )
             # A batch without any labelled segment leaves the FAI gammas without a
             # gradient, which DDP (find_unused_parameters=False) would reject.
