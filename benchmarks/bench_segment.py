@@ -3,9 +3,11 @@
 For every shipped model (:class:`ndd.models.SpecDiffNetWeights`) this loads the weights once,
 then segments the same images with the model's default method and writes nothing; it prints
 the load time, the seconds per image (median and mean over the images, after one warm-up
-image) and where the time goes (model forward vs. hierarchy) for the first model::
+image) and where the time goes (model forward vs. hierarchy), on the CPU and, when a GPU is
+present, on CUDA too (``--devices``)::
 
     python benchmarks/bench_segment.py [--images data/BSDS500/data/images/val] [--count 10] [--threads 2]
+        [--devices cpu cuda]
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ def main() -> None:
     parser.add_argument("--images", type=Path, default=REPO / "data/BSDS500/data/images/val")
     parser.add_argument("--count", type=int, default=10, help="images timed (after one warm-up image)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--devices", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []),
+                        help="devices timed one after the other (default: cpu, and cuda when present)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     paths = sorted(args.images.glob("*.jpg"))[: args.count + 1]
@@ -37,26 +41,31 @@ def main() -> None:
     images = [io.read_image(p) for p in paths]
     print(f"{len(paths) - 1} images from {args.images} ({images[0].shape[1]}x{images[0].shape[0]} and similar), "
           f"{args.threads} torch threads")
-    for member in SpecDiffNetWeights:
-        t0 = time.perf_counter()
-        model = spec_diff_net(member)
-        load = time.perf_counter() - t0
-        segment_image(images[0], model)  # warm-up: caches, allocator
-        seconds = []
-        forward = []
-        for image in images[1:]:
+    for device in args.devices:
+        sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+        for member in SpecDiffNetWeights:
             t0 = time.perf_counter()
-            with torch.no_grad():
-                x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
-                model(x, eigenpairs=False)
-            forward.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            result = segment_image(image, model)
-            seconds.append(time.perf_counter() - t0)
-        method = "superpixels" if result.grid_hierarchy is None else "grid"
-        print(f"{member.name:12s} load {load:5.2f} s | segment_image ({method}) median {statistics.median(seconds):5.2f} s, "
-              f"mean {statistics.mean(seconds):5.2f} s per image | of which model forward ~{statistics.median(forward):5.2f} s")
-
+            model = spec_diff_net(member, device=device)
+            load = time.perf_counter() - t0
+            segment_image(images[0], model)  # warm-up: caches, allocator, kernels
+            seconds = []
+            forward = []
+            for image in images[1:]:
+                sync()
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    x = torch.from_numpy(image).permute(2, 0, 1)[None].float().to(device)
+                    model(x, eigenpairs=False)
+                sync()
+                forward.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                result = segment_image(image, model)
+                sync()
+                seconds.append(time.perf_counter() - t0)
+            method = "superpixels" if result.grid_hierarchy is None else "grid"
+            print(f"{device:5s} {member.name:14s} load {load:5.2f} s | segment_image ({method}) median "
+                  f"{statistics.median(seconds):5.2f} s, mean {statistics.mean(seconds):5.2f} s per image | "
+                  f"of which model forward ~{statistics.median(forward):5.2f} s")
 
 if __name__ == "__main__":
     main()

@@ -112,6 +112,8 @@ def test_config_sources_precedence_and_print_config_without_data(tiny_run, tmp_p
     assert printed["lr"] == 0.125 and printed["model"]["backbone"] == TrainConfig().model_config().backbone
     assert main(["train", "--lr", "0.125"]) == 2  # but training needs it
     assert "needs data_root" in capsys.readouterr().err
+    assert main(["train", "--print-config", "--device", "gpu"]) == 2  # a misspelt device, even only printing
+    assert "gpu" in capsys.readouterr().err
 
 
 def test_poly_schedule_restarts_at_stage_two():

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from ndd.device import check_device_name
 from ndd.models.config import AUTHORS_PRESET, SpecDiffNetConfig
 
 __all__ = [
@@ -193,6 +194,7 @@ class TrainConfig:
             raise ValueError(f"hr_scale must be in (0, 1], got {self.hr_scale}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise ValueError(f"amp must be auto, bf16, fp16 or off, got {self.amp!r}")
+        check_device_name(self.device)  # the spelling, torch-free: --print-config answers a typo too
         if self.eval_every and self.val_split is None:
             raise ValueError("eval_every needs val_split")
         if self.init_from is not None and self.weights is not None:
