@@ -262,10 +262,10 @@ def default_workers(n_images: int, device: str = "cpu", threads: int | None = No
 
     On the CPU, several images go to ``min(n_images, cores // threads, most)`` processes
     (``threads`` per process, default 1): much of the pipeline (the hierarchy, depthwise
-    convolutions, small spectral steps) uses one core, so processes beat threads; on the 2-core
-    machine of the README 2 processes x 1 thread segmented 1.43x and 1.08x as many images per
-    second as 1 x 2 in two sessions (``benchmarks/bench_segment_many.py``). ``most`` bounds the memory (about 1 GB per
-    process with the default model). One image, or a GPU: 1.
+    convolutions, small spectral steps) uses one core, so processes beat threads: on the 2-core
+    machine of the README, 2 processes x 1 thread segmented 1.43x and 1.08x as many images per
+    second as 1 x 2 in two sessions (``benchmarks/bench_segment_many.py``). ``most`` bounds the
+    memory (about 1 GB per process with the default model). One image, or a GPU: 1.
 
     Example:
         >>> default_workers(200, "cpu", cores=2), default_workers(1, "cpu", cores=8), default_workers(9, "cuda:0")

@@ -395,7 +395,7 @@ class _AxisPlan:
     band: int
     band_index: Tensor  # (n_blocks * band,) coarse index of each band cell, clamped into the grid
     pos: Tensor  # (n_blocks * block,) band position of window offset 0 (i.e. -r)
-    valid: Tensor  # (n_blocks * block, S) window offset inside the coarse grid (all True for the authors' geometry)
+    valid: Tensor  # (n_blocks * block, S) window offset inside the coarse grid (all True: "authors")
 
 
 def _axis_plan(n_fine: int, n_coarse: int, s: int, kind: str, ratio: Fraction | None, device) -> _AxisPlan:

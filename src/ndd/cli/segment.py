@@ -97,11 +97,12 @@ def run(args: argparse.Namespace) -> int:
             args.merge_mu_scale is not None and not args.merge_mu_scale > 0):
         print("ndd segment: --edge-weight must be in [0, 1], --coverage in (0, 1), --merge-mu-scale > 0", file=sys.stderr)
         return 2
-    if (args.workers is not None and args.workers < 1) or (args.threads is not None and args.threads < 1) or args.max_side < 16:
+    if (args.workers is not None and args.workers < 1) or (args.threads is not None and args.threads < 1) or (
+            args.max_side < 16):
         print("ndd segment: --workers and --threads must be >= 1, --max-side >= 16", file=sys.stderr)
         return 2
     from ndd.batch import SegmentJob, check_out_dir, collect_inputs, default_workers, segment_files
-    from ndd.device import check_device_name
+    from ndd.device import check_device_name, resolve_device
 
     # Every mistake is found before torch is imported and the model loads (seconds), and before
     # --out exists: a device name, inputs (each image's header is read), the output folder.
@@ -170,8 +171,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     workers = args.workers
     if workers is None:  # processes beat threads on the CPU; a GPU or a torchrun rank keeps one
-        on = str(next(iter(model.state_dict().values())).device)
-        workers = 1 if distributed else default_workers(len(images), on, args.threads)
+        workers = 1 if distributed else default_workers(len(images), str(resolve_device(device)), args.threads)
     if rank == 0:
         print(f"model: {description}" + (f"; {workers} worker processes" if workers > 1 else ""), file=sys.stderr)
     if workers > 1:

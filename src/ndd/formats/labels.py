@@ -76,8 +76,8 @@ def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of an (h, w) label map to ``size = (H, W)`` (pixel-centre sampling).
 
     Output pixel ``(r, c)`` takes input pixel ``(floor((r + 0.5) h / H), floor((c + 0.5) w / W))``
-    (:func:`nearest_indices`); enlarging turns each pixel into a block, so segments keep their 4-connectivity. Returns
-    ``labels`` itself when the size is already right.
+    (:func:`nearest_indices`); enlarging turns each pixel into a block, so segments keep their
+    4-connectivity. Returns ``labels`` itself when the size is already right.
 
     Example:
         >>> resize_labels(np.array([[1, 2]]), (2, 4)).tolist()
