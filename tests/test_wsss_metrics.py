@@ -9,7 +9,7 @@ from torch import nn
 
 from ndd.data import write_mask_png
 from ndd.wsss import confusion_matrix, evaluate, multi_scale_probabilities, scores_from_confusion
-from ndd.wsss.steps import _windows, scores_to_labels
+from ndd.wsss.steps import crop_windows, scores_to_labels
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -92,14 +92,14 @@ def test_multi_scale_inference_on_a_constant_image_gives_a_constant_mask():
     assert (mask == mask[0, 0]).all()
     # paper §7: ceil(H/321) x ceil(W/321) overlapping 321x321 crops per scale
     assert all(c[-2:] == (321, 321) or min(c[-2:]) < 321 for c in model.calls)
-    n_windows = sum(len(_windows(round(400 * s), 321)) * len(_windows(round(330 * s), 321)) for s in (0.7, 0.85, 1.0))
+    n_windows = sum(len(crop_windows(round(400 * s), 321)) * len(crop_windows(round(330 * s), 321)) for s in (0.7, 0.85, 1.0))
     assert sum(c[0] for c in model.calls) == n_windows == 1 * 1 + 2 * 1 + 2 * 2  # 280x231, 340x280, 400x330
 
 
 def test_windows_cover_and_overlap():
-    assert _windows(300, 321) == [0]
-    assert _windows(500, 321) == [0, 179]
-    starts = _windows(1000, 321)
+    assert crop_windows(300, 321) == [0]
+    assert crop_windows(500, 321) == [0, 179]
+    starts = crop_windows(1000, 321)
     assert len(starts) == 4 and starts[0] == 0 and starts[-1] == 1000 - 321
     assert all(b - a < 321 for a, b in zip(starts, starts[1:]))  # overlapping, no gap
 
@@ -112,7 +112,7 @@ def test_multi_scale_averages_windows_and_flips():
 
     image = torch.rand(3, 20, 50)
     probs = multi_scale_probabilities(Ramp(), image, scales=(1.0,), crop_size=30)
-    starts = _windows(50, 30)  # [0, 20]
+    starts = crop_windows(50, 30)  # [0, 20]
     p = lambda c: torch.softmax(torch.tensor([c / 10, -c / 10]), 0)  # noqa: E731
     torch.testing.assert_close(probs[:, 5, 25], (p(25 - starts[0]) + p(25 - starts[1])) / 2)
     torch.testing.assert_close(probs[:, 5, 10], p(10))

@@ -28,8 +28,8 @@ from ndd.device import resolve_device
 from .datasets import build_dataset, geometry_key
 from .metrics import confusion_matrix, format_scores, scores_from_confusion
 
-__all__ = ["pseudo_labels", "scores_to_labels", "multi_scale_probabilities", "predict", "evaluate", "synthetic",
-           "PAPER_SCALES"]
+__all__ = ["pseudo_labels", "scores_to_labels", "crop_windows", "multi_scale_probabilities", "predict", "evaluate",
+           "synthetic", "PAPER_SCALES"]
 
 #: Test scales of paper §7.
 PAPER_SCALES: tuple[float, ...] = (0.7, 0.85, 1.0)
@@ -158,8 +158,14 @@ def pseudo_labels(
     return _write_masks(out, jobs, mask, "pseudo-labels", overwrite, progress)
 
 
-def _windows(size: int, crop: int) -> list[int]:
-    """Start offsets of ``ceil(size / crop)`` evenly spaced windows of ``min(crop, size)`` covering ``size``."""
+def crop_windows(size: int, crop: int) -> list[int]:
+    """Start offsets of ``ceil(size / crop)`` evenly spaced windows of ``min(crop, size)`` covering ``size``
+    (the overlapping crops of :func:`multi_scale_probabilities`, along one axis).
+
+    Example:
+        >>> crop_windows(500, 321)
+        [0, 179]
+    """
     n = math.ceil(size / crop)
     span = size - min(crop, size)
     return [round(k * span / (n - 1)) for k in range(n)] if n > 1 else [0]
@@ -198,7 +204,7 @@ def multi_scale_probabilities(
             x = view[None] if (hs, ws) == (H, W) else F.interpolate(
                 view[None], size=(hs, ws), mode="bilinear", align_corners=False, antialias=s < 1)
             ch, cw = min(crop_size, hs), min(crop_size, ws)
-            boxes = [(t, l) for t in _windows(hs, crop_size) for l in _windows(ws, crop_size)]
+            boxes = [(t, l) for t in crop_windows(hs, crop_size) for l in crop_windows(ws, crop_size)]
             acc: Tensor | None = None
             count = torch.zeros(1, hs, ws, device=image.device)
             for k in range(0, len(boxes), max_batch):
