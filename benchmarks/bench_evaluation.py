@@ -3,7 +3,8 @@
 Prints, each with wall time, CPU time (this process and its workers) and the
 load average before and after:
 
-1. ``ndd evaluate --help`` as a subprocess (start-up: the benchmark imports no torch);
+1. ``ndd evaluate --help`` as a subprocess (start-up: the benchmark imports no torch),
+   then the time to compile (first use after installing) or load the numba kernels;
 2. :func:`ndd.evaluation.evaluate_dataset` on the 200 gPb-owt-ucm ``ucm2``
    files of the BSDS500 test split (region + boundary, 99 thresholds) and,
    when the official outputs (``ucm2/test_eval``) are present, the deviation
@@ -170,6 +171,22 @@ def time_help() -> None:
     print(f"ndd evaluate --help: {best:.2f} s (best of 3, load {load()})")
 
 
+def time_kernels() -> None:
+    """Make the compiled matching and thinning kernels ready before timing.
+
+    numba compiles them at their first use after installing and caches them;
+    this call does it here (or loads them from the cache) so that the worker
+    processes timed below find them cached.
+    """
+    from ndd.evaluation.boundary import boundary_counts
+
+    gt = np.zeros((8, 8), dtype=bool)
+    gt[3] = True
+    t0 = time.perf_counter()
+    boundary_counts([gt], [gt], np.array([0.5]))
+    print(f"compiled kernels ready in {time.perf_counter() - t0:.1f} s (compiled now, or loaded from numba's cache)")
+
+
 def time_evaluation(label: str, results: Path, gt_dir: Path, **kwargs: object):
     """Run evaluate_dataset once, print wall/CPU time and load; return the evaluation."""
     from ndd.evaluation import evaluate_dataset
@@ -209,6 +226,7 @@ def main() -> int:
         return 1
     print(f"{os.cpu_count()} CPUs, {args.nthresh} thresholds")
     time_help()
+    time_kernels()
     for soft in args.soft:
         ev = time_evaluation(
             f"boundary benchmark on soft maps {soft}", soft, gt_dir, nthresh=args.nthresh, workers=args.workers,

@@ -13,19 +13,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import connected_components
-
-from ndd.evaluation.matching import (
-    Tiebreak,
-    _first_of_runs,
-    match_radius_graph,
-    max_distance_px,
-    neighbour_table,
-    radius_edges,
-)
+from ndd.evaluation.matching import Tiebreak, match_radius_graph, max_distance_px, neighbour_table, radius_edges
 
 __all__ = [
     "BoundaryCounts",
@@ -111,10 +102,6 @@ def _thin_luts() -> tuple[np.ndarray, np.ndarray]:
 _THIN_LUTS = _thin_luts()
 
 
-# offsets (dy, dx) of the neighbours E, NE, N, NW, W, SW, S, SE: bit k of a neighbourhood code
-_NEIGHBOURS = ((0, 1), (-1, 1), (-1, 0), (-1, -1), (0, -1), (1, -1), (1, 0), (1, 1))
-
-
 def thin_boundary(bmap: np.ndarray) -> np.ndarray:
     """Morphological thinning to convergence (MATLAB ``bwmorph(b, 'thin', Inf)``).
 
@@ -134,59 +121,89 @@ def thin_boundary(bmap: np.ndarray) -> np.ndarray:
     if bmap.ndim != 2:
         raise ValueError(f"boundary map must be 2-D, got shape {bmap.shape}")
     h, w = bmap.shape
-    W = w + 2
-    img = np.zeros((h + 2, W), dtype=np.uint8)  # background frame
+    img = np.zeros((h + 2, w + 2), dtype=np.uint8)  # background frame
     img[1:-1, 1:-1] = bmap
-    flat = img.ravel()
-    offsets = [dy * W + dx for dy, dx in _NEIGHBOURS]
-    code = np.zeros(flat.size, dtype=np.uint8)  # neighbourhood code, valid at set pixels
-    n_set = int(np.count_nonzero(bmap))
-    if n_set * 8 < bmap.size:  # sparse map: gather the codes of its pixels
-        fg = np.flatnonzero(flat)
-        for k in range(8):
-            code[fg] |= flat[fg + offsets[k]] << k
-        border = fg[code[fg] != 255]
-    else:  # dense map: shifted whole-image slices are cheaper
-        inner = code.reshape(h + 2, W)[1:-1, 1:-1]
-        for k, (dy, dx) in enumerate(_NEIGHBOURS):
-            inner |= img[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w] << k
-        ys, xs = np.nonzero(bmap & (inner != 255))
-        border = ((ys + 1) * W + (xs + 1)).astype(np.intp)
-    # deleting q clears, in its neighbour q + offsets[k], the bit of direction k + 4 (back to q)
-    clear = [np.uint8(0xFF ^ (1 << ((k + 4) % 8))) for k in range(8)]
-    stamp = np.zeros(flat.size, dtype=np.intp)
-
-    def distinct(idx: np.ndarray) -> np.ndarray:
-        """``idx`` without repeats (the order is irrelevant: a subiteration decides in parallel)."""
-        r = np.arange(idx.size)
-        stamp[idx] = r
-        return idx[stamp[idx] == r]
-
-    def delete(gone: np.ndarray) -> np.ndarray:
-        """Delete the distinct pixels ``gone``; their neighbours still set (with repeats)."""
-        flat[gone] = 0
-        around = []
-        for k in range(8):
-            n = gone + offsets[k]
-            code[n] &= clear[k]
-            around.append(n)
-        n = np.concatenate(around)
-        return n[flat[n] != 0]
-
-    first, second = _THIN_LUTS
-    gone0 = border[first[code[border]]]
-    near0 = delete(gone0)
-    cand = np.concatenate([border[flat[border] != 0], near0])
-    gone1 = distinct(cand[second[code[cand]]])
-    near1 = delete(gone1)
-    step = 2
-    # stop after a whole iteration (both subiterations) deleted nothing, as skimage
-    while step % 2 or gone0.size or gone1.size:
-        cand = np.concatenate([near0[flat[near0] != 0], near1])
-        gone = distinct(cand[_THIN_LUTS[step % 2][code[cand]]])
-        near = delete(gone)
-        gone0, gone1, near0, near1, step = gone1, gone, near1, near, step + 1
+    _thin_in_place(img.ravel(), w + 2, *_THIN_LUTS)
     return img[1:-1, 1:-1].astype(bool)
+
+
+@numba.njit(cache=True, nogil=True)
+def _thin_in_place(flat: np.ndarray, row: int, first: np.ndarray, second: np.ndarray) -> None:
+    """:func:`thin_boundary` on a framed image, flattened (``row``: its width), in place.
+
+    Compiled (numba): the subiterations visit a few pixels each, one at a time.
+    """
+    n = flat.size
+    offsets = np.array([1, 1 - row, -row, -row - 1, -1, row - 1, row, row + 1])
+    code = np.zeros(n, dtype=np.uint8)  # neighbourhood code, kept up to date at set pixels
+    n_set = 0
+    for p in range(row, n - row):
+        n_set += flat[p] != 0
+    border = np.empty(n_set, dtype=np.int64)
+    n_border = 0
+    for p in range(row, n - row):
+        if flat[p]:
+            c = 0
+            for k in range(8):
+                c |= flat[p + offsets[k]] << k
+            code[p] = c
+            if c != 255:
+                border[n_border] = p
+                n_border += 1
+    # near[s % 3]: the pixels next to those deleted by subiteration s, each
+    # once; mark: 2 s when p is a candidate of subiteration s, 2 s + 1 when
+    # p is in near[s % 3] (each list of distinct set pixels: at most n_set)
+    near = np.empty((3, n_set), dtype=np.int64)
+    n_near = np.zeros(3, dtype=np.int64)
+    mark = np.full(n, -1, dtype=np.int32)
+    cand = np.empty(n_set, dtype=np.int64)
+    gone = np.empty(n_set, dtype=np.int64)
+    n_gone = np.zeros(3, dtype=np.int64)  # deletions of the last subiterations, by s % 3
+    step = 0
+    while step < 2 or step % 2 == 1 or n_gone[(step - 1) % 3] > 0 or n_gone[(step - 2) % 3] > 0:
+        lut = first if step % 2 == 0 else second
+        # candidates: the border pixels (first iteration), else the neighbours
+        # of the pixels deleted by the two subiterations before
+        m = 0
+        if step < 2:
+            for i in range(n_border):
+                p = border[i]
+                if flat[p] and mark[p] != 2 * step:
+                    mark[p] = 2 * step
+                    cand[m] = p
+                    m += 1
+        if step >= 1:
+            for back in (2, 1):
+                if step - back < 0:
+                    continue
+                s = (step - back) % 3
+                for i in range(n_near[s]):
+                    p = near[s, i]
+                    if flat[p] and mark[p] != 2 * step:
+                        mark[p] = 2 * step
+                        cand[m] = p
+                        m += 1
+        # decide all, then delete all (a parallel subiteration)
+        n_del = 0
+        for i in range(m):
+            if lut[code[cand[i]]]:
+                gone[n_del] = cand[i]
+                n_del += 1
+        s = step % 3
+        n_near[s] = 0
+        for i in range(n_del):
+            flat[gone[i]] = 0
+        for i in range(n_del):
+            q = gone[i]
+            for k in range(8):  # q's neighbour in direction k loses its bit k + 4 (back to q)
+                p = q + offsets[k]
+                code[p] &= 0xFF ^ (1 << ((k + 4) % 8))
+                if flat[p] and mark[p] != 2 * step + 1:
+                    mark[p] = 2 * step + 1
+                    near[s, n_near[s]] = p
+                    n_near[s] += 1
+        n_gone[s] = n_del
+        step += 1
 
 
 def soft_boundary_maps(pb: np.ndarray, thresholds: np.ndarray) -> Iterator[np.ndarray]:
@@ -215,75 +232,6 @@ def segs_boundary_maps(segs: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
         yield seg2bdry(seg, "imageSize")
 
 
-class _ComponentReuse:
-    """The matchings of one threshold's graph components, reused at the next threshold.
-
-    The matcher works component by component of the radius graph (each
-    connected component gets the matching it would get alone, see
-    :func:`~ndd.evaluation.matching.match_radius_graph`), and a component is
-    fixed by its machine pixels (its GT pixels and edges are then all those
-    within the tolerance).  So a component whose machine pixels are exactly
-    those of a component at the previous threshold gets the same matching, and
-    only the others are solved again.  Nested maps (a ucm2: each threshold
-    removes whole contours, most components survive) then cost a fraction of a
-    full matching.  Machine pixels are identified across thresholds by a key,
-    ``annotation * h * w + flat pixel index``.  The components remembered may
-    be those of any earlier threshold: a component with the same machine
-    pixels has the same matching whenever it was seen.
-    """
-
-    def __init__(self, n_keys: int) -> None:
-        self.label = np.full(n_keys, -1, dtype=np.int64)  # key → its component, at the last threshold
-        self.matched = np.zeros(n_keys, dtype=bool)  # key → matched there
-        self.size = np.zeros(0, dtype=np.int64)  # machine nodes of each component
-        self.keys = np.zeros(0, dtype=np.int64)  # keys set at the last threshold
-
-    def match(
-        self, b: np.ndarray, g: np.ndarray, d2: np.ndarray, keys: np.ndarray, n2: int, tiebreak: Tiebreak
-    ) -> np.ndarray:
-        """Matched flag of every machine node (``keys``: (n1,) key of each node), reusing what it can.
-
-        ``b``, ``g``, ``d2``: the edges, sorted by ``(b, g)``, as for
-        :func:`~ndd.evaluation.matching.match_radius_graph`.  Returns (n1,) bool
-        and remembers this threshold's components for the next call.
-        """
-        n1 = keys.size
-        if b.size == 0:  # nothing within the tolerance: nothing matches, nothing to remember
-            return np.zeros(n1, dtype=bool)
-        indptr = np.zeros(n1 + n2 + 1, dtype=np.int32)  # machine rows (b sorted), GT rows empty
-        np.cumsum(np.bincount(b, minlength=n1), out=indptr[1 : n1 + 1])
-        indptr[n1 + 1 :] = b.size
-        graph = csr_matrix((np.ones(b.size), (n1 + g).astype(np.int32), indptr), shape=(n1 + n2, n1 + n2))
-        _, comp = connected_components(graph, directed=True, connection="weak")
-        nodes = b[_first_of_runs(b)]  # machine nodes with an edge (b is sorted); the others never match
-        node_comp = comp[nodes]
-        # a component is unchanged when all its machine nodes come from one
-        # previous component and are as many as that component had
-        prev = self.label[keys[nodes]]
-        lo = np.full(comp.max() + 1, np.iinfo(np.int64).max)
-        hi = np.full(comp.max() + 1, -1)
-        np.minimum.at(lo, node_comp, prev)
-        np.maximum.at(hi, node_comp, prev)
-        count = np.bincount(node_comp, minlength=lo.size)
-        same = (lo == hi) & (hi >= 0)
-        same[same] = count[same] == self.size[hi[same]]
-        matched = np.zeros(n1, dtype=bool)
-        kept = same[node_comp]
-        matched[nodes[kept]] = self.matched[keys[nodes[kept]]]
-        solve = ~same[comp[b]]
-        if solve.any():
-            mate1, _ = match_radius_graph(b[solve], g[solve], d2[solve], n1, n2, tiebreak)
-            matched |= mate1 >= 0
-        # remember this threshold
-        self.label[self.keys] = -1
-        self.matched[self.keys] = False
-        self.keys = keys[nodes]
-        self.label[self.keys] = node_comp
-        self.matched[self.keys] = matched[nodes]
-        self.size = count
-        return matched
-
-
 def boundary_counts(
     machine_maps: Iterable[np.ndarray],
     gt_boundaries: Sequence[np.ndarray],
@@ -298,10 +246,8 @@ def boundary_counts(
     ``gt_boundaries``: the K human (h, w) boundary maps (used as given, as the
     official code uses ``groundTruth{k}.Boundaries``); ``thresholds``: (T,).
     Consecutive identical machine maps (common for a ucm2, whose levels are
-    few at high thresholds) reuse the previous counts; when a thinned map
-    keeps nearly all pixels of the previous one (a ucm2 losing contours), the
-    matchings of unchanged graph components are reused (:class:`_ComponentReuse`).
-    Either way the counts are those of solving every threshold afresh.
+    few at high thresholds) reuse the previous counts, which are those of
+    solving that threshold afresh.
     """
     gts = [np.asarray(g, dtype=bool) for g in gt_boundaries]
     if not gts:
@@ -324,16 +270,13 @@ def boundary_counts(
         tall[k * block : k * block + h] = g
     table = neighbour_table(tall, radius)
     block_start = (np.arange(n_ann, dtype=np.int64) * (block * w))[:, None]
-    key_start = (np.arange(n_ann, dtype=np.int64) * (h * w))[:, None]
     sum_r_k = int(table.n_gt)
     thresholds = np.asarray(thresholds, dtype=np.float64)
     n = thresholds.size
     cnt_r = np.zeros(n, dtype=np.int64)
     cnt_p = np.zeros(n, dtype=np.int64)
     sum_p = np.zeros(n, dtype=np.int64)
-    reuse = _ComponentReuse(n_ann * h * w)
     prev: np.ndarray | None = None
-    prev_thin: np.ndarray | None = None
     i = -1
     for i, bmap in enumerate(machine_maps):
         if i >= n:
@@ -350,16 +293,8 @@ def boundary_counts(
         machine = np.flatnonzero(bmap)
         n1 = machine.size
         b, g, d2 = radius_edges(table, (block_start + machine[None, :]).ravel())
-        # Components are worth finding when the map mostly keeps the pixels of
-        # the previous one (a ucm2 losing contours); a soft map's skeleton moves
-        # at every threshold and its components rarely repeat.
-        nested = prev_thin is None or np.count_nonzero(bmap & ~prev_thin) <= 0.02 * n1
-        if nested:
-            matched = reuse.match(b, g, d2, (key_start + machine[None, :]).ravel(), sum_r_k, tiebreak)
-        else:
-            mate1, _ = match_radius_graph(b, g, d2, n_ann * n1, sum_r_k, tiebreak)
-            matched = mate1 >= 0
-        prev_thin = bmap
+        mate1, _ = match_radius_graph(b, g, d2, n_ann * n1, sum_r_k, tiebreak)
+        matched = mate1 >= 0
         cnt_r[i] = int(np.count_nonzero(matched))  # one machine node per matched pair
         cnt_p[i] = int(np.count_nonzero(matched.reshape(n_ann, n1).any(axis=0)))
         sum_p[i] = n1

@@ -9,13 +9,13 @@ its result is itself random (clock-seeded sparse outlier edges): its matched
 counts fluctuate between runs at the 1e-4 level.
 
 Here the matching is computed on the *radius graph* (an edge for every
-machine/GT pixel pair within the tolerance) in three vectorised steps:
+machine/GT pixel pair within the tolerance) in three steps:
 
 1. a nearest-first greedy matching, one distance level at a time
    (:func:`_greedy_by_level`);
 2. augmentation to a **maximum** matching (:func:`_augment_short`,
    :func:`_augment_to_maximum`): rounds of augmenting paths found by one
-   compiled breadth-first search each, until no augmenting path is left (Berge's
+   breadth-first search each, until no augmenting path is left (Berge's
    lemma), so the matched count (recall) is exact;
 3. a distance refinement that keeps the cardinality (:func:`_improve_swaps`).
 
@@ -28,22 +28,19 @@ choice moves the pooled ODS F by +2e-4 and each image's best F by at most
 
 Every step decides locally within a connected component of the radius graph
 (a component's matching depends only on its own edges and on the order of its
-own pixel indices), so a union of components, or one component alone, gets
-the same matching as the whole graph: the K annotations of an image are
-solved as one block-diagonal problem, and :func:`~ndd.evaluation.boundary.boundary_counts`
-reuses the matching of a component that a previous threshold already had.
+own pixel indices), so a union of components gets the same matching as each
+component alone: the K annotations of an image are solved as one
+block-diagonal problem (:func:`~ndd.evaluation.boundary.boundary_counts`).
 
 Why by hand: scipy's ``maximum_bipartite_matching`` cannot start from a given
 matching (so the nearest-first choice would be lost) and is slow on these
 chain-like graphs (3.7 s for one threshold of an HED soft map of a BSDS
-image, five annotations, where the steps here take about 10 ms);
+image, five annotations, where the steps here take a few milliseconds);
 ``min_weight_full_bipartite_matching`` needs a full matching and takes
 0.15-0.25 s per such threshold even when split by component (the
-``tiebreak="exact"`` path).  The steps here only call compiled code
-(``breadth_first_order``) and whole-array numpy; each "nearest /
-lowest-index" choice is the minimum of one integer key per pixel, found by
-an unbuffered minimum scatter (``np.minimum.at``) rather than by sorting the
-edges.
+``tiebreak="exact"`` path).  The steps are loops over pixels and edges,
+compiled with numba (``cache=True``: the first use after installing compiles
+them, about 8 s on a 2-core CPU, later runs load them from the cache).
 """
 
 from __future__ import annotations
@@ -53,8 +50,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import numba
 from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import breadth_first_order, connected_components, min_weight_full_bipartite_matching
+from scipy.sparse.csgraph import connected_components, min_weight_full_bipartite_matching
 
 __all__ = [
     "NeighbourTable",
@@ -170,195 +168,206 @@ def radius_edges(table: NeighbourTable, machine_flat: np.ndarray) -> tuple[np.nd
     return b, table.gt_index[pos], table.d2[pos]
 
 
-def _first_of_runs(keys: np.ndarray) -> np.ndarray:
-    """Boolean mask of the first element of every run of equal values in ``keys``."""
-    first = np.empty(keys.size, dtype=bool)
-    if keys.size:
-        first[0] = True
-        np.not_equal(keys[1:], keys[:-1], out=first[1:])
-    return first
+# The four steps below were whole-array numpy before (rounds of scatters and
+# sorts); as compiled loops they give the same matchings 2-3x faster, and
+# the boundary benchmark no longer needs to reuse matchings between
+# thresholds to be fast.
+_NONE = np.iinfo(np.int64).max  # "no candidate" in the per-vertex minima below
 
 
-_NONE = np.iinfo(np.int64).max  # "no candidate" in the per-vertex minimum scatters below
-
-
-def _min_per(index: np.ndarray, key: np.ndarray, size: int) -> np.ndarray:
-    """(size,) array: the smallest ``key`` scattered to each ``index``, ``_NONE`` elsewhere.
-
-    The selections below ("each pixel's nearest neighbour, ties to the lowest
-    index") are minima of one combined integer key per vertex; an unbuffered
-    minimum scatter finds them in one pass, where sorting the edges took
-    several times longer.
-    """
-    out = np.full(size, _NONE, dtype=np.int64)
-    np.minimum.at(out, index, key)
-    return out
-
-
+@numba.njit(cache=True, nogil=True)
 def _greedy_by_level(b: np.ndarray, g: np.ndarray, d2: np.ndarray, n1: int, n2: int) -> tuple[np.ndarray, np.ndarray]:
     """Maximal matching built nearest distance level first.
 
     Within a level, rounds of mutual proposals (each free machine pixel
     proposes to its first free GT neighbour at that distance, each GT pixel
     accepts its lowest-index proposer) until no edge of the level joins two
-    free pixels.  Deterministic.  Edges sorted by ``(b, g)``.
-    Returns ``mate1`` (n1,) and ``mate2`` (n2,), -1 where free.
+    free pixels.  Deterministic.  ``b``, ``g``, ``d2``: (E,) int64 edges
+    sorted by ``(b, g)``.  Returns ``mate1`` (n1,) and ``mate2`` (n2,), -1
+    where free.
     """
     mate1 = np.full(n1, -1, dtype=np.int64)
     mate2 = np.full(n2, -1, dtype=np.int64)
-    if b.size == 0:
+    n_edges = b.size
+    if n_edges == 0:
         return mate1, mate2
-    # a stable (radix) sort on the few level values keeps the (b, g) order within a level;
-    # one byte per key when the levels allow (one radix pass instead of two)
-    key = d2 if d2.dtype == np.uint8 else d2.astype(np.uint8 if d2.max() < 256 else np.int64)
-    order = np.argsort(key, kind="stable")
-    per_level = np.bincount(d2)
-    ends = np.cumsum(per_level[per_level > 0]).tolist()
-    sb, sg = b[order], g[order]  # gathered once, then sliced level by level
-    for lo, hi in zip([0] + ends[:-1], ends):
-        bb, gg = sb[lo:hi], sg[lo:hi]
-        if lo:  # (at the first level every pixel is free)
-            keep = (mate1[bb] < 0) & (mate2[gg] < 0)
-            bb, gg = bb[keep], gg[keep]
-        while bb.size:
-            first = _first_of_runs(bb)
-            pb, pg = bb[first], gg[first]  # one proposal per free machine pixel, pb ascending
-            acc = _min_per(pg, pb, n2)[pg] == pb  # each GT pixel: its lowest-index proposer
-            mate1[pb[acc]] = pg[acc]
-            mate2[pg[acc]] = pb[acc]
-            keep = (mate1[bb] < 0) & (mate2[gg] < 0)
-            bb, gg = bb[keep], gg[keep]
+    # counting sort of the edges by level, stable: (b, g) order within a level
+    n_levels = d2.max() + 1
+    start = np.zeros(n_levels + 1, dtype=np.int64)
+    for e in range(n_edges):
+        start[d2[e] + 1] += 1
+    for lv in range(n_levels):
+        start[lv + 1] += start[lv]
+    fill = start[:-1].copy()
+    order = np.empty(n_edges, dtype=np.int64)
+    for e in range(n_edges):
+        order[fill[d2[e]]] = e
+        fill[d2[e]] += 1
+    accepted = np.full(n2, -1, dtype=np.int64)  # round in which each GT pixel accepted
+    bb = np.empty(n_edges, dtype=np.int64)
+    gg = np.empty(n_edges, dtype=np.int64)
+    rnd = 0
+    for lv in range(n_levels):
+        m = 0  # the level's edges joining two free pixels, in (b, g) order
+        for k in range(start[lv], start[lv + 1]):
+            e = order[k]
+            if mate1[b[e]] < 0 and mate2[g[e]] < 0:
+                bb[m] = b[e]
+                gg[m] = g[e]
+                m += 1
+        while m > 0:
+            rnd += 1
+            last = -1
+            for k in range(m):  # the first edge of each machine pixel is its proposal
+                x = bb[k]
+                if x == last:
+                    continue
+                last = x
+                y = gg[k]
+                if accepted[y] != rnd:  # proposers come in increasing index: the first one wins
+                    accepted[y] = rnd
+                    mate1[x] = y
+                    mate2[y] = x
+            kept = 0
+            for k in range(m):
+                if mate1[bb[k]] < 0 and mate2[gg[k]] < 0:
+                    bb[kept] = bb[k]
+                    gg[kept] = gg[k]
+                    kept += 1
+            m = kept
     return mate1, mate2
 
 
+@numba.njit(cache=True, nogil=True)
 def _augment_short(b: np.ndarray, g: np.ndarray, d2: np.ndarray, mate1: np.ndarray, mate2: np.ndarray) -> None:
     """Apply augmenting paths of length three, b0 - g1 = b1 - g2, in place.
 
     A matched machine pixel b1 moves to its nearest free GT pixel g2 and the
     nearest free machine pixel b0 of its old partner g1 takes g1 (ties to the
     lowest index); of paths sharing a free end, the one with the lowest b1
-    (for g2), then the lowest g2 (for b0) is kept.  One pass.  Many of the
+    (for g2), then the lowest g2 (for b0) is kept.  One pass, all paths
+    chosen on the matching as it was before the pass.  Many of the
     augmentations a greedy matching needs are of this kind, and they are
     cheaper to find here than by graph search.
     """
     n1, n2 = mate1.size, mate2.size
-    free_b = mate1[b] < 0
-    free_g = mate2[g] < 0
-    e = np.flatnonzero(free_g & ~free_b)
-    f = np.flatnonzero(free_b & ~free_g)
-    if e.size == 0 or f.size == 0:
+    move = np.full(n1, _NONE, dtype=np.int64)  # b1 → nearest free g2, as d2 * n2 + g2
+    take = np.full(n2, _NONE, dtype=np.int64)  # g1 → nearest free b0, as d2 * n1 + b0
+    for e in range(b.size):
+        free_b = mate1[b[e]] < 0
+        free_g = mate2[g[e]] < 0
+        if free_g and not free_b:
+            move[b[e]] = min(move[b[e]], d2[e] * n2 + g[e])
+        elif free_b and not free_g:
+            take[g[e]] = min(take[g[e]], d2[e] * n1 + b[e])
+    # the paths: b1 ascending, each with its g2 and b0
+    p_b1 = np.empty(n1, dtype=np.int64)
+    p_g2 = np.empty(n1, dtype=np.int64)
+    p_b0 = np.empty(n1, dtype=np.int64)
+    n = 0
+    for b1 in range(n1):
+        if move[b1] != _NONE and take[mate1[b1]] != _NONE:
+            p_b1[n] = b1
+            p_g2[n] = move[b1] % n2
+            p_b0[n] = take[mate1[b1]] % n1
+            n += 1
+    if n == 0:
         return
-    move = _min_per(b[e], d2[e].astype(np.int64) * n2 + g[e], n1)  # b1 → nearest free g2
-    b1 = np.flatnonzero(move != _NONE)
-    g2 = move[b1] % n2
-    take = _min_per(g[f], d2[f].astype(np.int64) * n1 + b[f], n2)  # g1 → nearest free b0
-    t = take[mate1[b1]]
-    ok = t != _NONE
-    if not ok.any():
-        return
-    b1, g2, b0 = b1[ok], g2[ok], t[ok] % n1
-    keep = _min_per(g2, b1, n2)[g2] == b1  # each free g2: the path with the lowest b1
-    b1, g2, b0 = b1[keep], g2[keep], b0[keep]
-    keep = _min_per(b0, g2, n1)[b0] == g2  # each free b0: the path with the lowest g2
-    b1, g2, b0 = b1[keep], g2[keep], b0[keep]
-    g1 = mate1[b1]
-    mate1[b1] = g2
-    mate2[g2] = b1
-    mate1[b0] = g1
-    mate2[g1] = b0
+    low_b1 = np.full(n2, _NONE, dtype=np.int64)  # each free g2: the path with the lowest b1
+    for i in range(n):
+        low_b1[p_g2[i]] = min(low_b1[p_g2[i]], p_b1[i])
+    low_g2 = np.full(n1, _NONE, dtype=np.int64)  # then each free b0: the path with the lowest g2
+    for i in range(n):
+        if low_b1[p_g2[i]] == p_b1[i]:
+            low_g2[p_b0[i]] = min(low_g2[p_b0[i]], p_g2[i])
+    for i in range(n):
+        b1, g2, b0 = p_b1[i], p_g2[i], p_b0[i]
+        if low_b1[g2] == b1 and low_g2[b0] == g2:
+            g1 = mate1[b1]
+            mate1[b1] = g2
+            mate2[g2] = b1
+            mate1[b0] = g1
+            mate2[g1] = b0
 
 
+@numba.njit(cache=True, nogil=True)
 def _augment_to_maximum(b: np.ndarray, g: np.ndarray, mate1: np.ndarray, mate2: np.ndarray) -> int:
     """Grow a matching to maximum cardinality, in place; returns the rounds run.
 
-    Each round runs one compiled breadth-first search of the alternating graph
-    from a virtual root joined to every free machine pixel (machine → GT along
-    any edge, GT → its partner).  The BFS tree holds a shortest augmenting path
-    to every reachable free GT pixel; paths leaving the root through different
-    free machine pixels are different branches of the tree and share no
-    vertex, so one path per branch is applied at once.  The loop ends when no
-    free GT pixel is reachable, i.e. (Berge) when the matching is maximum.
-    ``b``, ``g``: (E,) edges sorted by ``(b, g)``; ``mate1`` (n1,), ``mate2`` (n2,).
-
-    The graph is built once: every GT row holds one entry, its partner or
-    (when free) a dead-end node with no edges, and the root row one entry per
-    machine pixel, itself when free, else the dead end; each round rewrites
-    these entries in place.  The dead end is never a target and leads nowhere,
-    so the tree of the other nodes is the one of the graph without it.
+    Each round is one breadth-first search of the alternating graph from a
+    virtual root whose children are the free machine pixels in increasing
+    index (machine → GT along its edges in increasing GT index, GT → its
+    partner).  The tree holds a shortest augmenting path to every reachable
+    free GT pixel; paths through different root children (branches) share no
+    vertex, so in each branch the path to its lowest-index free GT pixel is
+    applied, all in the same round.  The loop ends when no free GT pixel is
+    reachable, i.e. (Berge) when the matching is maximum.  ``b``, ``g``: (E,)
+    edges sorted by ``(b, g)``; ``mate1`` (n1,), ``mate2`` (n2,).
     """
     n1, n2 = mate1.size, mate2.size
     if n1 == 0 or n2 == 0:
         return 0
-    dead, root = n1 + n2, n1 + n2 + 1
-    n_nodes = root + 1
-    e = b.size
-    indptr = np.empty(n_nodes + 1, dtype=np.int32)
-    indptr[0] = 0
-    np.cumsum(np.bincount(b, minlength=n1), out=indptr[1 : n1 + 1])
-    indptr[n1 + 1 : dead + 1] = e + np.arange(1, n2 + 1)
-    indptr[dead + 1] = indptr[dead]  # the dead end: no edges
-    indptr[root + 1] = indptr[root] + n1
-    indices = np.empty(e + n2 + n1, dtype=np.int32)
-    indices[:e] = n1 + g
-    graph = csr_matrix((np.ones(indices.size), indices, indptr), shape=(n_nodes, n_nodes))
-    gt_rows = graph.indices[e : e + n2]  # views into the graph: rewritten each round
-    root_row = graph.indices[e + n2 :]
-    machine_ids = np.arange(n1, dtype=np.int32)
+    first = np.zeros(n1 + 1, dtype=np.int64)  # CSR rows of the machine pixels
+    for e in range(b.size):
+        first[b[e] + 1] += 1
+    for i in range(n1):
+        first[i + 1] += first[i]
+    pred = np.full(n1 + n2, -2, dtype=np.int64)  # -2: not reached, -1: a root child
+    branch = np.empty(n1 + n2, dtype=np.int64)
+    queue = np.empty(n1 + n2, dtype=np.int64)
+    used = np.zeros(n1, dtype=np.bool_)
     rounds = 0
     while True:
-        free1 = mate1 < 0
-        free2 = mate2 < 0
-        if not free1.any() or not free2.any():
-            return rounds
-        np.copyto(gt_rows, np.where(free2, dead, mate2))
-        np.copyto(root_row, np.where(free1, machine_ids, dead))
-        _, pred = breadth_first_order(graph, root, directed=True, return_predecessors=True)
-        targets = np.flatnonzero((pred[n1:dead] >= 0) & free2)
-        if targets.size == 0:
+        head = 0
+        tail = 0
+        for i in range(n1):
+            if mate1[i] < 0 and first[i + 1] > first[i]:  # (a pixel with no edge reaches nothing)
+                pred[i] = -1
+                branch[i] = i
+                queue[tail] = i
+                tail += 1
+        while head < tail:
+            v = queue[head]
+            head += 1
+            if v < n1:
+                for e in range(first[v], first[v + 1]):
+                    u = n1 + g[e]
+                    if pred[u] == -2:
+                        pred[u] = v
+                        branch[u] = branch[v]
+                        queue[tail] = u
+                        tail += 1
+            else:
+                u = mate2[v - n1]
+                if u >= 0 and pred[u] == -2:
+                    pred[u] = v
+                    branch[u] = branch[v]
+                    queue[tail] = u
+                    tail += 1
+        found = False
+        for v in range(n1, n1 + n2):  # free GT pixels reached, in increasing index: the first of each branch
+            if pred[v] == -2 or mate2[v - n1] >= 0 or used[branch[v]]:
+                continue
+            used[branch[v]] = True
+            found = True
+            while True:  # flip the path: every GT pixel on it takes the machine pixel above it
+                x = pred[v]
+                mate1[x] = v - n1
+                mate2[v - n1] = x
+                if pred[x] == -1:
+                    break
+                v = pred[x]
+        for k in range(tail):  # reset what this round touched
+            v = queue[k]
+            pred[v] = -2
+            if v < n1:
+                used[v] = False
+        if not found:
             return rounds
         rounds += 1
-        pairs_b, pairs_g = _tree_paths(pred, targets + n1, root, n1)
-        mate1[pairs_b] = pairs_g
-        mate2[pairs_g] = pairs_b
 
 
-def _tree_paths(pred: np.ndarray, targets: np.ndarray, root: int, n1: int) -> tuple[np.ndarray, np.ndarray]:
-    """The (machine, GT) pairs of one augmenting path per branch of a BFS tree.
-
-    ``pred``: BFS predecessors (negative where none); ``targets``: nodes
-    (free GT pixels, offset by ``n1``, ascending) reached by the tree.  For
-    each branch (subtree of a root child, i.e. of one free machine pixel) the
-    first target is kept; its path to the root alternates GT, machine, GT, ...
-    and every (machine, GT-below-it) pair on it becomes matched.  Ancestors are
-    found by binary lifting (log-depth gathers) rather than by walking the
-    paths, which can be hundreds of steps long.
-    """
-    up = [np.where(pred < 0, root, pred)]
-    up[0][root] = root
-    while not np.all(up[-1][targets] == root):
-        up.append(up[-1][up[-1]])
-    # depth below the root child, and the root child (the branch)
-    cur = targets.copy()
-    depth = np.zeros(targets.size, dtype=np.int64)
-    for k in range(len(up) - 1, -1, -1):
-        nxt = up[k][cur]
-        move = nxt != root
-        cur[move] = nxt[move]
-        depth[move] += 1 << k
-    _, chosen = np.unique(cur, return_index=True)  # first target of each branch
-    targets, depth = targets[chosen], depth[chosen]
-    # enumerate the j-th ancestor of each chosen target, j = 0..depth
-    count = depth + 1
-    owner = np.repeat(np.arange(targets.size), count)
-    j = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
-    node = targets[owner]
-    for k in range(len(up)):
-        bit = ((j >> k) & 1).astype(bool)
-        node[bit] = up[k][node[bit]]
-    # even j: GT pixels, odd j: the machine pixel above each
-    return node[1::2], node[0::2] - n1
-
-
+@numba.njit(cache=True, nogil=True)
 def _improve_swaps(
     b: np.ndarray, g: np.ndarray, d2: np.ndarray, mate1: np.ndarray, mate2: np.ndarray, rounds: int = 4
 ) -> None:
@@ -367,33 +376,38 @@ def _improve_swaps(
     A free machine pixel takes a GT pixel over from its partner when it is
     strictly nearer to it (an alternating path of length two: the total
     distance decreases, the matched machine set changes by one swap).  A few
-    vectorised rounds; each GT pixel goes to its nearest proposer, each
-    machine pixel takes its nearest GT pixel (ties to the lowest index).
-    Edges sorted by ``(b, g)``.
+    rounds, each decided on the matching as it was at its start: each GT
+    pixel goes to its nearest proposer, each machine pixel takes its nearest
+    GT pixel (ties to the lowest index).  Edges sorted by ``(b, g)``.
     """
     n1, n2 = mate1.size, mate2.size
-    # distance of each GT pixel to its partner: the d2 of edge (mate2[g], g)
-    mate_b = mate1[b]
-    mate_d2 = np.zeros(n2, dtype=np.int64)
-    on = mate_b == g  # the matched edges (one per matched pair)
-    mate_d2[g[on]] = d2[on]
-    for r in range(rounds):
-        cand = np.flatnonzero((mate_b if r == 0 else mate1[b]) < 0)
-        cand = cand[mate2[g[cand]] >= 0]
-        cand = cand[d2[cand] < mate_d2[g[cand]]]
-        if cand.size == 0:
+    mate_d2 = np.zeros(n2, dtype=np.int64)  # distance of each GT pixel to its partner
+    for e in range(b.size):
+        if mate1[b[e]] == g[e]:
+            mate_d2[g[e]] = d2[e]
+    best_b = np.empty(n2, dtype=np.int64)  # each GT pixel: nearest proposer, as d2 * n1 + b
+    best_g = np.empty(n1, dtype=np.int64)  # each machine pixel: nearest accepting GT, as d2 * n2 + g
+    for _ in range(rounds):
+        best_b[:] = _NONE
+        any_cand = False
+        for e in range(b.size):
+            if mate1[b[e]] < 0 and mate2[g[e]] >= 0 and d2[e] < mate_d2[g[e]]:
+                best_b[g[e]] = min(best_b[g[e]], d2[e] * n1 + b[e])
+                any_cand = True
+        if not any_cand:
             return
-        cb, cg, cd = b[cand], g[cand], d2[cand].astype(np.int64)
-        k = cd * n1 + cb  # each GT pixel: its nearest proposer
-        keep = _min_per(cg, k, n2)[cg] == k
-        cb, cg, cd = cb[keep], cg[keep], cd[keep]
-        k = cd * n2 + cg  # each machine pixel: one GT pixel, the nearest
-        keep = _min_per(cb, k, n1)[cb] == k
-        cb, cg, cd = cb[keep], cg[keep], cd[keep]
-        mate1[mate2[cg]] = -1
-        mate1[cb] = cg
-        mate2[cg] = cb
-        mate_d2[cg] = cd
+        best_g[:] = _NONE
+        for j in range(n2):
+            if best_b[j] != _NONE:
+                x = best_b[j] % n1
+                best_g[x] = min(best_g[x], (best_b[j] // n1) * n2 + j)
+        for x in range(n1):
+            if best_g[x] != _NONE:
+                j = best_g[x] % n2
+                mate1[mate2[j]] = -1
+                mate1[x] = j
+                mate2[j] = x
+                mate_d2[j] = best_g[x] // n2
 
 
 def _cost(d2: np.ndarray) -> np.ndarray:
@@ -468,35 +482,16 @@ def match_radius_graph(
     rounded distance, the official optimum; slow, meant for checks).
     """
     b = np.asarray(b, dtype=np.int64)
-    g = np.asarray(g)
-    d2 = np.asarray(d2)  # any non-negative integer dtype (radius_edges: uint8); widened where keys need it
-    if g.dtype.kind not in "iu" or d2.dtype.kind not in "iu":
-        g = g.astype(np.int64)
-        d2 = d2.astype(np.int64)
+    g = np.asarray(g, dtype=np.int64)
+    d2 = np.asarray(d2, dtype=np.int64)  # radius_edges gives uint8: one dtype, one compiled version
     if tiebreak == "exact":
         return _exact_by_component(b, g, d2, n1, n2)
     if tiebreak != "greedy":
         raise ValueError(f"unknown tiebreak {tiebreak!r}")
-    mate1 = np.full(n1, -1, dtype=np.int64)
-    mate2 = np.full(n2, -1, dtype=np.int64)
-    if b.size == 0:
-        return mate1, mate2
-    # Work on the matchable pixels only (those with at least one edge).
-    ub = np.flatnonzero(_first_of_runs(b))
-    mb = b[ub]
-    cb = np.repeat(np.arange(mb.size), np.diff(np.append(ub, b.size)))
-    has_g = np.zeros(n2, dtype=bool)
-    has_g[g] = True
-    mg = np.flatnonzero(has_g)
-    cg = np.cumsum(has_g) - 1
-    cg = cg[g]
-    m1, m2 = _greedy_by_level(cb, cg, d2, mb.size, mg.size)
-    _augment_short(cb, cg, d2, m1, m2)
-    _augment_to_maximum(cb, cg, m1, m2)
-    _improve_swaps(cb, cg, d2, m1, m2)
-    ok = m1 >= 0
-    mate1[mb[ok]] = mg[m1[ok]]
-    mate2[mg[m1[ok]]] = mb[ok]
+    mate1, mate2 = _greedy_by_level(b, g, d2, n1, n2)
+    _augment_short(b, g, d2, mate1, mate2)
+    _augment_to_maximum(b, g, mate1, mate2)
+    _improve_swaps(b, g, d2, mate1, mate2)
     return mate1, mate2
 
 
