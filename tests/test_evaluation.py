@@ -360,3 +360,23 @@ def test_ucm2_hierarchy_equals_the_formats_thresholding():
     assert np.array_equal(stack.thresholds, BSDS_THRESHOLDS)
     for i, t in enumerate(BSDS_THRESHOLDS):
         assert _same_regions(stack.segmentation(i), labels_from_ucm2(u, t)), t
+
+
+def test_kernels_compile_where_no_cache_folder_can_be_written(monkeypatch):
+    """A read-only install without a home folder: numba finds no cache locator and refuses
+    ``cache=True`` at decoration; the benchmark's kernels must still compile and run."""
+    from numba.core import caching
+
+    from ndd.evaluation._jit import compiled
+
+    impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl  # its name differs between numba releases
+    monkeypatch.setattr(impl, "_locator_classes", [])
+
+    def add_one(x):
+        return x + 1
+
+    with pytest.raises(RuntimeError, match="no locator"):  # what numba does on its own
+        import numba
+
+        numba.njit(cache=True)(add_one)
+    assert compiled(add_one)(41) == 42

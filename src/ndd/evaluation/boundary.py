@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
+from ndd.evaluation._jit import compiled
 from ndd.evaluation.matching import Tiebreak, match_radius_graph, max_distance_px, neighbour_table, radius_edges
 
 __all__ = [
@@ -127,7 +127,7 @@ def thin_boundary(bmap: np.ndarray) -> np.ndarray:
     return img[1:-1, 1:-1].astype(bool)
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled
 def _thin_in_place(flat: np.ndarray, row: int, first: np.ndarray, second: np.ndarray) -> None:
     """:func:`thin_boundary` on a framed image, flattened (``row``: its width), in place.
 

@@ -50,9 +50,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import numba
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components, min_weight_full_bipartite_matching
+
+from ndd.evaluation._jit import compiled
 
 __all__ = [
     "NeighbourTable",
@@ -175,7 +176,7 @@ def radius_edges(table: NeighbourTable, machine_flat: np.ndarray) -> tuple[np.nd
 _NONE = np.iinfo(np.int64).max  # "no candidate" in the per-vertex minima below
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled
 def _greedy_by_level(b: np.ndarray, g: np.ndarray, d2: np.ndarray, n1: int, n2: int) -> tuple[np.ndarray, np.ndarray]:
     """Maximal matching built nearest distance level first.
 
@@ -238,7 +239,7 @@ def _greedy_by_level(b: np.ndarray, g: np.ndarray, d2: np.ndarray, n1: int, n2: 
     return mate1, mate2
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled
 def _augment_short(b: np.ndarray, g: np.ndarray, d2: np.ndarray, mate1: np.ndarray, mate2: np.ndarray) -> None:
     """Apply augmenting paths of length three, b0 - g1 = b1 - g2, in place.
 
@@ -290,7 +291,7 @@ def _augment_short(b: np.ndarray, g: np.ndarray, d2: np.ndarray, mate1: np.ndarr
             mate2[g1] = b0
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled
 def _augment_to_maximum(b: np.ndarray, g: np.ndarray, mate1: np.ndarray, mate2: np.ndarray) -> int:
     """Grow a matching to maximum cardinality, in place; returns the rounds run.
 
@@ -367,7 +368,7 @@ def _augment_to_maximum(b: np.ndarray, g: np.ndarray, mate1: np.ndarray, mate2: 
         rounds += 1
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled
 def _improve_swaps(
     b: np.ndarray, g: np.ndarray, d2: np.ndarray, mate1: np.ndarray, mate2: np.ndarray, rounds: int = 4
 ) -> None:
