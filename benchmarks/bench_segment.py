@@ -4,7 +4,8 @@ For every shipped model (:class:`ndd.models.SpecDiffNetWeights`) this loads the 
 then segments the same images with the model's default method and writes nothing; it prints
 the load time, the seconds per image (median and mean over the images, after one warm-up
 image) and where the time goes (model forward vs. hierarchy), on the CPU and, when a GPU is
-present, on CUDA too (``--devices``)::
+present, on CUDA too (``--devices``). On the CPU, models with a VGG16-HED edge detector are
+timed a second time with its trunk in int8 (``ndd segment --int8-edges``)::
 
     python benchmarks/bench_segment.py [--images data/BSDS500/data/images/val] [--count 10] [--threads 2]
         [--devices cpu cuda]
@@ -22,6 +23,7 @@ import torch
 from ndd import io
 from ndd.inference import segment_image
 from ndd.models import SpecDiffNetWeights, spec_diff_net
+from ndd.models.vgg16_hed import Vgg16HedBackbone
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,9 +45,15 @@ def main() -> None:
           f"{args.threads} torch threads")
     for device in args.devices:
         sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-        for member in SpecDiffNetWeights:
+        runs = [(member, False) for member in SpecDiffNetWeights]
+        runs += [(member, True) for member in SpecDiffNetWeights] if device == "cpu" else []
+        for member, int8 in runs:
             t0 = time.perf_counter()
             model = spec_diff_net(member, device=device)
+            if int8:
+                if not isinstance(model.edge_detector, Vgg16HedBackbone):
+                    continue
+                model.edge_detector.quantize_int8()
             load = time.perf_counter() - t0
             segment_image(images[0], model)  # warm-up: caches, allocator, kernels
             seconds = []
@@ -63,7 +71,8 @@ def main() -> None:
                 sync()
                 seconds.append(time.perf_counter() - t0)
             method = "superpixels" if result.grid_hierarchy is None else "grid"
-            print(f"{device:5s} {member.name:14s} load {load:5.2f} s | segment_image ({method}) median "
+            name = member.name + (" int8" if int8 else "")
+            print(f"{device:5s} {name:19s} load {load:5.2f} s | segment_image ({method}) median "
                   f"{statistics.median(seconds):5.2f} s, mean {statistics.mean(seconds):5.2f} s per image | "
                   f"of which model forward ~{statistics.median(forward):5.2f} s")
 

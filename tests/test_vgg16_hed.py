@@ -17,7 +17,15 @@ import torch
 
 from ndd.models.backbone_base import BackboneOutput
 from ndd.models.backbones import available_backbones, build_backbone
-from ndd.models.vgg16_hed import Vgg16HedBackbone, convert_hed_h5, save_hed_weights, vgg16_hed
+from ndd.models.vgg16_hed import (
+    Vgg16HedBackbone,
+    calibrate_int8,
+    convert_hed_h5,
+    load_int8_qparams,
+    save_hed_weights,
+    save_int8_qparams,
+    vgg16_hed,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -336,3 +344,72 @@ def test_name_attributes_optional(tmp_path) -> None:
     _write_h5(os.fspath(path), _random_arrays(seed=3), names=False)
     state = convert_hed_h5(path)
     assert len(state) == 38
+
+
+# ----------------------------------------------------------------------------
+# int8 trunk
+# ----------------------------------------------------------------------------
+
+
+def _calibration_images(n: int = 3, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(1, 3, 37 + 4 * k, 45, generator=g) for k in range(n)]
+
+
+def test_int8_blocks_follow_float32_within_quantisation_error(hed_file) -> None:
+    """Every block output of the int8 trunk stays close to float32 (a swapped or missing
+    activation scale, a missed pooling or a wrong weight layout breaks this by far)."""
+    net = vgg16_hed(hed_file[0]).eval()
+    images = _calibration_images()
+    table = calibrate_int8(net, images)
+    x = images[1]
+    with torch.no_grad():
+        ref, ref_fused = net._run(x)
+        assert not net.int8
+        net.quantize_int8(table)
+        assert net.int8
+        got, got_fused = net._run(x)
+    assert [g.shape for g in got] == [r.shape for r in ref]
+    for k, (g, r) in enumerate(zip(got, ref, strict=True), start=1):
+        rel = (g - r).norm() / r.norm()
+        assert rel < 0.08, f"block {k}: relative error {rel:.3f}"
+    # the dequantised block outputs are multiples of their activation scale
+    last = table["block5.conv3"][0]
+    steps = got[-1] / last
+    assert torch.allclose(steps, steps.round(), atol=1e-3)
+
+
+def test_int8_only_for_inference_on_the_cpu(hed_file) -> None:
+    net = vgg16_hed(hed_file[0]).eval()
+    keys = set(net.state_dict())
+    x = _calibration_images(1, seed=1)[0]
+    with torch.no_grad():
+        ref = net._run(x)[1]
+    net.quantize_int8(calibrate_int8(net, [x]))
+    assert set(net.state_dict()) == keys  # nothing int8 is saved with the model
+    with torch.enable_grad():  # a recorded graph runs the float32 blocks, exactly
+        assert torch.equal(net._run(x)[1], ref)
+    with torch.no_grad():
+        assert not torch.equal(net._run(x)[1], ref)
+
+
+def test_shipped_int8_table_names_every_activation(tmp_path) -> None:
+    table = load_int8_qparams()
+    names = ["input"] + [f"block{b}.conv{j}" for b, convs in enumerate(BLOCKS, start=1) for j in range(1, len(convs) + 1)]
+    assert sorted(table) == sorted(names)
+    assert all(scale > 0 and 0 <= zero <= 127 for scale, zero in table.values())
+    path = tmp_path / "table.json"
+    save_int8_qparams(table, path, note="copy")
+    assert load_int8_qparams(path) == table
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="not an int8 parameter table"):
+        load_int8_qparams(path)
+    with pytest.raises(ValueError, match="this network's activations"):
+        Vgg16HedBackbone().quantize_int8({"input": (1.0, 0)})
+
+
+def test_int8_edges_need_a_hed_model_on_the_cpu() -> None:
+    from ndd.inference import load_segmentation_model
+
+    with pytest.raises(ValueError, match="needs a VGG16-HED edge detector"):
+        load_segmentation_model("handcrafted", "cpu", int8_edges=True)

@@ -301,13 +301,13 @@ def auto_levels(finest: int, coarsest: int = 2, most: int = 32) -> tuple[int, ..
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(model_spec: str | None, device: str, threads: int, job: SegmentJob) -> None:
+def _init_worker(model_spec: str | None, device: str, threads: int, job: SegmentJob, int8_edges: bool) -> None:
     import torch
 
     from ndd.inference import load_segmentation_model
 
     torch.set_num_threads(threads)
-    _WORKER["model"], _ = load_segmentation_model(model_spec, device)
+    _WORKER["model"], _ = load_segmentation_model(model_spec, device, int8_edges)
     _WORKER["job"] = job
 
 
@@ -330,6 +330,7 @@ def segment_files(
     rank: int = 0,
     world_size: int = 1,
     on_stage: Callable[[Path, str], None] | None = None,
+    int8_edges: bool = False,
 ) -> Iterator[ImageOutcome]:
     """Segment ``paths`` into ``job.out_dir``, yielding one outcome per input as it finishes.
 
@@ -337,8 +338,9 @@ def segment_files(
         paths: images (e.g. from :func:`collect_inputs`).
         job: outputs and hierarchy settings.
         model: a loaded :class:`~ndd.models.SpecDiffNet` for ``workers == 1``.
-        model_spec, device: what each worker process loads (as ``ndd segment --model``),
-            for ``workers > 1`` (or when ``model`` is ``None``).
+        model_spec, device, int8_edges: what each worker process loads (as ``ndd segment
+            --model``, ``--device``, ``--int8-edges``), for ``workers > 1`` (or when ``model``
+            is ``None``).
         workers: processes; each loads the model once and uses ``torch threads / workers``.
         resume: skip inputs that an earlier run into the same folder completed.
         rank, world_size: this process's share of ``paths`` (``torchrun``: ``RANK``,
@@ -371,7 +373,7 @@ def segment_files(
         if model is None:
             from ndd.inference import load_segmentation_model
 
-            model, _ = load_segmentation_model(model_spec, device)
+            model, _ = load_segmentation_model(model_spec, device, int8_edges)
         for path in todo:
             stage = None if on_stage is None else (lambda name, path=path: on_stage(path, name))
             yield record(segment_file(path, model, job, stage))
@@ -386,6 +388,6 @@ def segment_files(
     # spawn, not fork: forking a process whose torch thread pools are running can hang
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                             initargs=(model_spec, device, threads, job)) as pool:
+                             initargs=(model_spec, device, threads, job, int8_edges)) as pool:
         for outcome in pool.map(_work, todo):
             yield record(outcome)

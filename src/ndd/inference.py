@@ -324,17 +324,37 @@ def check_points(points: Sequence[tuple[float, float]], image_size: tuple[int, i
     return pts
 
 
-def load_segmentation_model(spec: str | None = None, device: torch.device | str = "cpu") -> tuple[SpecDiffNet, str]:
+def load_segmentation_model(spec: str | None = None, device: torch.device | str = "cpu",
+                            int8_edges: bool = False) -> tuple[SpecDiffNet, str]:
     """The model behind ``ndd segment --model SPEC``, and a one-line description of it.
 
     ``spec``: ``None``/``"default"`` for the shipped default weights, the name of a shipped
     model (:class:`ndd.models.SpecDiffNetWeights`, any case: ``bsds500`` is the small fast
     one), ``"handcrafted"`` for the classical diffusion distance on hand-crafted features, or a
-    weights/checkpoint path.
+    weights/checkpoint path. ``int8_edges`` (``ndd segment --int8-edges``): run the VGG16-HED
+    edge detector's trunk in int8 (:meth:`ndd.models.vgg16_hed.Vgg16HedBackbone.quantize_int8`;
+    CPU only, faster, slightly different edge maps).
     """
+    device = resolve_device(device)  # a bad or absent device fails here, in one line, before any loading
+    if int8_edges and device.type != "cpu":
+        raise ValueError(f"--int8-edges runs on the CPU only, not on {device}")
+    model, description = _load_segmentation_model(spec, device)
+    if int8_edges:
+        from ndd.models.vgg16_hed import Vgg16HedBackbone
+
+        if not isinstance(model.edge_detector, Vgg16HedBackbone):
+            raise ValueError(f"--int8-edges needs a VGG16-HED edge detector; {description} has none")
+        try:
+            model.edge_detector.quantize_int8()
+        except RuntimeError as err:  # no x86 quantized engine (e.g. an ARM CPU)
+            raise ValueError(f"--int8-edges: {err}") from None
+        description += ", HED trunk in int8"
+    return model, description
+
+
+def _load_segmentation_model(spec: str | None, device: torch.device) -> tuple[SpecDiffNet, str]:
     from ndd.models import SpecDiffNetConfig, SpecDiffNetWeights, load_model, spec_diff_net
 
-    device = resolve_device(device)  # a bad or absent device fails here, in one line, before any loading
     if spec == "handcrafted":
         return SpecDiffNet(SpecDiffNetConfig.handcrafted()).to(device).eval(), "hand-crafted features (classical diffusion distance)"
     names = {name.lower(): member for name, member in SpecDiffNetWeights.__members__.items()}
