@@ -3,8 +3,10 @@
 For every shipped model (:class:`ndd.models.SpecDiffNetWeights`) this loads the weights once,
 then segments the same images with the model's default method and writes nothing; it prints
 the load time, the seconds per image (median and mean over the images, after one warm-up
-image) and where the time goes (model forward vs. hierarchy), on the CPU and, when a GPU is
-present, on CUDA too (``--devices``). On the CPU, models with a VGG16-HED edge detector are
+image) and where the time goes (the model's forward as ``segment_image`` runs it, the rest
+being the hierarchy), on the CPU and, when a GPU is present, on CUDA too (``--devices``). It
+also times the spectral block (``D`` and ``K_D``) on each image's affinity, which the default
+superpixel hierarchy skips (it merges by features) and the grid method runs. On the CPU, models with a VGG16-HED edge detector are
 timed a second time with its trunk in int8 (``ndd segment --int8-edges``)::
 
     python benchmarks/bench_segment.py [--images data/BSDS500/data/images/val] [--count 10] [--threads 2]
@@ -56,16 +58,20 @@ def main() -> None:
                 model.edge_detector.quantize_int8()
             load = time.perf_counter() - t0
             segment_image(images[0], model)  # warm-up: caches, allocator, kernels
-            seconds = []
-            forward = []
+            seconds, forward, spectral = [], [], []
+            grid_method = not model.has_edge_map  # segment_image's "auto": needs D only for the grid
             for image in images[1:]:
                 sync()
                 t0 = time.perf_counter()
                 with torch.no_grad():
                     x = torch.from_numpy(image).permute(2, 0, 1)[None].float().to(device)
-                    model(x, eigenpairs=False)
-                sync()
-                forward.append(time.perf_counter() - t0)
+                    out = model(x, eigenpairs=False, diffusion=grid_method)
+                    sync()
+                    forward.append(time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                    model.diffuse(out.affinity)
+                    sync()
+                    spectral.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 result = segment_image(image, model)
                 sync()
@@ -74,7 +80,8 @@ def main() -> None:
             name = member.name + (" int8" if int8 else "")
             print(f"{device:5s} {name:19s} load {load:5.2f} s | segment_image ({method}) median "
                   f"{statistics.median(seconds):5.2f} s, mean {statistics.mean(seconds):5.2f} s per image | "
-                  f"of which model forward ~{statistics.median(forward):5.2f} s")
+                  f"of which model forward ~{statistics.median(forward):5.2f} s | spectral block "
+                  f"{statistics.median(spectral):5.2f} s ({'included' if grid_method else 'skipped'})")
 
 if __name__ == "__main__":
     main()

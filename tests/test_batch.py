@@ -92,6 +92,49 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
         assert not list(out.glob(".partial-*"))
 
 
+def test_a_resumed_run_redoes_inputs_made_with_other_settings(tmp_path):
+    from ndd.batch import changed_settings, run_settings
+    from ndd.inference import HierarchyOptions
+
+    paths = photos(tmp_path / "in", 2)
+    model = SpecDiffNet(SpecDiffNetConfig.handcrafted()).eval()
+    out = tmp_path / "out"
+
+    def statuses(job: SegmentJob, **kw) -> list[str]:
+        return [o.status for o in segment_files(paths, job, model=model, model_spec="handcrafted", **kw)]
+
+    first = SegmentJob(out, ("labels", "ucm2"), (2,))
+    assert statuses(first) == ["done", "done"]
+    assert statuses(SegmentJob(out, ("ucm2",), (2,))) == ["skipped", "skipped"]  # fewer formats: complete
+    more = SegmentJob(out, ("labels", "overlay", "ucm2"), (2,))
+    assert changed_settings(paths, out, run_settings(more, "handcrafted")) == (2, ["formats"])
+    assert statuses(more) == ["done", "done"]  # the overlays did not exist: made now
+    assert sorted(p.name for p in out.glob("*overlay*")) == ["img0_overlay_002.png", "img1_overlay_002.png"]
+    assert statuses(more) == ["skipped", "skipped"]
+    other = SegmentJob(out, more.formats, (2,), options=HierarchyOptions(edge_weight=0.5))
+    assert changed_settings(paths, out, run_settings(other, "handcrafted")) == (2, ["options"])
+    assert statuses(other) == ["done", "done"]
+    assert statuses(more) == ["done", "done"]  # the files are now other's: the first settings redo them
+    assert changed_settings(paths, out, run_settings(more, "handcrafted", int8_edges=True)) == (2, ["int8_edges"])
+    assert changed_settings(paths, out, run_settings(more, "default")) == (2, ["model"])
+    assert list(completed_inputs(out)) == [str(p.resolve()) for p in paths]  # without settings: any record
+
+
+def test_a_retrained_checkpoint_at_the_same_path_is_another_model(tmp_path):
+    import os
+
+    from ndd.batch import run_settings
+
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"weights v1")
+    job = SegmentJob(tmp_path / "out", ("ucm2",))
+    before = run_settings(job, str(ckpt))
+    assert before["model"]["file"] == str(ckpt.resolve())
+    os.utime(ckpt, ns=(1, 1))  # rewritten (same size, another time)
+    assert run_settings(job, str(ckpt))["model"] != before["model"]
+    assert run_settings(job, "handcrafted")["model"] == "handcrafted"
+
+
 def test_two_worker_processes_write_each_output_once(tmp_path):
     paths = photos(tmp_path / "in", 4)
     job = SegmentJob(tmp_path / "out", ("labels",), (2,))

@@ -166,6 +166,19 @@ def test_similarity_outputs(tmp_path):
     assert sheet.shape == (2 * 40 + 4, 2 * 56 + 4, 3)
 
 
+def test_segment_resumes_only_what_was_made_with_the_same_settings(tmp_path, capsys):
+    photo = write_photo(tmp_path / "p.png")
+    out = tmp_path / "out"
+    argv = ["segment", str(photo), "--out", str(out), "--model", "handcrafted", "--levels", "2"]
+    assert main(argv + ["--format", "labels"]) == 0
+    assert main(argv + ["--format", "labels"]) == 0
+    assert "0 image(s) segmented, 1 skipped" in capsys.readouterr().err
+    assert main(argv + ["--format", "labels,ucm2"]) == 0  # asked for more than was made
+    err = capsys.readouterr().err
+    assert "1 input(s) completed earlier in" in err and "(formats) are segmented again" in err
+    assert "1 image(s) segmented" in err and (out / "p.mat").is_file()
+
+
 def test_segment_with_shipped_model(tmp_path):
     photo = write_photo(tmp_path / "p.png")
     assert main(["segment", str(photo), "--out", str(tmp_path / "o"), "--levels", "1,2"]) == 0

@@ -103,6 +103,30 @@ def test_superpixel_method_needs_edges_and_gives_a_pixel_hierarchy():
     assert grid.grid_hierarchy is not None
 
 
+def test_superpixels_merged_by_features_skip_the_spectral_block_with_the_same_result(monkeypatch):
+    from ndd import spectral
+
+    img = two_tone()
+    model = SpecDiffNet(SpecDiffNetConfig.handcrafted(window=5, n_eigs=20, edge_detector="vgg16_hed"))
+    with torch.no_grad():
+        model.edge_detector.dsn1.weight.normal_(0, 1, generator=torch.Generator().manual_seed(0))
+    calls = []
+    diffusion = spectral.diffusion
+    monkeypatch.setattr(spectral, "diffusion", lambda *a, **k: calls.append(1) or diffusion(*a, **k))
+    skipped = segment_image(img, model, max_side=None).to_ucm2()
+    assert calls == []  # the default hierarchy never reads D
+    out = model(torch.from_numpy(img).permute(2, 0, 1)[None])  # all of it, as before the skip
+    assert calls == [1] and out.similarity is not None
+    from ndd.segment import segment_from_edges
+
+    opts = HierarchyOptions()
+    K = spectral.feature_kernel(out.embedding, model.config.merge_mu_scale * model.mu)[0]
+    whole = segment_from_edges(out.edges[0, 0].numpy(), K, out.grid_shape, min_size=round(opts.min_region * 48 * 64))
+    assert np.array_equal(skipped, whole.to_ucm2(values="spread"))
+    segment_image(img, model, max_side=None, merge_by="diffusion")  # K_D asked for: computed
+    assert calls == [1, 1]
+
+
 def test_authors_preset_is_the_grid_method_with_their_choices():
     img = two_tone()
     model = handcrafted()

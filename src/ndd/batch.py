@@ -11,8 +11,11 @@ What ``ndd segment`` does over a collection, as plain functions:
 * :func:`segment_files` runs over many, in this process, in ``workers`` processes
   (:class:`concurrent.futures.ProcessPoolExecutor`, one model per process) or as one rank
   of ``torchrun`` (rank ``r`` of ``R`` takes inputs ``r, r + R, ...``), and skips inputs
-  that a previous run completed. Completion is recorded after the last output file of an
-  image is in place, as one JSON line in ``<out>/.ndd-segment.rank<r>.jsonl``.
+  that a previous run completed with the same settings (:func:`run_settings`). Completion is
+  recorded after the last output file of an image is in place, as one JSON line in
+  ``<out>/.ndd-segment.rank<r>.jsonl`` that also holds the run's settings, so a run resumed
+  with another model, other options or more formats redoes those inputs instead of keeping
+  outputs made another way.
 """
 
 from __future__ import annotations
@@ -37,9 +40,11 @@ __all__ = [
     "auto_levels",
     "default_workers",
     "ImageOutcome",
+    "changed_settings",
     "check_out_dir",
     "collect_inputs",
     "completed_inputs",
+    "run_settings",
     "segment_file",
     "segment_files",
 ]
@@ -200,13 +205,51 @@ def _manifest_key(path: Path) -> str:
     return str(path.resolve())
 
 
-def completed_inputs(out_dir: str | os.PathLike[str]) -> dict[str, list[str]]:
-    """Inputs (resolved paths) that earlier runs into ``out_dir`` completed, with their files.
+def run_settings(job: SegmentJob, model_spec: str | None = None, int8_edges: bool = False) -> dict[str, Any]:
+    """What decides an image's outputs in a run, as recorded for resuming (JSON values).
 
-    An input counts as completed only if every file recorded for it still exists.
+    The model (``model_spec`` as ``ndd segment --model`` takes it; a checkpoint file also by
+    its size and modification time, so a retrained file at the same path counts as another
+    model), ``int8_edges``, the formats, levels, ``max_side`` and hierarchy options of ``job``.
+    The device is not part of it: the same model gives the same segmentation on every device.
+
+    Example:
+        >>> from pathlib import Path
+        >>> s = run_settings(SegmentJob(Path("out"), ("ucm2",)), "handcrafted")
+        >>> s["model"], s["formats"], s["options"]["method"]
+        ('handcrafted', ['ucm2'], 'auto')
     """
-    out = Path(out_dir)
-    done: dict[str, list[str]] = {}
+    import dataclasses
+
+    from ndd.inference import HierarchyOptions  # torch: only once a run is about to start
+
+    model: Any = model_spec or "default"
+    path = Path(model) if model_spec else None
+    if path is not None and path.is_file():
+        stat = path.stat()
+        model = {"file": str(path.resolve()), "bytes": stat.st_size, "modified_ns": stat.st_mtime_ns}
+    settings = {
+        "model": model,
+        "int8_edges": bool(int8_edges),
+        "formats": sorted(job.formats),
+        "levels": None if job.levels is None else list(job.levels),
+        "max_side": job.max_side,
+        "options": dataclasses.asdict(job.options if job.options is not None else HierarchyOptions()),
+    }
+    return json.loads(json.dumps(settings))  # tuples as lists: compares equal to what is read back
+
+
+def _settings_differ(recorded: dict[str, Any] | None, settings: dict[str, Any]) -> list[str]:
+    """Names of the settings that make a recorded completion unusable now (empty: usable)."""
+    if recorded is None:  # a record without settings: how it was made is unknown
+        return ["settings not recorded"]
+    changed = [k for k in settings if k != "formats" and recorded.get(k) != settings[k]]
+    if not set(settings["formats"]) <= set(recorded.get("formats", [])):  # fewer formats: still complete
+        changed.append("formats")
+    return changed
+
+
+def _manifest_rows(out: Path) -> Iterator[dict[str, Any]]:
     for manifest in sorted(out.glob(_MANIFEST_GLOB)):
         for line in manifest.read_text().splitlines():
             try:
@@ -214,8 +257,41 @@ def completed_inputs(out_dir: str | os.PathLike[str]) -> dict[str, list[str]]:
             except json.JSONDecodeError:  # a line cut by a kill: that image is redone
                 continue
             if all((out / name).is_file() for name in row.get("files", [])):
-                done[row["input"]] = row["files"]
+                yield row
+
+
+def completed_inputs(out_dir: str | os.PathLike[str], settings: dict[str, Any] | None = None) -> dict[str, list[str]]:
+    """Inputs (resolved paths) that earlier runs into ``out_dir`` completed, with their files.
+
+    An input counts as completed only if every file recorded for it still exists and, when
+    ``settings`` (:func:`run_settings`) are given, it was made with those settings (at least
+    the formats asked for). The latest record of an input wins.
+    """
+    done: dict[str, list[str]] = {}
+    for row in _manifest_rows(Path(out_dir)):
+        if settings is None or not _settings_differ(row.get("settings"), settings):
+            done[row["input"]] = row["files"]
+        else:
+            done.pop(row["input"], None)
     return done
+
+
+def changed_settings(paths: Sequence[Path], out_dir: str | os.PathLike[str],
+                     settings: dict[str, Any]) -> tuple[int, list[str]]:
+    """How many of ``paths`` earlier runs into ``out_dir`` completed with other ``settings``
+    (a resumed run redoes them), and which settings differ.
+    """
+    latest: dict[str, dict[str, Any] | None] = {}
+    for row in _manifest_rows(Path(out_dir)):
+        latest[row["input"]] = row.get("settings")
+    count, names = 0, set()
+    for path in paths:
+        key = _manifest_key(path)
+        if key in latest:
+            differ = _settings_differ(latest[key], settings)
+            count += bool(differ)
+            names.update(differ)
+    return count, sorted(names)
 
 
 def segment_file(path: Path, model: Any, job: SegmentJob,
@@ -342,7 +418,9 @@ def segment_files(
             --model``, ``--device``, ``--int8-edges``), for ``workers > 1`` (or when ``model``
             is ``None``).
         workers: processes; each loads the model once and uses ``torch threads / workers``.
-        resume: skip inputs that an earlier run into the same folder completed.
+        resume: skip inputs that an earlier run into the same folder completed with the same
+            :func:`run_settings` (``model_spec`` names the model there, also when ``model`` is
+            given).
         rank, world_size: this process's share of ``paths`` (``torchrun``: ``RANK``,
             ``WORLD_SIZE``): inputs ``rank, rank + world_size, ...``.
         on_stage: with ``workers == 1``, called as ``on_stage(path, stage)`` when each stage
@@ -353,7 +431,8 @@ def segment_files(
     """
     _make_out_dir(job.out_dir)
     share = list(paths)[rank::world_size]
-    done = completed_inputs(job.out_dir) if resume else {}
+    settings = run_settings(job, model_spec, int8_edges)
+    done = completed_inputs(job.out_dir, settings) if resume else {}
     todo = []
     for path in share:
         if _manifest_key(path) in done:
@@ -364,7 +443,8 @@ def segment_files(
 
     def record(outcome: ImageOutcome) -> ImageOutcome:
         if outcome.status == "done":  # after every file is in place: a kill before this redoes the image
-            row = {"input": _manifest_key(outcome.path), "files": [p.name for p in outcome.written]}
+            row = {"input": _manifest_key(outcome.path), "files": [p.name for p in outcome.written],
+                   "settings": settings}
             with open(manifest, "a") as f:
                 f.write(json.dumps(row) + "\n")
         return outcome

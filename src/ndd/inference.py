@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ndd import spectral
+from ndd.formats.images import check_points
 from ndd.device import resolve_device
 from ndd.interpolate import infer_stride_ratio
 from ndd.models import SpecDiffNet
@@ -205,10 +206,12 @@ def segment_image(
     size = working_size(full, max_side)
     model.eval()
     x = _to_tensor(image, size, _device_of(model))
-    out = model(x, eigenpairs=False)
     method = opts.method
     if method == "auto":
-        method = "superpixels" if out.edges is not None else "grid"
+        method = "superpixels" if model.has_edge_map else "grid"
+    # superpixels merged by features or W never read D: the spectral block is skipped
+    needs_diffusion = method != "superpixels" or opts.merge_by == "diffusion"
+    out = model(x, eigenpairs=False, diffusion=needs_diffusion)
     if method == "superpixels":
         if out.edges is None:
             raise ValueError("method 'superpixels' needs a model with an edge map (e.g. the default model)")
@@ -309,19 +312,6 @@ def similarity_maps(
     model.eval()
     out = model(_to_tensor(image, size, _device_of(model)), eigenpairs=False)
     return similarity_maps_from_output(out, model, points, full, size), points
-
-
-def check_points(points: Sequence[tuple[float, float]], image_size: tuple[int, int]) -> list[tuple[float, float]]:
-    """``points`` ``(x, y)`` as floats; ``ValueError`` for none, or one outside the ``(H, W)``
-    image (the message in the image's own pixels: call it before any resizing or model load)."""
-    H, W = image_size
-    pts = [(float(x), float(y)) for x, y in points]
-    if not pts:
-        raise ValueError("no points given")
-    for px, py in pts:
-        if not (np.isfinite(px) and np.isfinite(py) and 0 <= px <= W - 1 and 0 <= py <= H - 1):
-            raise ValueError(f"point ({px:g}, {py:g}) lies outside the {W}x{H} image (x in 0..{W - 1}, y in 0..{H - 1})")
-    return pts
 
 
 def load_segmentation_model(spec: str | None = None, device: torch.device | str = "cpu",

@@ -20,12 +20,13 @@ from PIL import Image
 
 # the file formats live in ndd.formats; their names stay importable from here
 from ndd.formats.bsds import read_ucm2, write_segs, write_ucm2
-from ndd.formats.images import ImageReadError, check_image, read_image
+from ndd.formats.images import ImageReadError, check_image, check_points, read_image
 from ndd.formats.labels import read_labels, resize_labels, write_labels
 
 __all__ = [
     "ImageReadError",
     "check_image",
+    "check_points",
     "read_image",
     "write_labels",
     "read_labels",

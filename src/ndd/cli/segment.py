@@ -65,7 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "several times faster on a small CPU that other jobs share, where every parallel step waits "
                         "for a busy core")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="skip inputs that an earlier run into --out completed (default: on)")
+                   help="skip inputs that an earlier run into --out completed with the same model, options, levels and "
+                        "formats (default: on; inputs made with other settings are segmented again)")
     p.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
                    help="longest side processed (default %(default)s, BSDS500's); larger images are scaled down and results mapped back")
     # hierarchy options default to None: ndd.inference.HierarchyOptions owns their defaults
@@ -104,7 +105,15 @@ def run(args: argparse.Namespace) -> int:
             args.max_side < 16):
         print("ndd segment: --workers and --threads must be >= 1, --max-side >= 16", file=sys.stderr)
         return 2
-    from ndd.batch import SegmentJob, check_out_dir, collect_inputs, default_workers, segment_files
+    from ndd.batch import (
+        SegmentJob,
+        changed_settings,
+        check_out_dir,
+        collect_inputs,
+        default_workers,
+        run_settings,
+        segment_files,
+    )
     from ndd.device import check_device_name, resolve_device
 
     # Every mistake is found before torch is imported and the model loads (seconds), and before
@@ -179,6 +188,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"model: {description}" + (f"; {workers} worker processes" if workers > 1 else ""), file=sys.stderr)
     if workers > 1:
         del model  # each worker process loads its own
+    if args.resume and rank == 0:
+        redone, names = changed_settings(images, args.out, run_settings(job, args.model, args.int8_edges))
+        if redone:  # said once, before the work: outputs made another way are replaced, not kept
+            print(f"ndd segment: {redone} input(s) completed earlier in {args.out} with other settings "
+                  f"({', '.join(names)}) are segmented again", file=sys.stderr)
     progress = (sys.stderr.isatty() if args.progress is None else args.progress) and rank == 0
     counts = {"done": 0, "skipped": 0, "failed": len(problems) if rank == 0 else 0}
     missing: dict[int, list[int]] = {}

@@ -58,10 +58,7 @@ def run(args: argparse.Namespace) -> int:
         check_out_dir(args.out)
         image = io.read_image(args.image)
         if args.points is not None:
-            # Imported here so that other subcommands start without loading torch.
-            from ndd.inference import check_points
-
-            check_points(args.points, image.shape[:2])  # in the user's pixels
+            io.check_points(args.points, image.shape[:2])  # in the user's pixels, before torch is imported
     except ValueError as err:
         print(f"ndd similarity: {err}", file=sys.stderr)
         return 2

@@ -9,7 +9,7 @@ that they stay aligned with label maps saved from the raw data.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
@@ -19,7 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import FormatError, MissingFileError
 
-__all__ = ["ImageReadError", "ImageNotFoundError", "ImageDtype", "read_image", "check_image"]
+__all__ = ["ImageReadError", "ImageNotFoundError", "ImageDtype", "read_image", "check_image", "check_points"]
 
 PathLike = str | os.PathLike[str]
 
@@ -168,3 +168,25 @@ def _to_float_rgb(im: Image.Image) -> np.ndarray:
         alpha = rgba[..., 3:4]
         return (rgba[..., :3] * alpha + (1.0 - alpha)).astype(np.float32)  # over white
     return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def check_points(points: Sequence[tuple[float, float]], image_size: tuple[int, int]) -> list[tuple[float, float]]:
+    """``points`` ``(x, y)`` as floats; ``ValueError`` for none, or one outside the ``(H, W)``
+    image (the message in the image's own pixels: call it before any resizing or model load).
+
+    Example:
+        >>> check_points([(10, 5)], (20, 30))
+        [(10.0, 5.0)]
+        >>> check_points([(30, 5)], (20, 30))
+        Traceback (most recent call last):
+        ...
+        ValueError: point (30, 5) lies outside the 30x20 image (x in 0..29, y in 0..19)
+    """
+    H, W = image_size
+    pts = [(float(x), float(y)) for x, y in points]
+    if not pts:
+        raise ValueError("no points given")
+    for px, py in pts:
+        if not (np.isfinite(px) and np.isfinite(py) and 0 <= px <= W - 1 and 0 <= py <= H - 1):
+            raise ValueError(f"point ({px:g}, {py:g}) lies outside the {W}x{H} image (x in 0..{W - 1}, y in 0..{H - 1})")
+    return pts

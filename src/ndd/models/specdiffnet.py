@@ -25,8 +25,9 @@ class SpecDiffNetOutput(NamedTuple):
     """What :meth:`SpecDiffNet.forward` returns.
 
     Attributes:
-        distance: ``(B, N, N)`` diffusion distance on the ``h x w`` feature grid.
-        similarity: ``(B, N, N)`` ``K_D = exp(-tau D)``.
+        distance: ``(B, N, N)`` diffusion distance on the ``h x w`` feature grid (``None`` when
+            ``forward(..., diffusion=False)``).
+        similarity: ``(B, N, N)`` ``K_D = exp(-tau D)`` (``None`` likewise).
         eigenvalues: ``(B, Ne)`` eigenvalues of ``P`` (no gradient).
         eigenvectors: ``(B, N, Ne)`` diffusion-map eigenvectors (no gradient).
         embedding: ``(B, C, h, w)`` the features defining the affinity.
@@ -36,8 +37,8 @@ class SpecDiffNetOutput(NamedTuple):
         edges: ``(B, 1, H, W)`` the backbone's edge map, for backbones with an edge head.
     """
 
-    distance: Tensor
-    similarity: Tensor
+    distance: Tensor | None
+    similarity: Tensor | None
     eigenvalues: Tensor | None
     eigenvectors: Tensor | None
     embedding: Tensor
@@ -180,24 +181,33 @@ class SpecDiffNet(nn.Module):
                 edges = multiscale_edges(detector.edge_map, images, self.config.edge_scales, at_scale_one=edges)
         return emb, levels, edges
 
-    def forward(self, images: Tensor, *, eigenpairs: bool = True) -> SpecDiffNetOutput:
+    def forward(self, images: Tensor, *, eigenpairs: bool = True, diffusion: bool = True) -> SpecDiffNetOutput:
+        """``eigenpairs=False`` drops the eigenpairs from the output; ``diffusion=False`` skips the
+        spectral block (no ``D``, ``K_D`` or eigenpairs: what needs only the embedding, the
+        affinity and the edges, such as the default hierarchy, saves its time and memory)."""
         emb, levels, edges = self._embed(images)
         cfg = self.config
         W = self.affinity(emb, edges)
         grid = W.grid_shape
-        n_eigs = min(cfg.n_eigs, W.num_nodes)
+        if not diffusion:
+            return SpecDiffNetOutput(None, None, None, None, emb, W, levels, grid, edges)
+        D, K, lam, psi = self.diffuse(W)
+        if not eigenpairs:
+            lam = psi = None
+        return SpecDiffNetOutput(D, K, lam, psi, emb, W, levels, grid, edges)
+
+    def diffuse(self, W: spectral.BandedAffinity) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """The spectral block on an affinity: ``(D, K_D, eigenvalues, eigenvectors)`` with the
+        configured solver, ``t``, ``tau`` and precision (the eigenpairs are ``None`` for the
+        legacy solver). Shapes as in :class:`SpecDiffNetOutput`."""
+        cfg = self.config
         if cfg.legacy:
             D = spectral.legacy_diffusion_distance(W, self.t, n_iter=cfg.n_iter, n_power=cfg.n_power or 40)
             lam = psi = None
         else:
-            result = spectral.diffusion(
-                W, self.t, n_eigs, cfg.n_iter, n_power=cfg.n_power, spectral_dtype=_SPECTRAL_DTYPES[cfg.spectral_dtype]
-            )
-            D, lam, psi = result
-            if not eigenpairs:
-                lam = psi = None
-        K = spectral.diffusion_similarity(D, self.tau)
-        return SpecDiffNetOutput(D, K, lam, psi, emb, W, levels, grid, edges)
+            D, lam, psi = spectral.diffusion(W, self.t, min(cfg.n_eigs, W.num_nodes), cfg.n_iter, n_power=cfg.n_power,
+                                             spectral_dtype=_SPECTRAL_DTYPES[cfg.spectral_dtype])
+        return D, spectral.diffusion_similarity(D, self.tau), lam, psi
 
     def affinity(self, embedding: Tensor, edges: Tensor | None) -> spectral.BandedAffinity:
         """The banded affinity ``W`` that the configured ``affinity`` defines on the grid."""
