@@ -120,6 +120,29 @@ def test_a_resumed_run_redoes_inputs_made_with_other_settings(tmp_path):
     assert list(completed_inputs(out)) == [str(p.resolve()) for p in paths]  # without settings: any record
 
 
+def test_manifest_rows_name_their_settings_by_a_short_key(tmp_path):
+    import json
+
+    from ndd.batch import run_settings, settings_key
+
+    paths = photos(tmp_path / "in", 2)
+    model = SpecDiffNet(SpecDiffNetConfig.handcrafted()).eval()
+    job = SegmentJob(tmp_path / "out", ("labels",), (2,))
+    list(segment_files(paths, job, model=model, model_spec="handcrafted"))
+    settings = run_settings(job, "handcrafted")
+    key = settings_key(settings)
+    rows = [json.loads(line) for line in (job.out_dir / ".ndd-segment.rank0.jsonl").read_text().splitlines()]
+    assert [row["settings"] for row in rows] == [key, key] and len(key) == 16
+    stored = job.out_dir / f".ndd-segment.settings-{key}.json"
+    assert json.loads(stored.read_text()) == settings
+    assert len(completed_inputs(job.out_dir, settings)) == 2
+    stored.write_text("{damaged")  # how those inputs were made is no longer known: they are redone
+    assert completed_inputs(job.out_dir, settings) == {}
+    statuses = [o.status for o in segment_files(paths, job, model=model, model_spec="handcrafted")]
+    assert statuses == ["done", "done"]
+    assert json.loads(stored.read_text()) == settings  # mended by the run
+
+
 def test_a_retrained_checkpoint_at_the_same_path_is_another_model(tmp_path):
     import os
 

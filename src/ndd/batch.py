@@ -13,9 +13,10 @@ What ``ndd segment`` does over a collection, as plain functions:
   of ``torchrun`` (rank ``r`` of ``R`` takes inputs ``r, r + R, ...``), and skips inputs
   that a previous run completed with the same settings (:func:`run_settings`). Completion is
   recorded after the last output file of an image is in place, as one JSON line in
-  ``<out>/.ndd-segment.rank<r>.jsonl`` that also holds the run's settings, so a run resumed
-  with another model, other options or more formats redoes those inputs instead of keeping
-  outputs made another way.
+  ``<out>/.ndd-segment.rank<r>.jsonl`` that also names the run's settings (a short key; the
+  settings themselves are written once, to ``<out>/.ndd-segment.settings-<key>.json``), so a
+  run resumed with another model, other options or more formats redoes those inputs instead
+  of keeping outputs made another way.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ __all__ = [
     "collect_inputs",
     "completed_inputs",
     "run_settings",
+    "settings_key",
     "segment_file",
     "segment_files",
 ]
@@ -52,6 +54,7 @@ __all__ = [
 #: Suffixes a folder given as input is searched for (case-insensitive).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"})
 _MANIFEST_GLOB = ".ndd-segment.rank*.jsonl"
+_SETTINGS_FILE = ".ndd-segment.settings-{key}.json"
 
 
 @dataclass(frozen=True)
@@ -249,7 +252,40 @@ def _settings_differ(recorded: dict[str, Any] | None, settings: dict[str, Any]) 
     return changed
 
 
-def _manifest_rows(out: Path) -> Iterator[dict[str, Any]]:
+def settings_key(settings: dict[str, Any]) -> str:
+    """A short name for :func:`run_settings` (16 hex digits of the SHA-256 of their JSON), what
+    each manifest row records instead of the settings themselves (a row stays short, a
+    collection of millions keeps a small manifest)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _write_settings(out: Path, settings: dict[str, Any]) -> str:
+    key = settings_key(settings)
+    path = out / _SETTINGS_FILE.format(key=key)
+    # written by every run (a damaged copy is mended); ranks write the same bytes, each to a
+    # name of its own, then rename
+    tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
+    tmp.write_text(json.dumps(settings, sort_keys=True, indent=1))
+    os.replace(tmp, path)
+    return key
+
+
+def _recorded_settings(out: Path, key: str | None, cache: dict[str, dict[str, Any] | None]) -> dict[str, Any] | None:
+    if key is None:
+        return None
+    if key not in cache:
+        try:
+            cache[key] = json.loads((out / _SETTINGS_FILE.format(key=key)).read_text())
+        except (OSError, json.JSONDecodeError):  # removed or damaged: how those inputs were made is unknown
+            cache[key] = None
+    return cache[key]
+
+
+def _manifest_rows(out: Path) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
+    """Complete rows of every manifest in ``out``, each with the settings it was made with."""
+    cache: dict[str, dict[str, Any] | None] = {}
     for manifest in sorted(out.glob(_MANIFEST_GLOB)):
         for line in manifest.read_text().splitlines():
             try:
@@ -257,7 +293,7 @@ def _manifest_rows(out: Path) -> Iterator[dict[str, Any]]:
             except json.JSONDecodeError:  # a line cut by a kill: that image is redone
                 continue
             if all((out / name).is_file() for name in row.get("files", [])):
-                yield row
+                yield row, _recorded_settings(out, row.get("settings"), cache)
 
 
 def completed_inputs(out_dir: str | os.PathLike[str], settings: dict[str, Any] | None = None) -> dict[str, list[str]]:
@@ -268,8 +304,8 @@ def completed_inputs(out_dir: str | os.PathLike[str], settings: dict[str, Any] |
     the formats asked for). The latest record of an input wins.
     """
     done: dict[str, list[str]] = {}
-    for row in _manifest_rows(Path(out_dir)):
-        if settings is None or not _settings_differ(row.get("settings"), settings):
+    for row, recorded in _manifest_rows(Path(out_dir)):
+        if settings is None or not _settings_differ(recorded, settings):
             done[row["input"]] = row["files"]
         else:
             done.pop(row["input"], None)
@@ -282,8 +318,8 @@ def changed_settings(paths: Sequence[Path], out_dir: str | os.PathLike[str],
     (a resumed run redoes them), and which settings differ.
     """
     latest: dict[str, dict[str, Any] | None] = {}
-    for row in _manifest_rows(Path(out_dir)):
-        latest[row["input"]] = row.get("settings")
+    for row, recorded in _manifest_rows(Path(out_dir)):
+        latest[row["input"]] = recorded
     count, names = 0, set()
     for path in paths:
         key = _manifest_key(path)
@@ -440,11 +476,12 @@ def segment_files(
         else:
             todo.append(path)
     manifest = job.out_dir / f".ndd-segment.rank{rank}.jsonl"
+    key = _write_settings(job.out_dir, settings)
 
     def record(outcome: ImageOutcome) -> ImageOutcome:
         if outcome.status == "done":  # after every file is in place: a kill before this redoes the image
             row = {"input": _manifest_key(outcome.path), "files": [p.name for p in outcome.written],
-                   "settings": settings}
+                   "settings": key}
             with open(manifest, "a") as f:
                 f.write(json.dumps(row) + "\n")
         return outcome
