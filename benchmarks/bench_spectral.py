@@ -20,8 +20,11 @@ CUDA memory.
 
     python benchmarks/bench_spectral.py [--threads 1] [--repeats 5] [--device cuda] [--image PATH]
     python benchmarks/bench_spectral.py --accuracy-only --model-images 13
+    python benchmarks/bench_spectral.py --skip-model --knn-points 20000
 
-The second checks the shipped default model on real photos (``examples/coffee.jpg`` and the
+The dense ``W`` is also timed as a torch sparse CSR tensor (taken as it is). ``--knn-points``
+adds the eigenpairs of a large k-nearest-neighbour graph given as a torch sparse ``W``
+(``diffusion_embedding``, nothing ``N x N``) against ARPACK. The second command checks the shipped default model on real photos (``examples/coffee.jpg`` and the
 BSDS mini images): D of the default solver and of the paper's against the exact spectrum.
 
 ``--threads`` sets torch's and the BLAS (OpenBLAS, MKL) thread counts, before NumPy or SciPy
@@ -146,6 +149,34 @@ def krylov_eigenpairs(W, n_eigs: int, dtype: torch.dtype):
     return theta.gather(-1, top), Q @ Y.gather(-1, top.unsqueeze(-2).expand(-1, Y.shape[-2], -1))
 
 
+def knn_embedding(n_points: int, n_eigs: int, repeats: int, device: torch.device) -> None:
+    """Eigenpairs of a large sparse graph given as a torch sparse W: ``n_points`` points in 3-D
+    (20 Gaussian blobs, seed 0), each joined to its 10 nearest (scipy's cKDTree), Gaussian
+    weights; ``diffusion_embedding`` (float64, nothing N x N) against ARPACK on the same S."""
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=4.0, size=(20, 3))
+    points = centres[rng.integers(0, 20, n_points)] + rng.normal(size=(n_points, 3))
+    dist, nbr = cKDTree(points).query(points, k=11)
+    rows = np.repeat(np.arange(n_points), 11)
+    A = scipy.sparse.coo_matrix((np.exp(-dist.ravel() ** 2), (rows, nbr.ravel())), shape=(n_points,) * 2).tocsr()
+    A = A.maximum(A.T).tocoo()  # symmetric: i ~ j if either is among the other's 10 nearest
+    W = torch.sparse_coo_tensor(np.stack([A.row, A.col]), A.data, A.shape, check_invariants=True).coalesce().to(device)
+    d = np.asarray(A.sum(1)).ravel()
+    S = scipy.sparse.diags(d ** -0.5) @ A @ scipy.sparse.diags(d ** -0.5)
+    clock = Clock(device)
+    for _ in range(repeats):
+        clock.run("ndd", lambda: spectral.diffusion_embedding(W, n_eigs))
+        clock.run("arpack", lambda: scipy.sparse.linalg.eigsh(S.tocsr(), k=n_eigs, which="LM"))
+    lam = clock.outputs["ndd"][0].cpu().numpy()
+    ref = np.sort(np.abs(clock.outputs["arpack"][0]))[::-1]
+    print(f"\nk-nearest-neighbour graph, N={n_points}, {A.nnz} stored entries, Ne={n_eigs}, torch sparse COO W: "
+          f"diffusion_embedding {clock.show('ndd')}, ARPACK eigsh on S {clock.show('arpack')} "
+          f"({clock.best('arpack') / clock.best('ndd'):.1f}x); largest eigenvalue gap to ARPACK "
+          f"{np.abs(np.sort(np.abs(lam))[::-1] - ref).max():.1e}")
+
+
 def model_accuracy(n_images: int, n_eigs: int, n_iter: int, device: torch.device) -> None:
     """The shipped default model's affinity on real photos: D of the default solver and of the
     paper's against the exact spectrum truncated to Ne (all float64 spectral parts)."""
@@ -191,6 +222,9 @@ def main() -> None:
     parser.add_argument("--model-images", type=int, default=0,
                         help="also check the shipped model's D on coffee.jpg and this many images in all (BSDS mini)")
     parser.add_argument("--accuracy-only", action="store_true", help="only the shipped-model accuracy check")
+    parser.add_argument("--knn-points", type=int, default=0,
+                        help="also time the eigenpairs of a k-nearest-neighbour graph of this many points "
+                             "given as a torch sparse W (e.g. 20000)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -203,6 +237,7 @@ def main() -> None:
     feats = grid_features(args.image, device)
     W = spectral.local_affinity(feats, 1.0, window=17)  # float32, banded
     Wd = W.to_dense()  # the same affinity as a dense (1, N, N) tensor
+    Ws = Wd[0].to_sparse_csr()  # and as a torch sparse CSR (N, N) one, built once (as ARPACK's sparse S)
     n, ne, t = W.num_nodes, args.n_eigs, args.t
     block, blocks = spectral.krylov_size(ne, n)
     print(f"graph: 41x61 grid (N={n}), 17x17 window, Ne={ne}, t={t}; device={device}, torch threads="
@@ -244,6 +279,7 @@ def main() -> None:
                     if key != "exact":
                         clock.run(f"{key} band {name}", lambda: fn(W, dtype))
                     clock.run(f"{key} dense {name}", lambda: fn(Wd, dtype))
+                clock.run(f"krylov sparse {name}", lambda: paths["krylov"](Ws, dtype))
                 clock.run(f"krylov eig {name}", lambda: krylov_eigenpairs(W, ne, dtype))
                 clock.run(f"arpack eig {name}", lambda: scipy.sparse.linalg.eigsh(csr, k=ne, which="LM"))
                 clock.run(f"arpack+D sparse {name}", lambda: arpack_then_assembly(csr, scale, t, ne, torch.float32))
@@ -278,6 +314,9 @@ def main() -> None:
             print(f"  ARPACK eigsh on sparse S + same assembly of D     {clock.show(f'arpack+D sparse {name}')}  "
                   f"error {err(f'arpack+D sparse {name}')}")
             if form == "dense":
+                ks = f"krylov sparse {name}"
+                print(f"  {'default solver on W as a torch sparse CSR (N, N)':<50} {clock.show(ks)}  error {err(ks)}  "
+                      f"{exact / clock.best(ks):5.1f}x exact, {arpack_sparse / clock.best(ks):4.1f}x ARPACK+D")
                 kd = f"krylov dense {name}"
                 for key, what in (("dense", "ARPACK eigsh on the dense array + D"),
                                   ("csr(S)", "ARPACK on csr_matrix(S), conversion timed, + D")):
@@ -322,6 +361,8 @@ def main() -> None:
     print(f"peak resident memory of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     if args.model_images:
         model_accuracy(args.model_images, args.n_eigs, args.n_iter, device)
+    if args.knn_points:
+        knn_embedding(args.knn_points, args.n_eigs, args.repeats, device)
 
 
 if __name__ == "__main__":

@@ -33,9 +33,11 @@ accelerated simultaneous iteration (``T`` QR steps after ``round(2t)`` products 
 ``n_power`` given). A Krylov space of degree ``q`` contains every polynomial filter of
 that degree applied to its start, ``S^(q-1) U0`` and the Chebyshev filters included, so
 per product it converges much faster: on the benchmark graph and on the shipped model's
-affinities it is as accurate or more at a tenth of the column products. A dense ``W``
-that is mostly zeros (a banded affinity given densely) is multiplied through its
-non-zeros (CSR), with the full dense gradient.
+affinities it is as accurate or more at a tenth of the column products. The residuals of
+its Ritz pairs come free from the last block; where they are large (a slowly decaying
+spectrum) the space is rebuilt twice as deep. A dense ``W`` that is mostly zeros (a banded
+affinity given densely) is multiplied through its non-zeros (CSR), with the full dense
+gradient; a torch sparse ``W`` is used as it is.
 
 Precision. :func:`diffusion` (and :func:`diffusion_distance`,
 :func:`diffusion_embedding`, :func:`legacy_diffusion_distance`) take a
@@ -811,8 +813,13 @@ def _krylov_default(n_eigs: int) -> tuple[int, int]:
     return min(n_eigs, max(8, math.ceil(0.32 * n_eigs))), 12
 
 
-def _block_krylov(op, U0: Tensor, n_blocks: int) -> tuple[Tensor, Tensor]:
+def _block_krylov(op, U0: Tensor, n_blocks: int) -> tuple[Tensor, Tensor, Tensor]:
     """Block Lanczos with full reorthogonalisation; see :func:`block_krylov`.
+
+    Also returns ``R^T R`` ``(B, b, b)`` (no gradient) of the residual block left after the
+    last step, ``S Q = Q H + Z E_q^T`` with ``Z = Q_(q+1) R``: the residual of a Ritz pair
+    ``(theta, Q y)`` is ``|Z y_q|``, ``y_q`` the last ``b`` entries of ``y``, so every pair's
+    residual costs no product.
 
     The blocks are kept as rows (``(B, b, N)``): the projections are then products with a
     short first dimension, which BLAS runs ~4x faster than the same products on ``(N, b)``
@@ -853,7 +860,8 @@ def _block_krylov(op, U0: Tensor, n_blocks: int) -> tuple[Tensor, Tensor]:
         columns.append(column)
     H = torch.cat(columns, -1)
     Q = buffer if buffer is not None else torch.cat(rows, -2)
-    return Q.transpose(-1, -2), 0.5 * (H + H.transpose(-1, -2))
+    residual = Zt.detach()
+    return Q.transpose(-1, -2), 0.5 * (H + H.transpose(-1, -2)), residual @ residual.transpose(-1, -2)
 
 
 def block_krylov(
@@ -887,7 +895,7 @@ def block_krylov(
     if U0 is None:
         grid = S.grid_shape if isinstance(S, BandedAffinity) else None
         U0 = krylov_start(op.n, block_size, grid, ref.dtype, ref.device)
-    return _block_krylov(op, U0.to(ref.dtype).expand(op.batch, op.n, block_size), n_blocks)
+    return _block_krylov(op, U0.to(ref.dtype).expand(op.batch, op.n, block_size), n_blocks)[:2]
 
 
 # --------------------------------------------------------------------------- #
@@ -1067,14 +1075,15 @@ class DiffusionResult(NamedTuple):
     """Output of :func:`diffusion`.
 
     Attributes:
-        distance: ``(B, N, N)`` diffusion distance (Eq. 3), differentiable.
+        distance: ``(B, N, N)`` diffusion distance (Eq. 3), differentiable; ``None`` when
+            :func:`diffusion` was asked for the eigenpairs alone (``distance=False``).
         eigenvalues: ``(B, Ne)`` eigenvalues of ``P`` (decreasing), no gradient
             (``Ne = N`` for the exact path).
         eigenvectors: ``(B, N, Ne)`` right eigenvectors ``psi_m`` of ``P`` scaled so
             that ``D_t(i, j) = sum_m lambda_m^(2t) (psi_m(i) - psi_m(j))^2``; no gradient.
     """
 
-    distance: Tensor
+    distance: Tensor | None
     eigenvalues: Tensor
     eigenvectors: Tensor
 
@@ -1111,11 +1120,82 @@ def _sparse_operator(W: Tensor, pattern: _DensePattern, dtype: torch.dtype) -> t
         S = symmetric_normalize(W)
         values = S.detach().reshape(-1).index_select(0, pattern.index)
         return _SparseOperator(values, pattern, batch, n, dense=S), degree(W)
-    w = W.detach().reshape(-1).index_select(0, pattern.index).to(dtype)
+    values, d = _normalized_values(W.detach().reshape(-1).index_select(0, pattern.index).to(dtype), pattern)
+    return _SparseOperator(values, pattern, batch, n), d.view(batch, n)
+
+
+#: Largest ``|theta|^(2t) |S v - theta v|`` over the kept Ritz pairs that the default Krylov
+#: space may leave (about the relative error of ``D``: measured 1.4e-4 against an error of
+#: 1.2e-4, 2.3e-9 against 1.7e-9 on the benchmark grid); above it the space is made twice as
+#: deep, up to ``N`` dimensions.
+KRYLOV_TOLERANCE = 1e-4
+
+
+def _ritz_error(eig: tuple[Tensor, Tensor], tail: Tensor, k: int, t: Tensor) -> float:
+    """Largest ``|theta|^(2t)``-weighted residual of the ``k`` kept Ritz pairs (no product by
+    ``S``: from the last residual block of the Krylov run, :func:`_block_krylov`)."""
+    theta, Y = eig
+    top = theta.abs().topk(k, dim=-1).indices
+    Y_k = Y.gather(-1, top.unsqueeze(-2).expand(*Y.shape[:-1], k))[..., -tail.shape[-1]:, :]  # (B, b, k)
+    residual = torch.einsum("bik,bij,bjk->bk", Y_k, tail, Y_k).clamp_min(0).sqrt()
+    weight = torch.exp(t.detach() * torch.log(theta.gather(-1, top).square().clamp_min(torch.finfo(theta.dtype).tiny)))
+    return float((weight * residual).max())
+
+
+def _normalized_values(w: Tensor, pattern: _DensePattern) -> tuple[Tensor, Tensor]:
+    """Entries of ``S = D^-1/2 W D^-1/2`` from those of ``W`` in CSR order, and ``d`` ``(B N,)``."""
     d = torch.segment_reduce(w, "sum", offsets=pattern.offsets)  # rows are contiguous in CSR order
     d_isqrt = d.rsqrt()
-    values = w * d_isqrt.index_select(0, pattern.rows) * d_isqrt.index_select(0, pattern.cols)
-    return _SparseOperator(values, pattern, batch, n), d.view(batch, n)
+    return w * d_isqrt.index_select(0, pattern.rows) * d_isqrt.index_select(0, pattern.cols), d
+
+
+def _is_sparse(W: object) -> bool:
+    return isinstance(W, Tensor) and W.layout in (torch.sparse_coo, torch.sparse_csr)
+
+
+def _sparse_input(W: Tensor) -> tuple[_DensePattern, Tensor]:
+    """The CSR structure and the stored values (CSR order, differentiable) of a torch sparse
+    ``(N, N)`` affinity, after the checks :func:`_validate_affinity` makes for a dense one."""
+    if W.dim() != 2 or W.shape[0] != W.shape[1]:
+        raise ValueError(f"a sparse W must be square (N, N) (batches: one call each), got shape {tuple(W.shape)}")
+    n = W.shape[0]
+    if W.layout == torch.sparse_csr:
+        crow, cols, values = W.crow_indices().long(), W.col_indices().long(), W.values()
+        counts = crow.diff()
+        rows = torch.repeat_interleave(torch.arange(n, device=cols.device), counts)
+    else:
+        W = W.coalesce()  # row-major order, repeated entries summed
+        (rows, cols), values = W.indices(), W.values()
+        counts = torch.bincount(rows, minlength=n)
+    if values.dim() != 1:
+        raise ValueError("a sparse W must have scalar entries (no dense dimensions)")
+    low, high = torch.aminmax(values.detach()) if values.numel() else (values.new_zeros(()), values.new_zeros(()))
+    if not bool(torch.isfinite(low) & torch.isfinite(high)):
+        raise ValueError("the affinity contains NaN or Inf")
+    if bool(low < 0):
+        raise ValueError("the affinity has negative weights; it must be non-negative")
+    index = rows * n + cols
+    if index.numel() > 1 and not bool((index[1:] > index[:-1]).all()):  # CSR with unsorted columns
+        order = torch.argsort(index)
+        index, rows, cols, values = index[order], rows[order], cols[order], values.index_select(0, order)
+    # Every stored (i, j) needs an equal stored (j, i). The entries in column-major order are a
+    # stable sort by column of the row-major ones (one sort of small integers, the fastest of the
+    # ways tried): the pattern is symmetric iff that order lists the same (row, col) keys.
+    by_column = torch.sort(cols, stable=True).indices
+    scale = float(high.clamp_min(torch.finfo(values.dtype).tiny))
+    a, b = values.detach(), values.detach().index_select(0, by_column)
+    mirrored = cols.index_select(0, by_column) * n + rows.index_select(0, by_column)
+    if not (torch.equal(index, mirrored) and bool(((a - b).abs() <= 1e-5 * scale + 1e-4 * b.abs()).all())):
+        raise ValueError("W must be symmetric (every stored entry (i, j) needs an equal entry (j, i))")
+    transpose = cols * n + rows
+    if bool((counts == 0).any()):
+        raise ValueError("every node needs a positive degree (an isolated node has no random walk)")
+    offsets = torch.zeros(n + 1, dtype=torch.int64, device=cols.device)
+    offsets[1:] = counts.cumsum(0)
+    pattern = _DensePattern(index, transpose, rows, cols, offsets, offsets.int(), cols.int())
+    if bool((torch.segment_reduce(values.detach(), "sum", offsets=offsets) <= 0).any()):
+        raise ValueError("every node needs a positive degree (an isolated node has no random walk)")
+    return pattern, values
 
 
 def diffusion(
@@ -1130,6 +1210,7 @@ def diffusion(
     block_size: int | None = None,
     n_blocks: int | None = None,
     U0: Tensor | None = None,
+    distance: bool = True,
 ) -> DiffusionResult:
     """Diffusion distance of paper Eq. (3) and the eigenpairs behind it.
 
@@ -1145,7 +1226,11 @@ def diffusion(
       ``block_size`` columns, default :func:`krylov_size`: 12 x 16 for ``Ne = 50``, against
       2 x 20 x 50 for the paper's settings) from smooth start columns, then Rayleigh-Ritz
       keeping the ``Ne`` Ritz pairs of largest modulus; as accurate or more (see the
-      README). ``n_iter`` and ``n_power`` are not used. On a graph too small for the space
+      README). Each Ritz pair's residual is known at no cost from the last Krylov block; where
+      the ``|theta|^(2t)``-weighted residuals exceed :data:`KRYLOV_TOLERANCE` (a graph whose
+      spectrum decays slowly, e.g. a k-nearest-neighbour graph of many clusters) the space is
+      rebuilt twice as deep until they do (not when ``n_blocks`` is given).
+      ``n_iter`` and ``n_power`` are not used. On a graph too small for the space
       (``2 m > N``) the exact spectrum is used, truncated to ``Ne``. If the top of the
       spectrum is a cluster the block cannot hold (``b`` Ritz values at 1 within rounding:
       disconnected regions, or nearly disconnected ones in float32), it falls back to
@@ -1158,7 +1243,9 @@ def diffusion(
 
     A dense ``W`` whose non-zeros are at most :data:`SPARSE_DENSITY` of its entries (a
     banded or sparse affinity given densely) is multiplied through its non-zeros; its
-    gradient is still the full dense one.
+    gradient is still the full dense one. A torch sparse ``W`` (COO or CSR, ``(N, N)``: a
+    k-nearest-neighbour graph, say) is used as it is, with no pass over ``N x N`` entries to
+    find its non-zeros; its gradient reaches the stored entries.
 
     Precision: everything after the affinity (degrees, ``S``, the products, QR,
     Rayleigh-Ritz, ``f(H)`` and ``D``) runs in ``spectral_dtype``; the outputs come back in
@@ -1169,8 +1256,9 @@ def diffusion(
     docstring); the float64 spectral part costs little next to the network.
 
     Args:
-        W: symmetric non-negative affinity, dense ``(N, N)`` / ``(B, N, N)``, or a
-            :class:`BandedAffinity` (never densified by the iterative solvers).
+        W: symmetric non-negative affinity, dense ``(N, N)`` / ``(B, N, N)``, torch sparse
+            ``(N, N)`` (COO or CSR), or a :class:`BandedAffinity` (neither is densified by the
+            iterative solvers).
         t: diffusion time, a positive real (tensor for a learnable ``t``).
         n_eigs: ``None`` for the exact distance (full spectrum by ``eigh`` of the
             symmetric conjugate); ``Ne`` to keep the top ``Ne`` eigenpairs.
@@ -1185,6 +1273,8 @@ def diffusion(
             on a banded ``W``'s grid, seeded Gaussian columns for a dense ``W``) or
             ``(N, Ne)`` for ``"subspace"`` (default :func:`initial_subspace`); e.g. the
             previous training step's eigenvectors.
+        distance: ``False``: the eigenpairs alone, no gradient, ``distance`` ``None``; with
+            ``n_eigs`` nothing of size ``N x N`` is formed (a large sparse graph fits).
 
     Returns:
         :class:`DiffusionResult` in ``W``'s dtype; tensors keep ``W``'s batching (no
@@ -1211,20 +1301,29 @@ def diffusion(
                 raise ValueError(f"need 1 <= n_eigs <= block_size * n_blocks <= N={num_nodes}, "
                                  f"got {size[0]} x {size[1]}")
     iterative = n_eigs is not None and (solver == "subspace" or size is not None)
-    pattern = None
-    if iterative and isinstance(W, Tensor) and W.dim() in (2, 3) and W.shape[-1] == W.shape[-2]:
-        pattern = _dense_pattern(W if W.dim() == 3 else W.unsqueeze(0))
-    W, batched = _validate_affinity(W, pattern)
-    out_dtype = _affinity_values(W).dtype
-    if pattern is not None:
-        op, d = _sparse_operator(W, pattern, spectral_dtype or out_dtype)
-        grid = None
+    if _is_sparse(W):  # its non-zeros are given: no N x N pass to find them
+        pattern, stored = _sparse_input(W)
+        batched, out_dtype, grid = False, stored.dtype, None
+        values, d = _normalized_values(stored.to(spectral_dtype or out_dtype), pattern)
+        op, d = _SparseOperator(values, pattern, 1, num_nodes), d.view(1, num_nodes)
+        if not iterative:  # the exact spectrum needs S densely
+            S = torch.sparse_coo_tensor(torch.stack([pattern.rows, pattern.cols]), values, (num_nodes, num_nodes),
+                                        check_invariants=False).to_dense().unsqueeze(0)
     else:
-        W = _cast_affinity(W, spectral_dtype)
-        d = degree(W)
-        S = symmetric_normalize(W)
-        op = _Operator(S) if iterative else None
-        grid = W.grid_shape if isinstance(W, BandedAffinity) else None
+        pattern = None
+        if iterative and isinstance(W, Tensor) and W.dim() in (2, 3) and W.shape[-1] == W.shape[-2]:
+            pattern = _dense_pattern(W if W.dim() == 3 else W.unsqueeze(0))
+        W, batched = _validate_affinity(W, pattern)
+        out_dtype = _affinity_values(W).dtype
+        if pattern is not None:
+            op, d = _sparse_operator(W, pattern, spectral_dtype or out_dtype)
+            grid = None
+        else:
+            W = _cast_affinity(W, spectral_dtype)
+            d = degree(W)
+            S = symmetric_normalize(W)
+            op = _Operator(S) if iterative else None
+            grid = W.grid_shape if isinstance(W, BandedAffinity) else None
     batch, n = d.shape
     scale = (d.sum(-1, keepdim=True) / d).sqrt()  # sqrt(vol) D^-1/2 as a (B, N) vector
     t = torch.as_tensor(t, dtype=d.dtype, device=d.device)
@@ -1233,16 +1332,31 @@ def diffusion(
         eig = None
         if solver == "krylov":
             start = _cached_krylov_start(n, size[0], grid, d.dtype, d.device) if U0 is None else U0.to(d)
-            U, H = _block_krylov(op, start.expand(batch, n, size[0]), size[1])
-            eig = torch.linalg.eigh(H.detach())
-            if _degenerate_top(eig[0], size[0]):
-                # as many products per QR step as the Krylov run made, at least the paper's
-                solver, eig, n_power, U0 = "subspace", None, max(default_power(t), size[1]), None
+            blocks = size[1]
+            while True:
+                U, H, tail = _block_krylov(op, start.expand(batch, n, size[0]), blocks)
+                eig = torch.linalg.eigh(H.detach())
+                if _degenerate_top(eig[0], size[0]):
+                    # as many products per QR step as the Krylov run made, at least the paper's
+                    solver, eig, n_power, U0 = "subspace", None, max(default_power(t), blocks), None
+                    break
+                more = min(2 * blocks, n // size[0])  # a space of at most N dimensions
+                if n_blocks is not None or more == blocks or _ritz_error(eig, tail, n_eigs, t) <= KRYLOV_TOLERANCE:
+                    break
+                blocks = more  # not converged (a slowly decaying spectrum): a space twice as deep
         if solver == "subspace":
             start = initial_subspace(n, n_eigs, grid, d.dtype, d.device) if U0 is None else U0.to(d)
             power = default_power(t) if n_power is None else n_power
             U, H = subspace_iteration(op, n_eigs, n_iter=n_iter, n_power=power, U0=start)
-        D, lam, psi = _RitzDistance.apply(scale.unsqueeze(-1) * U, H, t, n_eigs, out_dtype, eig)
+        if distance:
+            D, lam, psi = _RitzDistance.apply(scale.unsqueeze(-1) * U, H, t, n_eigs, out_dtype, eig)
+        else:  # the Ritz pairs alone: what _RitzDistance keeps, without assembling D
+            with torch.no_grad():
+                theta, Y = torch.linalg.eigh(H) if eig is None else eig
+                top = theta.abs().topk(n_eigs, dim=-1).indices
+                lam = theta.gather(-1, top)
+                psi = (scale.unsqueeze(-1) * U) @ Y.gather(-1, top.unsqueeze(-2).expand(*Y.shape[:-1], n_eigs))
+            D = None
     elif n_eigs is not None and solver == "krylov":  # a small graph: exact, truncated to Ne
         dense = S.to_dense() if isinstance(S, BandedAffinity) else S
         eye = torch.eye(n, dtype=d.dtype, device=d.device)
@@ -1267,9 +1381,10 @@ def diffusion(
         order = lam.argsort(-1, descending=True)
         lam = lam.gather(-1, order).detach()
         psi = psi.gather(-1, order.unsqueeze(-2).expand_as(psi))
-    D, lam, psi = D.to(out_dtype), lam.to(out_dtype), psi.to(out_dtype)
+    lam, psi = lam.to(out_dtype), psi.to(out_dtype)
+    D = D.to(out_dtype) if distance else None
     if not batched:
-        return DiffusionResult(D.squeeze(0), lam.squeeze(0), psi.squeeze(0))
+        return DiffusionResult(None if D is None else D.squeeze(0), lam.squeeze(0), psi.squeeze(0))
     return DiffusionResult(D, lam, psi)
 
 
@@ -1317,14 +1432,18 @@ def diffusion_embedding(
     default; with ``n_power`` the subspace iteration, ``n_power`` multiplications per QR
     step). Not differentiable: train through :func:`diffusion_distance`, whose gradient
     stays finite for clustered eigenvalues. ``spectral_dtype`` as in :func:`diffusion`
-    (computed in float64 by default, returned in ``W``'s dtype).
+    (computed in float64 by default, returned in ``W``'s dtype). With ``n_eigs`` no ``N x N``
+    array is formed, so with a banded or torch sparse ``W`` (a k-nearest-neighbour graph of
+    many points, say) memory grows with ``N``, not ``N^2``.
 
     Returns:
         eigenvalues ``(B, Ne)`` in decreasing order and eigenvectors ``(B, N, Ne)``
         (unbatched input gives unbatched output).
     """
     t = (20 if n_power is None else n_power) / 2  # only sets the subspace solver's default power
-    result = diffusion(W, t, n_eigs, n_iter, n_power=n_power, solver=solver, spectral_dtype=spectral_dtype)
+    with torch.no_grad():
+        result = diffusion(W, t, n_eigs, n_iter, n_power=n_power, solver=solver, spectral_dtype=spectral_dtype,
+                           distance=False)
     return result.eigenvalues, result.eigenvectors
 
 
