@@ -378,6 +378,19 @@ def _cast_affinity(W: Tensor | BandedAffinity, dtype: torch.dtype | None) -> Ten
     return W.to(dtype)
 
 
+def _check_entries(values: Tensor) -> Tensor:
+    """One pass for NaN/Inf and the sign of an affinity's entries (aminmax propagates NaN);
+    returns the largest entry."""
+    if values.numel() == 0:
+        return values.new_zeros(())
+    low, high = torch.aminmax(values.detach())
+    if not bool(torch.isfinite(low) & torch.isfinite(high)):
+        raise ValueError("the affinity contains NaN or Inf")
+    if bool(low < 0):
+        raise ValueError("the affinity has negative weights; it must be non-negative")
+    return high
+
+
 def _validate_affinity(
     W: Tensor | BandedAffinity, pattern: _DensePattern | None = None
 ) -> tuple[Tensor | BandedAffinity, bool]:
@@ -398,12 +411,7 @@ def _validate_affinity(
         batched = W.dim() == 3
         values = W if batched else W.unsqueeze(0)
         W = values
-    # One pass for NaN/Inf and the sign (aminmax propagates NaN).
-    low, high = torch.aminmax(values.detach())
-    if not bool(torch.isfinite(low) & torch.isfinite(high)):
-        raise ValueError("the affinity contains NaN or Inf")
-    if bool(low < 0):
-        raise ValueError("the affinity has negative weights; it must be non-negative")
+    high = _check_entries(values)
     if isinstance(W, Tensor):
         scale = high.clamp_min(torch.finfo(values.dtype).tiny)
         if pattern is None:
@@ -1170,11 +1178,7 @@ def _sparse_input(W: Tensor) -> tuple[_DensePattern, Tensor]:
         counts = torch.bincount(rows, minlength=n)
     if values.dim() != 1:
         raise ValueError("a sparse W must have scalar entries (no dense dimensions)")
-    low, high = torch.aminmax(values.detach()) if values.numel() else (values.new_zeros(()), values.new_zeros(()))
-    if not bool(torch.isfinite(low) & torch.isfinite(high)):
-        raise ValueError("the affinity contains NaN or Inf")
-    if bool(low < 0):
-        raise ValueError("the affinity has negative weights; it must be non-negative")
+    high = _check_entries(values)
     index = rows * n + cols
     if index.numel() > 1 and not bool((index[1:] > index[:-1]).all()):  # CSR with unsorted columns
         order = torch.argsort(index)
@@ -1189,8 +1193,6 @@ def _sparse_input(W: Tensor) -> tuple[_DensePattern, Tensor]:
     if not (torch.equal(index, mirrored) and bool(((a - b).abs() <= 1e-5 * scale + 1e-4 * b.abs()).all())):
         raise ValueError("W must be symmetric (every stored entry (i, j) needs an equal entry (j, i))")
     transpose = cols * n + rows
-    if bool((counts == 0).any()):
-        raise ValueError("every node needs a positive degree (an isolated node has no random walk)")
     offsets = torch.zeros(n + 1, dtype=torch.int64, device=cols.device)
     offsets[1:] = counts.cumsum(0)
     pattern = _DensePattern(index, transpose, rows, cols, offsets, offsets.int(), cols.int())
