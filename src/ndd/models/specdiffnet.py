@@ -186,7 +186,6 @@ class SpecDiffNet(nn.Module):
         spectral block (no ``D``, ``K_D`` or eigenpairs: what needs only the embedding, the
         affinity and the edges, such as the default hierarchy, saves its time and memory)."""
         emb, levels, edges = self._embed(images)
-        cfg = self.config
         W = self.affinity(emb, edges)
         grid = W.grid_shape
         if not diffusion:
