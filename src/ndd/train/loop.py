@@ -24,7 +24,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig, _plain
 from .data import StageData, build_train_dataset, sample_seed
-from .distributed import DistInfo, init_distributed, shutdown_distributed, window_means
+from .distributed import DistInfo, barrier, init_distributed, shutdown_distributed, window_means
 from .kernel_eval import evaluate_kernel
 from .metrics import MetricLogger, close_all, open_run_dir, progress_bar
 from .objective import TrainingObjective
@@ -229,6 +229,10 @@ def train(config: TrainConfig) -> Path:
     """
     trainer = Trainer(config)
     try:
-        return trainer.fit()
+        last = trainer.fit()
+        # every rank finished (rank 0's last checkpoint written) before any tears the group down: a
+        # rank leaving early made a peer abort in gloo's teardown now and then (1 run in 16 here)
+        barrier(trainer.info)
+        return last
     finally:
         shutdown_distributed()
