@@ -120,6 +120,29 @@ def test_a_resumed_run_redoes_inputs_made_with_other_settings(tmp_path):
     assert list(completed_inputs(out)) == [str(p.resolve()) for p in paths]  # without settings: any record
 
 
+def test_resume_state_is_one_read_that_segment_files_reuses(tmp_path, monkeypatch):
+    import ndd.inference
+    from ndd.batch import resume_state, run_settings
+
+    paths = photos(tmp_path / "in", 3)
+    model = SpecDiffNet(SpecDiffNetConfig.handcrafted()).eval()
+    job = SegmentJob(tmp_path / "out", ("labels",), (2,))
+    list(segment_files(paths[:2], job, model=model, model_spec="handcrafted"))
+    settings = run_settings(job, "handcrafted")
+    state = resume_state(paths, job.out_dir, settings)
+    assert state.completed == completed_inputs(job.out_dir, settings) and len(state.completed) == 2
+    assert state.pending(paths) == [paths[2]] and (state.redone, state.changed) == (0, [])
+    other = resume_state(paths, job.out_dir, run_settings(job, "default"))
+    assert (other.completed, other.redone, other.changed) == ({}, 2, ["model"])
+    # the state is what decides: records left out of it are not read again
+    fake = state._replace(completed={str(paths[0].resolve()): state.completed[str(paths[0].resolve())]})
+    statuses = [o.status for o in segment_files(paths, job, model=model, model_spec="handcrafted", state=fake)]
+    assert statuses == ["skipped", "done", "done"]
+    # nothing pending: no model is loaded
+    monkeypatch.setattr(ndd.inference, "load_segmentation_model", lambda *a, **k: pytest.fail("model loaded"))
+    assert [o.status for o in segment_files(paths, job, model_spec="handcrafted")] == ["skipped"] * 3
+
+
 def test_manifest_rows_name_their_settings_by_a_short_key(tmp_path):
     import json
 

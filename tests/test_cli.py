@@ -166,12 +166,16 @@ def test_similarity_outputs(tmp_path):
     assert sheet.shape == (2 * 40 + 4, 2 * 56 + 4, 3)
 
 
-def test_segment_resumes_only_what_was_made_with_the_same_settings(tmp_path, capsys):
+def test_segment_resumes_only_what_was_made_with_the_same_settings(tmp_path, capsys, monkeypatch):
+    import ndd.inference
+
     photo = write_photo(tmp_path / "p.png")
     out = tmp_path / "out"
     argv = ["segment", str(photo), "--out", str(out), "--model", "handcrafted", "--levels", "2"]
     assert main(argv + ["--format", "labels"]) == 0
-    assert main(argv + ["--format", "labels"]) == 0
+    with monkeypatch.context() as patch:  # nothing left to do: the model is not even loaded
+        patch.setattr(ndd.inference, "load_segmentation_model", lambda *a, **k: pytest.fail("model loaded"))
+        assert main(argv + ["--format", "labels"]) == 0
     assert "0 image(s) segmented, 1 skipped" in capsys.readouterr().err
     assert main(argv + ["--format", "labels,ucm2"]) == 0  # asked for more than was made
     err = capsys.readouterr().err

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ndd.models.config import DEFAULT_MAX_SIDE
 
@@ -41,10 +41,12 @@ __all__ = [
     "auto_levels",
     "default_workers",
     "ImageOutcome",
+    "ResumeState",
     "changed_settings",
     "check_out_dir",
     "collect_inputs",
     "completed_inputs",
+    "resume_state",
     "run_settings",
     "settings_key",
     "segment_file",
@@ -303,23 +305,39 @@ def completed_inputs(out_dir: str | os.PathLike[str], settings: dict[str, Any] |
     ``settings`` (:func:`run_settings`) are given, it was made with those settings (at least
     the formats asked for). The latest record of an input wins.
     """
+    if settings is not None:
+        return resume_state([], out_dir, settings).completed
+    return {row["input"]: row["files"] for row, _ in _manifest_rows(Path(out_dir))}
+
+
+class ResumeState(NamedTuple):
+    """What earlier runs into an output folder left for a run with ``settings``
+    (:func:`resume_state`): read once, used to plan the run and then by :func:`segment_files`."""
+
+    settings: dict[str, Any]
+    #: inputs (resolved paths) completed with ``settings``, with their files
+    completed: dict[str, list[str]]
+    #: how many of the inputs asked about were completed with other settings (they are redone)
+    redone: int
+    #: which settings differ for those
+    changed: list[str]
+
+    def pending(self, paths: Sequence[Path]) -> list[Path]:
+        """``paths`` that still have to be segmented (not completed with these settings)."""
+        return [p for p in paths if _manifest_key(p) not in self.completed]
+
+
+def resume_state(paths: Sequence[Path], out_dir: str | os.PathLike[str], settings: dict[str, Any]) -> ResumeState:
+    """One read of ``out_dir``'s records: :func:`completed_inputs` with ``settings`` and
+    :func:`changed_settings` for ``paths`` together (a collection of millions has long ones)."""
     done: dict[str, list[str]] = {}
-    for row, recorded in _manifest_rows(Path(out_dir)):
-        if settings is None or not _settings_differ(recorded, settings):
-            done[row["input"]] = row["files"]
-        else:
-            done.pop(row["input"], None)
-    return done
-
-
-def changed_settings(paths: Sequence[Path], out_dir: str | os.PathLike[str],
-                     settings: dict[str, Any]) -> tuple[int, list[str]]:
-    """How many of ``paths`` earlier runs into ``out_dir`` completed with other ``settings``
-    (a resumed run redoes them), and which settings differ.
-    """
     latest: dict[str, dict[str, Any] | None] = {}
     for row, recorded in _manifest_rows(Path(out_dir)):
         latest[row["input"]] = recorded
+        if not _settings_differ(recorded, settings):
+            done[row["input"]] = row["files"]
+        else:
+            done.pop(row["input"], None)
     count, names = 0, set()
     for path in paths:
         key = _manifest_key(path)
@@ -327,7 +345,16 @@ def changed_settings(paths: Sequence[Path], out_dir: str | os.PathLike[str],
             differ = _settings_differ(latest[key], settings)
             count += bool(differ)
             names.update(differ)
-    return count, sorted(names)
+    return ResumeState(settings, done, count, sorted(names))
+
+
+def changed_settings(paths: Sequence[Path], out_dir: str | os.PathLike[str],
+                     settings: dict[str, Any]) -> tuple[int, list[str]]:
+    """How many of ``paths`` earlier runs into ``out_dir`` completed with other ``settings``
+    (a resumed run redoes them), and which settings differ.
+    """
+    state = resume_state(paths, out_dir, settings)
+    return state.redone, state.changed
 
 
 def segment_file(path: Path, model: Any, job: SegmentJob,
@@ -443,6 +470,7 @@ def segment_files(
     world_size: int = 1,
     on_stage: Callable[[Path, str], None] | None = None,
     int8_edges: bool = False,
+    state: ResumeState | None = None,
 ) -> Iterator[ImageOutcome]:
     """Segment ``paths`` into ``job.out_dir``, yielding one outcome per input as it finishes.
 
@@ -461,14 +489,19 @@ def segment_files(
             ``WORLD_SIZE``): inputs ``rank, rank + world_size, ...``.
         on_stage: with ``workers == 1``, called as ``on_stage(path, stage)`` when each stage
             of each image begins (:func:`segment_file`).
+        state: :func:`resume_state` already read for this run (its settings must be
+            :func:`run_settings` of this job and model): the records are not read again.
 
     Raises:
         ValueError: the output folder cannot be created (on the first ``next``).
     """
     _make_out_dir(job.out_dir)
     share = list(paths)[rank::world_size]
-    settings = run_settings(job, model_spec, int8_edges)
-    done = completed_inputs(job.out_dir, settings) if resume else {}
+    settings = run_settings(job, model_spec, int8_edges) if state is None else state.settings
+    if not resume:
+        done: dict[str, list[str]] = {}
+    else:
+        done = completed_inputs(job.out_dir, settings) if state is None else state.completed
     todo = []
     for path in share:
         if _manifest_key(path) in done:
@@ -486,6 +519,8 @@ def segment_files(
                 f.write(json.dumps(row) + "\n")
         return outcome
 
+    if not todo:  # nothing left: no model to load, no worker to start
+        return
     if workers <= 1:
         if model is None:
             from ndd.inference import load_segmentation_model

@@ -107,10 +107,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from ndd.batch import (
         SegmentJob,
-        changed_settings,
+        ResumeState,
         check_out_dir,
         collect_inputs,
         default_workers,
+        resume_state,
         run_settings,
         segment_files,
     )
@@ -167,15 +168,20 @@ def run(args: argparse.Namespace) -> int:
             print(f"ndd segment: {err}", file=sys.stderr)
             return 2
         rank, world, device = info.rank, info.world_size, str(info.device)
-    try:
-        model, description = load_segmentation_model(args.model, device, args.int8_edges)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"ndd segment: {err}", file=sys.stderr)
-        return 2
-    if args.method == "superpixels" and not model.has_edge_map:
-        print(f"ndd segment: --method superpixels needs a model with an edge map; {description} has none "
-              "(use --model default or --method grid)", file=sys.stderr)
-        return 2
+    settings = run_settings(job, args.model, args.int8_edges)
+    state = resume_state(images, args.out, settings) if args.resume else ResumeState(settings, {}, 0, [])
+    pending = len(state.pending(images[rank::world]))
+    model = None
+    if pending:  # a finished run re-run loads nothing
+        try:
+            model, description = load_segmentation_model(args.model, device, args.int8_edges)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"ndd segment: {err}", file=sys.stderr)
+            return 2
+        if args.method == "superpixels" and not model.has_edge_map:
+            print(f"ndd segment: --method superpixels needs a model with an edge map; {description} has none "
+                  "(use --model default or --method grid)", file=sys.stderr)
+            return 2
     try:  # what check_out_dir could not foresee (a read-only file system, ...), still in one line
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -183,16 +189,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     workers = args.workers
     if workers is None:  # processes beat threads on the CPU; a GPU or a torchrun rank keeps one
-        workers = 1 if distributed else default_workers(len(images), str(resolve_device(device)), args.threads)
-    if rank == 0:
+        workers = 1 if distributed else default_workers(pending, str(resolve_device(device)), args.threads)
+    if rank == 0 and model is not None:
         print(f"model: {description}" + (f"; {workers} worker processes" if workers > 1 else ""), file=sys.stderr)
     if workers > 1:
-        del model  # each worker process loads its own
-    if args.resume and rank == 0:
-        redone, names = changed_settings(images, args.out, run_settings(job, args.model, args.int8_edges))
-        if redone:  # said once, before the work: outputs made another way are replaced, not kept
-            print(f"ndd segment: {redone} input(s) completed earlier in {args.out} with other settings "
-                  f"({', '.join(names)}) are segmented again", file=sys.stderr)
+        model = None  # each worker process loads its own
+    if state.redone and rank == 0:  # said once, before the work: outputs made another way are replaced, not kept
+        print(f"ndd segment: {state.redone} input(s) completed earlier in {args.out} with other settings "
+              f"({', '.join(state.changed)}) are segmented again", file=sys.stderr)
     progress = (sys.stderr.isatty() if args.progress is None else args.progress) and rank == 0
     counts = {"done": 0, "skipped": 0, "failed": len(problems) if rank == 0 else 0}
     missing: dict[int, list[int]] = {}
@@ -202,9 +206,9 @@ def run(args: argparse.Namespace) -> int:
     def stage(path: Path, name: str) -> None:  # a long image shows what it is doing
         bar.set_postfix_str(f"{path.name}: {name}")
 
-    outcomes = segment_files(images, job, model=None if workers > 1 else model, model_spec=args.model,
-                             device=device, workers=workers, resume=args.resume, rank=rank, world_size=world,
-                             on_stage=stage if progress else None, int8_edges=args.int8_edges)
+    outcomes = segment_files(images, job, model=model, model_spec=args.model, device=device, workers=workers,
+                             resume=args.resume, rank=rank, world_size=world, on_stage=stage if progress else None,
+                             int8_edges=args.int8_edges, state=state)
     with messages_beside(bar, "ndd segment"):  # warnings and log records never break the bar's line
         for outcome in outcomes:
             counts[outcome.status] += 1
