@@ -277,3 +277,14 @@ def test_default_workers_processes_on_the_cpu_only_for_several_images():
     assert default_workers(200, "cpu", cores=64) == 4  # bounded: one model per process in memory
     assert default_workers(3, "cpu", cores=64) == 3  # never more processes than images
     assert default_workers(1, "cpu", cores=8) == 1 and default_workers(50, "cuda:0", cores=8) == 1
+
+
+def test_run_settings_name_a_shipped_model_by_what_it_is():
+    from ndd.batch import run_settings
+    from ndd.models import SpecDiffNetWeights
+
+    job = SegmentJob(Path("out"), ("ucm2",))
+    default = run_settings(job)["model"]
+    assert default == run_settings(job, "default")["model"] == run_settings(job, SpecDiffNetWeights.DEFAULT.name.lower())["model"]
+    assert default["shipped"] == SpecDiffNetWeights.DEFAULT.name and default["sha256"] == SpecDiffNetWeights.DEFAULT.value.sha256
+    assert run_settings(job, "bsds500")["model"]["shipped"] == "BSDS500"

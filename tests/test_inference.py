@@ -177,3 +177,24 @@ def test_merge_mu_scale_comes_from_the_model_unless_overridden():
                                   unscaled.merges)
     with pytest.raises(ValueError, match="merge_mu_scale"):
         SpecDiffNetConfig(merge_mu_scale=0.0)
+
+
+def test_similarity_skips_an_edge_map_its_affinity_does_not_read(monkeypatch):
+    from ndd.inference import similarity_maps
+
+    img = two_tone()
+    model = SpecDiffNet(SpecDiffNetConfig.handcrafted(window=5, n_eigs=20, edge_detector="vgg16_hed")).eval()
+    calls = []
+    edge_map = model.edge_detector.edge_map
+    monkeypatch.setattr(model.edge_detector, "edge_map", lambda *a, **k: calls.append(1) or edge_map(*a, **k))
+    x = torch.from_numpy(img).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        whole, without = model(x), model(x, edges=False)
+    assert calls == [1] and without.edges is None and whole.edges is not None
+    assert torch.equal(whole.similarity, without.similarity)
+    maps, _ = similarity_maps(img, model, [(10, 10)], max_side=None)
+    assert calls == [1] and maps.shape == (1, 48, 64)
+    contour = SpecDiffNet(SpecDiffNetConfig.handcrafted(window=5, n_eigs=20, edge_detector="vgg16_hed",
+                                                        affinity="features+contour")).eval()
+    with torch.no_grad():
+        assert contour(x, edges=False).edges is not None  # this affinity reads the map: still computed

@@ -70,6 +70,15 @@ def test_non_integer_t_interpolates_eigen_form():
     t = 2.7
     D_eig = ((lam.square() ** t) * (psi[:, None, :] - psi[None, :, :]).square()).sum(-1)
     assert rel(spectral.diffusion_distance(W, t), D_eig) < 1e-10
+    # the same from the pairs, for any t, batched or not
+    for t in (0.5, 2.7, 9.0):
+        assert rel(spectral.distance_from_embedding(lam, psi, t), spectral.diffusion_distance(W, t)) < 1e-10
+    batched = spectral.distance_from_embedding(lam[None], psi[None], t)
+    assert batched.shape == (1, 15, 15) and torch.equal(batched[0], spectral.distance_from_embedding(lam, psi, t))
+    with pytest.raises(ValueError, match="do not fit"):
+        spectral.distance_from_embedding(lam[:3], psi, t)
+    with pytest.raises(ValueError, match="t must be"):
+        spectral.distance_from_embedding(lam, psi, 0.0)
 
 
 def test_banded_affinity_matches_definition_and_dense():

@@ -21,7 +21,7 @@ from ndd.cli import build_parser, main
 from ndd.cli.train import config_from_args
 from ndd.data import DeadLeaves, collate, downsample_labels, label_kernel
 from ndd.losses import kernel_matching_loss
-from ndd.models import SpecDiffNet
+from ndd.models import SpecDiffNet, SpecDiffNetConfig
 from ndd.train import (
     TrainConfig,
     TrainingObjective,
@@ -169,6 +169,29 @@ def test_kernel_cosine_per_annotation_is_kernel_cosine_of_the_label_kernels():
     K_gt, valid = label_kernel(labels)
     mask = (valid[:, :, None] & valid[:, None, :]).double()
     assert torch.allclose(kernel_cosine_per_annotation(K, labels), kernel_cosine(K * mask, K_gt))
+    full = labels.clamp_min(0)  # every node labelled (the shared-norm path)
+    assert torch.allclose(kernel_cosine_per_annotation(K, full), kernel_cosine(K, label_kernel(full)[0]))
+    labels[1] = -1  # an annotation without a labelled node scores 0; the others are unchanged
+    cos = kernel_cosine_per_annotation(K, labels)
+    assert float(cos[1]) == 0 and torch.allclose(cos[[0, 2]], kernel_cosine(K * mask, K_gt)[[0, 2]])
+
+
+def test_kernel_accuracy_grid_recovers_the_models_own_score_and_its_best_pair():
+    from ndd.train import format_kernel_grid, kernel_accuracy_grid
+
+    torch.manual_seed(0)
+    model = SpecDiffNet(SpecDiffNetConfig(**TINY_MODEL, learn_diffusion=True))
+    data = DeadLeaves(3, (48, 48), seed=5)
+    t, tau = float(model.t.detach()), float(model.tau.detach())
+    grid = kernel_accuracy_grid(model, data, [1.0, t, 4.0], [0.5, tau])
+    own = evaluate_kernel(model, data)["mean"]
+    assert grid["model"] == {"t": t, "tau": tau, "mean": pytest.approx(own, abs=1e-12)}
+    assert grid["mean"][1][1] == pytest.approx(own, abs=1e-5)  # D_t rebuilt from the eigenpairs
+    flat = [v for row in grid["mean"] for v in row]
+    assert grid["best"]["mean"] == max(flat) and len(flat) == 6 and grid["num_images"] == 3
+    assert len(format_kernel_grid(grid).splitlines()) == 2 + 3 + 1
+    with pytest.raises(ValueError, match="positive"):
+        kernel_accuracy_grid(model, data, [0.0], [1.0])
 
 
 def test_kernel_cosine_matches_loss():
@@ -366,3 +389,14 @@ def test_evaluate_kernel_cli_on_mini(tiny_run, tmp_path, capsys):
     assert checkpoint_step(tmp_path / "none.pt") is None and checkpoint_step("default") is None
     assert format_kernel_report(same).splitlines()[2].split()[:2] == ["val", f"{val['mean']:.4f}"]
     assert main(["evaluate-kernel", "--checkpoint", str(tmp_path / "none.pt"), "--data", str(MINI)]) == 2
+    # the (t, tau) grid: its cell at the model's own values is the score above
+    model = load_checkpoint_model(tiny_run)
+    t, tau = float(model.t.detach()), float(model.tau.detach())
+    code = main(["evaluate-kernel", "--checkpoint", str(tiny_run), "--data", str(MINI), "--split", "val",
+                 "--json", str(out), "--device", "cpu", "--max-images", "2", "--no-progress",
+                 "--t-grid", f"{t!r},{2 * t!r}", "--tau-grid", f"{tau!r}"])
+    assert code == 0
+    grid = json.loads(out.read_text())["grids"]["val"]
+    assert grid["mean"][0][0] == pytest.approx(val["mean"], abs=1e-5) and len(grid["mean"]) == 2
+    assert "best: t" in capsys.readouterr().out
+    assert main(["evaluate-kernel", "--checkpoint", str(tiny_run), "--data", str(MINI), "--t-grid", "1"]) == 2

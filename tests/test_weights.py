@@ -90,5 +90,30 @@ def test_borrowed_edge_detector_is_the_donors_and_the_rest_is_the_entrys_own(no_
     assert edge_keys == {k for k in lent["model"] if k.startswith("edge_detector.")} and edge_keys
     for key in edge_keys:
         assert torch.equal(state[key], lent["model"][key].float())
+    calibrated = {f"log_{name}" for name in entry.calibration}
     for key, value in own["model"].items():
-        assert torch.equal(state[key], value.float()), key
+        if key not in calibrated:
+            assert torch.equal(state[key], value.float()), key
+
+
+def test_a_calibration_sets_learned_scalars_over_the_files_and_makes_a_member_of_its_own(tmp_path):
+    import math
+
+    from ndd.models.weights import WeightsEntry, _build, _read
+
+    calibrated = [m for m in SpecDiffNetWeights if m.value.calibration]
+    for member in calibrated:
+        model = spec_diff_net(member)
+        for name, value in member.value.calibration.items():
+            assert math.isclose(float(getattr(model, name).detach()), value, rel_tol=1e-6)
+        plain = load_model(member.value.path)  # the file itself keeps what training learned
+        assert not math.isclose(float(plain.t.detach()), member.value.calibration["t"], rel_tol=1e-3)
+        twins = [m for m in SpecDiffNetWeights if m.value.filename == member.value.filename and m is not member]
+        assert twins and all(m.name != member.name for m in twins)  # not an alias of the file's first entry
+    path = save_model(spec_diff_net(backbone="small_cnn", window=5, n_eigs=8), tmp_path / "m.pt")
+    model = _build(_read(path), path, "cpu", {}, {"tau": 2.5})
+    assert math.isclose(float(model.tau.detach()), 2.5, rel_tol=1e-6)
+    for bad in ({"gamma": 1.0}, {"t": -1.0}, {"t": float("nan")}):
+        with pytest.raises(ValueError, match="calibration"):
+            _build(_read(path), path, "cpu", {}, bad)
+    assert WeightsEntry("f.pt", "0", calibration={"t": 2.0}) != WeightsEntry("f.pt", "0")

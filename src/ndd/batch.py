@@ -213,9 +213,10 @@ def _manifest_key(path: Path) -> str:
 def run_settings(job: SegmentJob, model_spec: str | None = None, int8_edges: bool = False) -> dict[str, Any]:
     """What decides an image's outputs in a run, as recorded for resuming (JSON values).
 
-    The model (``model_spec`` as ``ndd segment --model`` takes it; a checkpoint file also by
-    its size and modification time, so a retrained file at the same path counts as another
-    model), ``int8_edges``, the formats, levels, ``max_side`` and hierarchy options of ``job``.
+    The model (``model_spec`` as ``ndd segment --model`` takes it; a shipped model by its
+    member name, file hash and calibration, so ``default`` after an upgrade that changed it
+    counts as another model; a checkpoint file also by its size and modification time, so a
+    retrained file at the same path counts as another model), ``int8_edges``, the formats, levels, ``max_side`` and hierarchy options of ``job``.
     The device is not part of it: the same model gives the same segmentation on every device.
 
     Example:
@@ -228,11 +229,17 @@ def run_settings(job: SegmentJob, model_spec: str | None = None, int8_edges: boo
 
     from ndd.inference import HierarchyOptions  # torch: only once a run is about to start
 
+    from ndd.models import SpecDiffNetWeights
+
     model: Any = model_spec or "default"
     path = Path(model) if model_spec else None
+    shipped = {name.lower(): member for name, member in SpecDiffNetWeights.__members__.items()}
     if path is not None and path.is_file():
         stat = path.stat()
         model = {"file": str(path.resolve()), "bytes": stat.st_size, "modified_ns": stat.st_mtime_ns}
+    elif model.lower() in shipped:  # by what it is, so a new default (or recalibration) is another model
+        member = shipped[model.lower()]
+        model = {"shipped": member.name, "sha256": member.value.sha256, "calibration": member.value.calibration}
     settings = {
         "model": model,
         "int8_edges": bool(int8_edges),

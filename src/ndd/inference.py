@@ -310,7 +310,7 @@ def similarity_maps(
     points = check_points(points, full)  # in the user's pixels, before the network runs
     size = working_size(full, max_side)
     model.eval()
-    out = model(_to_tensor(image, size, _device_of(model)), eigenpairs=False)
+    out = model(_to_tensor(image, size, _device_of(model)), eigenpairs=False, edges=False)
     return similarity_maps_from_output(out, model, points, full, size), points
 
 

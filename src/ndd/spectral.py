@@ -92,6 +92,7 @@ __all__ = [
     "diffusion",
     "diffusion_distance",
     "diffusion_embedding",
+    "distance_from_embedding",
     "diffusion_similarity",
     "legacy_diffusion_distance",
 ]
@@ -1448,6 +1449,38 @@ def diffusion_embedding(
         result = diffusion(W, t, n_eigs, n_iter, n_power=n_power, solver=solver, spectral_dtype=spectral_dtype,
                            distance=False)
     return result.eigenvalues, result.eigenvectors
+
+
+def distance_from_embedding(eigenvalues: Tensor, eigenvectors: Tensor, t: float) -> Tensor:
+    """Eq. (4) from the pairs of :func:`diffusion_embedding` (or :func:`diffusion`):
+    ``D_t(i, j) = sum_m lambda_m^(2t) (psi_m(i) - psi_m(j))^2``, for any ``t`` without solving again.
+
+    Args:
+        eigenvalues: ``(B, Ne)`` or ``(Ne,)``.
+        eigenvectors: ``(B, N, Ne)`` or ``(N, Ne)``.
+        t: diffusion time, positive.
+
+    Returns:
+        ``D`` ``(B, N, N)`` (``(N, N)`` for unbatched pairs) in the eigenvectors' dtype, no gradient
+        (train through :func:`diffusion_distance`).
+
+    Example:
+        >>> lam, psi = torch.tensor([1.0, 0.5]), torch.tensor([[1.0, 1.0], [1.0, -1.0]])
+        >>> distance_from_embedding(lam, psi, 1.0)  # (0.5^2)^1 * (1 - (-1))^2 = 1
+        tensor([[0., 1.],
+                [1., 0.]])
+    """
+    _check_time(t)
+    batched = eigenvectors.dim() == 3
+    lam = eigenvalues if batched else eigenvalues.unsqueeze(0)
+    psi = eigenvectors if batched else eigenvectors.unsqueeze(0)
+    if psi.dim() != 3 or lam.shape != (psi.shape[0], psi.shape[2]):
+        raise ValueError(f"eigenvalues (B, Ne) and eigenvectors (B, N, Ne) do not fit: "
+                         f"{tuple(eigenvalues.shape)} and {tuple(eigenvectors.shape)}")
+    with torch.no_grad():
+        weight = torch.exp(t * torch.log(lam.square().clamp_min(torch.finfo(lam.dtype).tiny)))
+        D = _assemble_distance(psi * weight.sqrt().unsqueeze(-2), psi.dtype)
+    return D if batched else D.squeeze(0)
 
 
 def diffusion_similarity(D: Tensor, tau: Tensor | float) -> Tensor:

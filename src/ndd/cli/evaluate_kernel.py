@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         ),
     )
     p.add_argument("--model", default=None, metavar="SPEC",
-                   help="as ndd segment: 'default' (shipped model), a shipped name (BSDS500, BSDS500_HED, BSDS500_HED_V2), "
+                   help="as ndd segment: 'default' (shipped model), a shipped name (BSDS500, BSDS500_HED, BSDS500_HED_V2, BSDS500_HED_V3), "
                         "'handcrafted', or a checkpoint / weights file (default: default)")
     p.add_argument("--checkpoint", type=Path, metavar="CKPT", help="same as --model CKPT")
     p.add_argument("--data", required=True, type=Path, metavar="ROOT", help="BSDS500 root")
@@ -34,7 +34,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--num-threads", type=int, metavar="N", help="torch CPU threads")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")
+    p.add_argument("--t-grid", type=_positive_list, metavar="T,T,...",
+                   help="with --tau-grid: the accuracy of K = exp(-tau D_t) for every (t, tau) instead, and the "
+                        "best pair (re-calibrating a trained model; choose on val)")
+    p.add_argument("--tau-grid", type=_positive_list, metavar="TAU,TAU,...", help="see --t-grid")
     p.set_defaults(func=run)
+
+
+def _positive_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) <= 0 or not all(v < float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive numbers separated by commas, got {text!r}")
+    return values
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("give --model or --checkpoint, not both")
         if args.max_images is not None and args.max_images < 1 or (args.num_threads or 1) < 1:
             raise ValueError("--max-images and --num-threads must be >= 1")
+        if (args.t_grid is None) != (args.tau_grid is None):
+            raise ValueError("give --t-grid and --tau-grid together")
     except ValueError as exc:
         print(f"ndd evaluate-kernel: error: {exc}", file=sys.stderr)
         return 2
@@ -66,12 +82,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"ndd evaluate-kernel: error: {exc}", file=sys.stderr)
         return 2
     try:
-        report = kernel_report(model, datasets, description=description, checkpoint=spec, step=checkpoint_step(spec),
-                               data=str(args.data), max_images=args.max_images, progress=progress)
+        if args.t_grid is not None:
+            from ndd.train import format_kernel_grid, kernel_accuracy_grid
+
+            report = {"model": description, "checkpoint": spec, "data": str(args.data), "grids": {}}
+            for split, dataset in datasets.items():
+                grid = kernel_accuracy_grid(model, dataset, args.t_grid, args.tau_grid, max_images=args.max_images,
+                                            progress=progress)
+                report["grids"][split] = grid
+                print(f"{split}: {format_kernel_grid(grid)}")
+        else:
+            report = kernel_report(model, datasets, description=description, checkpoint=spec,
+                                   step=checkpoint_step(spec), data=str(args.data), max_images=args.max_images,
+                                   progress=progress)
+            print(format_kernel_report(report))
     except (ValueError, FileNotFoundError) as exc:
         print(f"ndd evaluate-kernel: error: {exc}", file=sys.stderr)
         return 1
-    print(format_kernel_report(report))
     if args.json and not write_json_report(args.json, report, "ndd evaluate-kernel"):
         return 1
     return 0

@@ -42,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "or @FILE (a list of paths, one per line)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--model", default=None,
-                   help="'default' (shipped weights), 'handcrafted', or a checkpoint path (default: default)")
+                   help="'default' (shipped weights), a shipped model name (e.g. bsds500, bsds500_hed_v2), 'handcrafted', "
+                        "or a checkpoint path (default: default)")
     p.add_argument("--levels", type=_int_list, default=None,
                    help="numbers of segments of the levels to write, e.g. 2,5,10 (default: 2,4,8,16,32 capped "
                         "at each hierarchy's finest level)")

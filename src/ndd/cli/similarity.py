@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="pixel positions in the image as given (x = column, y = row)")
     where.add_argument("--all-grid", type=_grid, metavar="K", help="a contact sheet of a K x K lattice of points")
     p.add_argument("--out", type=Path, default=Path("."), help="output folder (default: current)")
-    p.add_argument("--model", default=None, help="'default', 'handcrafted' or a checkpoint path")
+    p.add_argument("--model", default=None, help="'default', a shipped model name (e.g. bsds500), 'handcrafted' or a checkpoint path")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (default cpu)")
     p.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE, help="longest side processed (default %(default)s)")
     p.set_defaults(func=run)

@@ -155,7 +155,7 @@ class SpecDiffNet(nn.Module):
             self.edge_detector.eval()
         return self
 
-    def _embed(self, images: Tensor) -> tuple[Tensor, list[Tensor], Tensor | None]:
+    def _embed(self, images: Tensor, edges: bool = True) -> tuple[Tensor, list[Tensor], Tensor | None]:
         if self.config.freeze_backbone:
             with torch.no_grad():  # no graph through the frozen backbone: its activations are freed at once
                 out = self.backbone(images)
@@ -174,18 +174,23 @@ class SpecDiffNet(nn.Module):
             emb = F.normalize(emb, dim=1)
         if self.config.legacy:
             emb = F.interpolate(emb, size=self.config.legacy_grid, mode="bilinear", align_corners=True)
-        edges = out.edges
-        detector = self.backbone if edges is not None else self.edge_detector
-        if detector is not None and (edges is None or tuple(self.config.edge_scales) != (1.0,)):
+        if not edges:
+            return emb, levels, None
+        edge_map = out.edges
+        detector = self.backbone if edge_map is not None else self.edge_detector
+        if detector is not None and (edge_map is None or tuple(self.config.edge_scales) != (1.0,)):
             with torch.no_grad():  # a fixed cue: no gradient through the edge maps
-                edges = multiscale_edges(detector.edge_map, images, self.config.edge_scales, at_scale_one=edges)
-        return emb, levels, edges
+                edge_map = multiscale_edges(detector.edge_map, images, self.config.edge_scales, at_scale_one=edge_map)
+        return emb, levels, edge_map
 
-    def forward(self, images: Tensor, *, eigenpairs: bool = True, diffusion: bool = True) -> SpecDiffNetOutput:
+    def forward(self, images: Tensor, *, eigenpairs: bool = True, diffusion: bool = True,
+                edges: bool = True) -> SpecDiffNetOutput:
         """``eigenpairs=False`` drops the eigenpairs from the output; ``diffusion=False`` skips the
         spectral block (no ``D``, ``K_D`` or eigenpairs: what needs only the embedding, the
-        affinity and the edges, such as the default hierarchy, saves its time and memory)."""
-        emb, levels, edges = self._embed(images)
+        affinity and the edges, such as the default hierarchy, saves its time and memory);
+        ``edges=False`` skips the edge map where the affinity does not read it (``K_D`` alone:
+        similarity maps, kernel accuracy; with VGG16-HED at three scales, most of the work)."""
+        emb, levels, edges = self._embed(images, edges=edges or "contour" in self.config.affinity)
         W = self.affinity(emb, edges)
         grid = W.grid_shape
         if not diffusion:
@@ -229,7 +234,7 @@ class SpecDiffNet(nn.Module):
     @torch.no_grad()
     def similarity_maps(self, images: Tensor, nodes: Tensor, output_size: tuple[int, int] | None = None) -> Tensor:
         """Up-sampled similarity maps (rows of ``K_D``) of grid ``nodes`` ``(M,)`` for one image: ``(M, H, W)``."""
-        out = self(images[:1], eigenpairs=False)
+        out = self(images[:1], eigenpairs=False, edges=False)
         h, w = out.grid_shape
         maps = out.similarity[0, nodes].reshape(1, -1, h, w)
         size = output_size or tuple(images.shape[-2:])

@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from .checkpoint import checkpoint_step, load_checkpoint, load_checkpoint_model, save_checkpoint, seed_everything
     from .config import TrainConfig, load_yaml, save_yaml
     from .distributed import DistInfo, init_distributed
-    from .kernel_eval import (PAPER_TABLE1, evaluate_kernel, format_kernel_report, kernel_cosine,
-                              kernel_cosine_per_annotation, kernel_report)
+    from .kernel_eval import (PAPER_TABLE1, evaluate_kernel, format_kernel_grid, format_kernel_report,
+                              kernel_accuracy_grid, kernel_cosine, kernel_cosine_per_annotation, kernel_report)
     from .loop import Trainer, train
     from .objective import TrainingObjective
 
@@ -47,6 +47,8 @@ _WHERE = {
     "kernel_cosine_per_annotation": "kernel_eval",
     "kernel_report": "kernel_eval",
     "format_kernel_report": "kernel_eval",
+    "kernel_accuracy_grid": "kernel_eval",
+    "format_kernel_grid": "kernel_eval",
     "PAPER_TABLE1": "kernel_eval",
     "checkpoint_step": "checkpoint",
     "load_checkpoint": "checkpoint",

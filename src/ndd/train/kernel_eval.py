@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ from ndd.data import downsample_labels
 from ndd.models import SpecDiffNet
 
 __all__ = ["PAPER_TABLE1", "kernel_cosine", "kernel_cosine_per_annotation", "evaluate_kernel", "kernel_report",
-           "format_kernel_report"]
+           "format_kernel_report", "kernel_accuracy_grid", "format_kernel_grid"]
 
 #: Kernel accuracy of the paper's Table 1 (ResNet-101, (T, t) = (2, 10), 160k steps on BSDS500
 #: train+val), by split: the setting ``ndd``'s defaults follow.
@@ -70,24 +70,59 @@ def kernel_cosine_per_annotation(K: Tensor, grid_labels: Tensor) -> Tensor:
 
     For annotation ``a`` this is :func:`kernel_cosine` of ``K`` with the rows and columns of
     unlabelled nodes zeroed and the label kernel ``K_gt`` (:func:`ndd.data.label_kernel`),
-    computed from one-hot sums instead of materialising ``A`` dense ``N x N`` kernels.
+    computed from one-hot sums instead of materialising ``A`` dense ``N x N`` kernels: one
+    product of ``K`` with the one-hot columns of every annotation's segments.
     """
     K = K.double()
     labels = grid_labels.reshape(grid_labels.shape[0], -1)
-    out = torch.zeros(labels.shape[0], dtype=torch.float64, device=K.device)
+    count = labels.shape[0]
+    columns, owner = [], []
     for a, lab in enumerate(labels):
         valid = lab >= 0
-        if not valid.any():
-            continue
-        onehot = torch.zeros(lab.numel(), int(lab.max()) + 1, dtype=torch.float64, device=K.device)
-        onehot[valid, lab[valid]] = 1.0
-        dot = (onehot * (K @ onehot)).sum()  # sum of K over same-segment pairs
-        gt_norm = onehot.sum(0).square().sum().sqrt()  # ||K_gt||_F = sqrt(sum_s n_s^2)
-        v = valid.double()
-        k_norm = (v @ K.square() @ v).sqrt()  # ||K restricted to labelled nodes||_F
-        denom = gt_norm * k_norm
-        out[a] = dot / denom if denom > 0 else 0.0
-    return out
+        if valid.any():
+            onehot = torch.zeros(lab.numel(), int(lab.max()) + 1, dtype=torch.float64, device=K.device)
+            onehot[valid, lab[valid]] = 1.0
+            columns.append(onehot)
+            owner += [a] * onehot.shape[1]
+    out = torch.zeros(count, dtype=torch.float64, device=K.device)
+    if not columns:
+        return out
+    onehot = torch.cat(columns, 1)  # (N, S): every segment of every annotation
+    owner_t = torch.tensor(owner, device=K.device)
+    dot = out.index_add(0, owner_t, (onehot * (K @ onehot)).sum(0))  # sum of K over same-segment pairs
+    gt_norm = out.index_add(0, owner_t, onehot.sum(0).square()).sqrt()  # ||K_gt||_F = sqrt(sum_s n_s^2)
+    valid = (labels >= 0).double()
+    K2 = K.square()
+    if bool((labels >= 0).all()):  # the usual case: one norm for all
+        k_norm = K2.sum().sqrt().expand(count)
+    else:
+        k_norm = ((valid @ K2) * valid).sum(1).sqrt()  # ||K restricted to labelled nodes||_F
+    denom = gt_norm * k_norm
+    return torch.where(denom > 0, dot / torch.where(denom > 0, denom, torch.ones_like(denom)), out)
+
+
+def _outputs(model: SpecDiffNet, dataset: Dataset[Any], device: str | torch.device | None, max_images: int | None,
+             progress: bool, desc: str, eigenpairs: bool = True) -> Iterator[tuple[int, Any, Any, Tensor]]:
+    """``(index, sample, model output, grid labels (A, h, w))`` for each image, one at a time at
+    full size, the model in eval mode (its mode restored after)."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    n = len(dataset) if max_images is None else min(max_images, len(dataset))  # type: ignore[arg-type]
+    indices: Sequence[int] = range(n)
+    if progress:
+        from tqdm import tqdm
+
+        indices = tqdm(indices, desc=desc, unit="img")
+    try:
+        for i in indices:
+            sample = dataset[i]
+            labels = sample["labels"]
+            labels = labels.unsqueeze(0) if labels.dim() == 2 else labels
+            out = model(sample["image"].unsqueeze(0).to(device), eigenpairs=eigenpairs, edges=False)
+            yield i, sample, out, downsample_labels(labels.to(device), out.grid_shape)
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
@@ -114,28 +149,12 @@ def evaluate_kernel(
         ``{"mean", "num_images", "num_annotations", "seconds", "per_image":
         [{"id", "mean", "annotations": [...]}]}``; ``mean`` is NaN for an empty set.
     """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    n = len(dataset) if max_images is None else min(max_images, len(dataset))  # type: ignore[arg-type]
     per_image: list[dict[str, Any]] = []
     start = time.perf_counter()
-    indices: Sequence[int] = range(n)
-    if progress:
-        from tqdm import tqdm
-
-        indices = tqdm(indices, desc="kernel accuracy", unit="img")
-    try:
-        for i in indices:
-            sample = dataset[i]
-            labels = sample["labels"]
-            labels = labels.unsqueeze(0) if labels.dim() == 2 else labels
-            out = model(sample["image"].unsqueeze(0).to(device), eigenpairs=False)
-            grid = downsample_labels(labels.to(device), out.grid_shape)
-            scores = kernel_cosine_per_annotation(out.similarity[0], grid).tolist()
-            per_image.append({"id": str(sample.get("id", i)), "mean": sum(scores) / len(scores), "annotations": scores})
-    finally:
-        model.train(was_training)
+    for i, sample, out, grid in _outputs(model, dataset, device, max_images, progress, "kernel accuracy",
+                                         eigenpairs=False):
+        scores = kernel_cosine_per_annotation(out.similarity[0], grid).tolist()
+        per_image.append({"id": str(sample.get("id", i)), "mean": sum(scores) / len(scores), "annotations": scores})
     means = [r["mean"] for r in per_image]
     return {
         "mean": sum(means) / len(means) if means else math.nan,
@@ -144,6 +163,79 @@ def evaluate_kernel(
         "seconds": time.perf_counter() - start,
         "per_image": per_image,
     }
+
+
+@torch.no_grad()
+def kernel_accuracy_grid(
+    model: SpecDiffNet,
+    dataset: Dataset[Any],
+    times: Sequence[float],
+    taus: Sequence[float],
+    *,
+    device: str | torch.device | None = None,
+    max_images: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Kernel accuracy of ``K = exp(-tau D_t)`` for every ``(t, tau)`` of a grid: how to
+    re-calibrate a trained model's ``t`` and ``tau`` for its ``K_D`` (choose on val).
+
+    The eigenpairs do not depend on ``t``, so each image runs the network and the eigen-solver
+    once (at the model's own ``t``, which only sets the solver's accuracy check) and every
+    ``D_t`` comes from them (:func:`ndd.spectral.distance_from_embedding`). Arguments as
+    :func:`evaluate_kernel`; ``times`` and ``taus`` positive.
+
+    Returns:
+        ``{"times", "taus", "mean"`` (``len(times) x len(taus)`` means over images), ``"best"``
+        (``{"t", "tau", "mean"}``), ``"model"`` (the model's own ``t``, ``tau`` and its
+        :func:`evaluate_kernel` mean), ``"num_images", "seconds"}``.
+
+    Example:
+        >>> from ndd.data import BSDS500  # doctest: +SKIP
+        >>> grid = kernel_accuracy_grid(model, BSDS500("data", "val", annotation="all"),
+        ...                             [10, 20, 40], [0.2, 0.4])  # doctest: +SKIP
+        >>> grid["best"]  # doctest: +SKIP
+        {'t': 40.0, 'tau': 0.4, 'mean': 0.736...}
+    """
+    from ndd.spectral import distance_from_embedding
+
+    times, taus = [float(t) for t in times], [float(tau) for tau in taus]
+    if not times or not taus or min(times + taus) <= 0 or not all(math.isfinite(v) for v in times + taus):
+        raise ValueError(f"times and taus must be non-empty lists of positive numbers, got {times} and {taus}")
+    sums = torch.zeros(len(times), len(taus), dtype=torch.float64)
+    own, n = 0.0, 0
+    start = time.perf_counter()
+    for _, _, out, grid in _outputs(model, dataset, device, max_images, progress, "kernel accuracy grid"):
+        own += float(kernel_cosine_per_annotation(out.similarity[0], grid).mean())
+        lam, psi = out.eigenvalues[0].double(), out.eigenvectors[0].double()
+        for a, t in enumerate(times):
+            D = distance_from_embedding(lam, psi, t)
+            for b, tau in enumerate(taus):
+                sums[a, b] += kernel_cosine_per_annotation(torch.exp(-tau * D), grid).mean()
+        n += 1
+    mean = (sums / max(n, 1)).tolist()
+    a, b = divmod(int(torch.argmax(sums)), len(taus))
+    return {
+        "times": times,
+        "taus": taus,
+        "mean": mean,
+        "best": {"t": times[a], "tau": taus[b], "mean": mean[a][b]},
+        "model": {"t": float(model.t.detach()), "tau": float(model.tau.detach()), "mean": own / max(n, 1)},
+        "num_images": n,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def format_kernel_grid(grid: dict[str, Any]) -> str:
+    """A :func:`kernel_accuracy_grid` result as a table (rows ``t``, columns ``tau``)."""
+    corner = "t \\ tau"
+    lines = [f"kernel accuracy over {grid['num_images']} images, K = exp(-tau D_t)",
+             f"{corner:>10s}" + "".join(f"{tau:>8.3g}" for tau in grid["taus"])]
+    for t, row in zip(grid["times"], grid["mean"], strict=True):
+        lines.append(f"{t:>10.4g}" + "".join(f"{v:8.4f}" for v in row))
+    best, own = grid["best"], grid["model"]
+    lines.append(f"best: t {best['t']:.4g}, tau {best['tau']:.4g}: {best['mean']:.4f}; "
+                 f"the model's own: t {own['t']:.4g}, tau {own['tau']:.4g}: {own['mean']:.4f}")
+    return "\n".join(lines)
 
 
 def kernel_report(

@@ -35,7 +35,7 @@ __all__ = ["Guidance", "TensorCache", "KernelCache", "module_fingerprint", "load
 
 
 def load_guidance_model(spec: str, device: torch.device | str = "cpu") -> nn.Module:
-    """A spec-diff-net from a name (``default``, ``bsds500``, ``bsds500_hed``, ``handcrafted``) or a file.
+    """A spec-diff-net from a name (``default``, ``bsds500``, ``bsds500_hed_v3``, ..., ``handcrafted``) or a file.
 
     Raises:
         FileNotFoundError / ValueError naming the problem (missing file, not a model).
@@ -105,7 +105,7 @@ class Guidance(nn.Module):
             K = spectral.feature_kernel(emb.float(), mu)
             src = tuple(emb.shape[-2:])
         else:
-            out = self.model(x, eigenpairs=False)
+            out = self.model(x, eigenpairs=False, edges=False)
             K, src = out.similarity, tuple(out.grid_shape)
         return resample_kernel(K.float(), src, tuple(grid))  # type: ignore[arg-type]
 
