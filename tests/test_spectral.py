@@ -497,12 +497,25 @@ def test_krylov_deepens_its_space_until_the_ritz_residuals_are_small(solver_call
     assert solver_calls["krylov"] == 3 and rel(adaptive, reference) < 1e-8  # measured 4.3e-11
     # the free residuals are the explicit ones
     S = spectral.symmetric_normalize(W)
-    Q, H, tail = spectral._block_krylov(spectral._Operator(S), spectral.krylov_start(288, 8, (16, 18),
+    Q, H, tail, _ = spectral._block_krylov(spectral._Operator(S), spectral.krylov_start(288, 8, (16, 18),
                                                                                      torch.float64)[None], 12)
     theta, Y = torch.linalg.eigh(H)
     explicit = (spectral.apply_operator(S, Q @ Y) - (Q @ Y) * theta.unsqueeze(-2)).norm(dim=-2)
     free = torch.einsum("bik,bij,bjk->bk", Y[:, -8:], tail, Y[:, -8:]).sqrt()
     assert torch.allclose(free, explicit, rtol=1e-6, atol=1e-12)
+    # a deeper space goes on from the last one: H = Q^T S Q, orthonormal Q, the Ritz values
+    # and residuals of the space built at that depth at once (with and without autograd)
+    start = spectral.krylov_start(288, 8, (16, 18), torch.float64)[None]
+    op = spectral._Operator(S)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            state = spectral._block_krylov(op, start, 6)[3]
+            Q, H, tail, _ = spectral._block_krylov(op, start, 12, state)
+        once = spectral._block_krylov(op, start, 12)
+        assert Q.shape == (1, 288, 96) and torch.allclose(Q.mT @ Q, torch.eye(96, dtype=Q.dtype), atol=1e-12)
+        assert torch.allclose(H, Q.mT @ spectral.apply_operator(S, Q), atol=1e-12)
+        assert torch.allclose(torch.linalg.eigvalsh(H), torch.linalg.eigvalsh(once[1]), atol=1e-10)
+        assert torch.allclose(tail, once[2], atol=1e-10)
 
 
 def test_krylov_matches_truncated_spectrum_on_a_grid_graph(solver_calls):

@@ -823,28 +823,50 @@ def _krylov_default(n_eigs: int) -> tuple[int, int]:
     return min(n_eigs, max(8, math.ceil(0.32 * n_eigs))), 16
 
 
-def _block_krylov(op, U0: Tensor, n_blocks: int) -> tuple[Tensor, Tensor, Tensor]:
+class _KrylovState(NamedTuple):
+    """Where a block Lanczos run stopped, so that it can go on (:func:`_block_krylov`)."""
+
+    rows: list[Tensor]  # the orthonormal blocks Q_j as rows, (B, b, N) each
+    pieces: list[Tensor]  # column j of H down to its last non-zero block, (B, (j + 2) b or (j + 1) b, b)
+    residual: Tensor  # (S Q_q)^T after the last projections, (B, b, N)
+
+
+def _block_krylov(op, U0: Tensor, n_blocks: int,
+                  state: _KrylovState | None = None) -> tuple[Tensor, Tensor, Tensor, _KrylovState]:
     """Block Lanczos with full reorthogonalisation; see :func:`block_krylov`.
 
     Also returns ``R^T R`` ``(B, b, b)`` (no gradient) of the residual block left after the
     last step, ``S Q = Q H + Z E_q^T`` with ``Z = Q_(q+1) R``: the residual of a Ritz pair
     ``(theta, Q y)`` is ``|Z y_q|``, ``y_q`` the last ``b`` entries of ``y``, so every pair's
-    residual costs no product.
+    residual costs no product. And the run's state: given back as ``state`` (``U0`` is then
+    not used), the run goes on from where it stopped to ``n_blocks`` blocks in all, so a space
+    made deeper costs only the new products.
 
     The blocks are kept as rows (``(B, b, N)``): the projections are then products with a
     short first dimension, which BLAS runs ~4x faster than the same products on ``(N, b)``
     columns (measured). ``H`` comes from the projection coefficients, the block Arnoldi
     relation ``S Q_j = sum_i Q_i H_ij + Q_(j+1) R_j``, so no extra product is needed.
     """
-    batch, n, b = U0.shape
+    if state is None:
+        Q, _ = torch.linalg.qr(U0)
+        rows, pieces, first = [Q.transpose(-1, -2)], [], 0
+    else:  # the residual block left last time becomes the next block
+        rows, pieces = list(state.rows), list(state.pieces)
+        Q, R = torch.linalg.qr(state.residual.transpose(-1, -2))
+        rows.append(Q.transpose(-1, -2))
+        pieces[-1] = torch.cat([pieces[-1], R], -2)
+        first = len(pieces)
+    Qt = rows[-1]
+    batch, b, n = Qt.shape
     m = b * n_blocks
-    Q, _ = torch.linalg.qr(U0)
-    Qt = Q.transpose(-1, -2)
     # Without autograd the blocks go into one buffer (no concatenation per step); with it,
     # writing into a buffer that earlier products saved for backward is not allowed.
-    buffer = None if torch.is_grad_enabled() else Qt.new_empty(batch, m, n)
-    rows, columns = [Qt], []
-    for j in range(n_blocks):
+    buffer = None
+    if not torch.is_grad_enabled():
+        buffer = Qt.new_empty(batch, m, n)
+        if first:
+            buffer[:, : first * b] = torch.cat(rows[:-1], -2)
+    for j in range(first, n_blocks):
         if buffer is not None:
             buffer[:, j * b : (j + 1) * b] = Qt
             basis = buffer[:, : (j + 1) * b]
@@ -866,12 +888,13 @@ def _block_krylov(op, U0: Tensor, n_blocks: int) -> tuple[Tensor, Tensor, Tensor
             Q, R = torch.linalg.qr(Zt.transpose(-1, -2))
             Qt = Q.transpose(-1, -2)
             rows.append(Qt)
-            column = torch.cat([column, R, column.new_zeros(batch, m - (j + 2) * b, b)], -2)
-        columns.append(column)
-    H = torch.cat(columns, -1)
+            column = torch.cat([column, R], -2)
+        pieces.append(column)
+    H = torch.cat([torch.cat([c, c.new_zeros(batch, m - c.shape[-2], b)], -2) for c in pieces], -1)
     Q = buffer if buffer is not None else torch.cat(rows, -2)
     residual = Zt.detach()
-    return Q.transpose(-1, -2), 0.5 * (H + H.transpose(-1, -2)), residual @ residual.transpose(-1, -2)
+    return (Q.transpose(-1, -2), 0.5 * (H + H.transpose(-1, -2)), residual @ residual.transpose(-1, -2),
+            _KrylovState(rows, pieces, Zt))
 
 
 def block_krylov(
@@ -1336,9 +1359,9 @@ def diffusion(
         eig = None
         if solver == "krylov":
             start = _cached_krylov_start(n, size[0], grid, d.dtype, d.device) if U0 is None else U0.to(d)
-            blocks = size[1]
-            while True:
-                U, H, tail = _block_krylov(op, start.expand(batch, n, size[0]), blocks)
+            blocks, state = size[1], None
+            while True:  # a deeper space goes on from the last one: only its new products are paid
+                U, H, tail, state = _block_krylov(op, start.expand(batch, n, size[0]), blocks, state)
                 eig = torch.linalg.eigh(H.detach())
                 if _degenerate_top(eig[0], size[0]):
                     # as many products per QR step as the Krylov run made, at least the paper's
