@@ -83,13 +83,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.t_grid is not None:
-            from ndd.train import format_kernel_grid, kernel_accuracy_grid
+            from ndd.train import format_kernel_grid, kernel_grid_report
 
-            report = {"model": description, "checkpoint": spec, "data": str(args.data), "grids": {}}
-            for split, dataset in datasets.items():
-                grid = kernel_accuracy_grid(model, dataset, args.t_grid, args.tau_grid, max_images=args.max_images,
-                                            progress=progress)
-                report["grids"][split] = grid
+            report = kernel_grid_report(model, datasets, args.t_grid, args.tau_grid, description=description,
+                                        checkpoint=spec, data=str(args.data), max_images=args.max_images,
+                                        progress=progress)
+            for split, grid in report["grids"].items():
                 print(f"{split}: {format_kernel_grid(grid)}")
         else:
             report = kernel_report(model, datasets, description=description, checkpoint=spec,

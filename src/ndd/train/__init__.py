@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from .config import TrainConfig, load_yaml, save_yaml
     from .distributed import DistInfo, init_distributed
     from .kernel_eval import (PAPER_TABLE1, evaluate_kernel, format_kernel_grid, format_kernel_report,
-                              kernel_accuracy_grid, kernel_cosine, kernel_cosine_per_annotation, kernel_report)
+                              kernel_accuracy_grid, kernel_cosine, kernel_cosine_per_annotation, kernel_grid_report,
+                              kernel_report)
     from .loop import Trainer, train
     from .objective import TrainingObjective
 
@@ -48,6 +49,7 @@ _WHERE = {
     "kernel_report": "kernel_eval",
     "format_kernel_report": "kernel_eval",
     "kernel_accuracy_grid": "kernel_eval",
+    "kernel_grid_report": "kernel_eval",
     "format_kernel_grid": "kernel_eval",
     "PAPER_TABLE1": "kernel_eval",
     "checkpoint_step": "checkpoint",

@@ -26,7 +26,7 @@ from ndd.data import downsample_labels
 from ndd.models import SpecDiffNet
 
 __all__ = ["PAPER_TABLE1", "kernel_cosine", "kernel_cosine_per_annotation", "evaluate_kernel", "kernel_report",
-           "format_kernel_report", "kernel_accuracy_grid", "format_kernel_grid"]
+           "format_kernel_report", "kernel_accuracy_grid", "kernel_grid_report", "format_kernel_grid"]
 
 #: Kernel accuracy of the paper's Table 1 (ResNet-101, (T, t) = (2, 10), 160k steps on BSDS500
 #: train+val), by split: the setting ``ndd``'s defaults follow.
@@ -223,6 +223,26 @@ def kernel_accuracy_grid(
         "num_images": n,
         "seconds": time.perf_counter() - start,
     }
+
+
+def kernel_grid_report(
+    model: SpecDiffNet,
+    datasets: dict[str, Dataset[Any]],
+    times: Sequence[float],
+    taus: Sequence[float],
+    *,
+    description: str,
+    checkpoint: str | None = None,
+    data: str | None = None,
+    max_images: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """:func:`kernel_accuracy_grid` on several splits, as ``ndd evaluate-kernel --t-grid ... --tau-grid
+    ...`` prints (:func:`format_kernel_grid` per split) and saves: a JSON-ready ``{"model",
+    "checkpoint", "data", "grids": {split: grid}}``."""
+    grids = {s: kernel_accuracy_grid(model, d, times, taus, max_images=max_images, progress=progress)
+             for s, d in datasets.items()}
+    return {"model": description, "checkpoint": checkpoint, "data": data, "grids": grids}
 
 
 def format_kernel_grid(grid: dict[str, Any]) -> str:
