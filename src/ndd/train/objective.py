@@ -47,7 +47,7 @@ class TrainingObjective(nn.Module):
     def forward(
         self, images: Tensor, labels: Tensor, hr: bool = False, generator: torch.Generator | None = None
     ) -> dict[str, Tensor]:
-        out = self.model(images, eigenpairs=False)
+        out = self.model(images, eigenpairs=False, edges=False)  # the losses read K_D, never an edge map
         grid_labels = downsample_labels(labels, out.grid_shape)
         K_gt, valid = label_kernel(grid_labels)
         loss_lr = kernel_matching_loss(out.similarity, K_gt, valid)
