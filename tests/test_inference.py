@@ -194,6 +194,8 @@ def test_similarity_skips_an_edge_map_its_affinity_does_not_read(monkeypatch):
     assert torch.equal(whole.similarity, without.similarity)
     maps, _ = similarity_maps(img, model, [(10, 10)], max_side=None)
     assert calls == [1] and maps.shape == (1, 48, 64)
+    with torch.no_grad():
+        assert torch.equal(model.embed(x)[0], whole.embedding) and calls == [1]  # nor does embed()
     contour = SpecDiffNet(SpecDiffNetConfig.handcrafted(window=5, n_eigs=20, edge_detector="vgg16_hed",
                                                         affinity="features+contour")).eval()
     with torch.no_grad():

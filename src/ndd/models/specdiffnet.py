@@ -144,7 +144,7 @@ class SpecDiffNet(nn.Module):
     # -- forward ----------------------------------------------------------- #
     def embed(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Affinity features ``(B, C, h, w)`` and the backbone levels (fine to coarse)."""
-        emb, levels, _ = self._embed(images)
+        emb, levels, _ = self._embed(images, edges=False)  # no edge map: it would be thrown away
         return emb, levels
 
     def train(self, mode: bool = True) -> SpecDiffNet:
