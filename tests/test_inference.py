@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -103,7 +105,9 @@ def test_superpixel_method_needs_edges_and_gives_a_pixel_hierarchy():
     assert grid.grid_hierarchy is not None
 
 
-def test_superpixels_merged_by_features_skip_the_spectral_block_with_the_same_result(monkeypatch):
+def edge_model_counting_diffusion(monkeypatch):
+    """A two-tone image, a model with a (seeded) HED edge map, and a list that grows by one per
+    call of the spectral block."""
     from ndd import spectral
 
     img = two_tone()
@@ -113,6 +117,13 @@ def test_superpixels_merged_by_features_skip_the_spectral_block_with_the_same_re
     calls = []
     diffusion = spectral.diffusion
     monkeypatch.setattr(spectral, "diffusion", lambda *a, **k: calls.append(1) or diffusion(*a, **k))
+    return img, model, calls
+
+
+def test_superpixels_merged_by_features_skip_the_spectral_block_with_the_same_result(monkeypatch):
+    from ndd import spectral
+
+    img, model, calls = edge_model_counting_diffusion(monkeypatch)
     skipped = segment_image(img, model, max_side=None).to_ucm2()
     assert calls == []  # the default hierarchy never reads D
     out = model(torch.from_numpy(img).permute(2, 0, 1)[None])  # all of it, as before the skip
@@ -177,6 +188,31 @@ def test_merge_mu_scale_comes_from_the_model_unless_overridden():
                                   unscaled.merges)
     with pytest.raises(ValueError, match="merge_mu_scale"):
         SpecDiffNetConfig(merge_mu_scale=0.0)
+
+
+def test_a_diffusion_weight_mixes_k_d_into_the_merging_kernel(monkeypatch):
+    from ndd import spectral
+    from ndd.segment import segment_from_edges
+
+    img, model, calls = edge_model_counting_diffusion(monkeypatch)
+    mixed = segment_image(img, model, max_side=None, diffusion_weight=0.4).to_ucm2()
+    assert calls == [1]  # K_D is read now: the spectral block runs once
+    with torch.no_grad():
+        out = model(torch.from_numpy(img).permute(2, 0, 1)[None])
+    K = 0.6 * spectral.feature_kernel(out.embedding, model.config.merge_mu_scale * model.mu)[0] + 0.4 * out.similarity[0]
+    opts = HierarchyOptions()
+    whole = segment_from_edges(out.edges[0, 0].numpy(), K, out.grid_shape, min_size=round(opts.min_region * 48 * 64))
+    assert np.array_equal(mixed, whole.to_ucm2(values="spread"))
+    # the model's own weight is the default; 0 turns it off
+    model.config = dataclasses.replace(model.config, merge_diffusion_weight=0.4)
+    assert np.array_equal(segment_image(img, model, max_side=None).to_ucm2(), mixed)
+    calls.clear()
+    segment_image(img, model, max_side=None, diffusion_weight=0.0)
+    assert calls == []
+    with pytest.raises(ValueError, match="diffusion_weight"):
+        segment_image(img, model, max_side=None, diffusion_weight=1.5)
+    with pytest.raises(ValueError, match="merge_diffusion_weight"):
+        SpecDiffNetConfig(merge_diffusion_weight=-0.1)
 
 
 def test_similarity_skips_an_edge_map_its_affinity_does_not_read(monkeypatch):

@@ -61,6 +61,9 @@ class HierarchyOptions:
         merge_mu_scale: merging by features: the kernel is ``exp(-s * mu ||f_i - f_j||^2)``
             with this ``s``; ``None`` (default): the model's own
             (:attr:`ndd.models.SpecDiffNetConfig.merge_mu_scale`, chosen with its weights).
+        diffusion_weight: merging by features: weight ``w`` of ``K_D`` mixed into that kernel,
+            ``(1 - w) kernel + w K_D``; ``None`` (default): the model's own
+            (:attr:`ndd.models.SpecDiffNetConfig.merge_diffusion_weight`).
         ucm_values: values written to the ``ucm2`` (:meth:`ndd.segment.Hierarchy.merge_values`):
             ``"spread"`` (merge heights, moved just enough that every level with at most 99
             segments has a BSDS threshold of its own), ``"rank"`` (evenly spaced by merge
@@ -82,6 +85,7 @@ class HierarchyOptions:
     min_region: float = 200 / (321 * 481)
     edge_weight: float = 0.2
     merge_mu_scale: float | None = None
+    diffusion_weight: float | None = None
     ucm_values: UcmValues | Literal["auto"] = "auto"
     clustering: GridClustering = GridClustering()
 
@@ -209,8 +213,9 @@ def segment_image(
     method = opts.method
     if method == "auto":
         method = "superpixels" if model.has_edge_map else "grid"
-    # superpixels merged by features or W never read D: the spectral block is skipped
-    needs_diffusion = method != "superpixels" or opts.merge_by == "diffusion"
+    # superpixels merged by features alone or by W never read D: the spectral block is skipped
+    needs_diffusion = (method != "superpixels" or opts.merge_by == "diffusion"
+                       or (opts.merge_by == "features" and _diffusion_weight(model, opts) > 0))
     out = model(x, eigenpairs=False, diffusion=needs_diffusion)
     if method == "superpixels":
         if out.edges is None:
@@ -235,11 +240,22 @@ def segment_image(
     return SegmentationResult(hier, grid, size, values)
 
 
+def _diffusion_weight(model: SpecDiffNet, opts: HierarchyOptions) -> float:
+    weight = model.config.merge_diffusion_weight if opts.diffusion_weight is None else opts.diffusion_weight
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"diffusion_weight must be in [0, 1], got {weight!r}")
+    return weight
+
+
 def _merge_similarity(out, model: SpecDiffNet, opts: HierarchyOptions) -> torch.Tensor:
     merge_by = opts.merge_by
     if merge_by == "features":
         scale = model.config.merge_mu_scale if opts.merge_mu_scale is None else opts.merge_mu_scale
-        return spectral.feature_kernel(out.embedding[:1].float(), scale * model.mu.float())[0]
+        K = spectral.feature_kernel(out.embedding[:1].float(), scale * model.mu.float())[0]
+        weight = _diffusion_weight(model, opts)
+        if weight > 0:  # the diffusion's global grouping as a second cue (chosen on val)
+            K = (1 - weight) * K + weight * out.similarity[0].float()
+        return K
     if merge_by == "diffusion":
         return out.similarity[0].float()
     if merge_by == "affinity":

@@ -83,6 +83,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--merge-mu-scale", type=float, default=None, metavar="S",
                    help="merging by features: kernel exp(-S mu |f_i - f_j|^2) (default: the model's own, chosen "
                         "with its weights on BSDS500 val)")
+    p.add_argument("--diffusion-weight", type=float, default=None, metavar="W",
+                   help="merging by features: (1 - W) feature kernel + W K_D (default: the model's own; 0: "
+                        "features alone, no spectral block)")
     p.add_argument("--coverage", type=float, default=None,
                    help="grid: residual coverage at which centre selection stops (default 0.005; paper 0.02)")
     p.add_argument("--ucm-values", choices=("auto", "spread", "height", "rank"), default=None,
@@ -99,8 +102,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if (args.edge_weight is not None and not 0.0 <= args.edge_weight <= 1.0) or (
             args.coverage is not None and not 0.0 < args.coverage < 1.0) or (
-            args.merge_mu_scale is not None and not args.merge_mu_scale > 0):
-        print("ndd segment: --edge-weight must be in [0, 1], --coverage in (0, 1), --merge-mu-scale > 0", file=sys.stderr)
+            args.merge_mu_scale is not None and not args.merge_mu_scale > 0) or (
+            args.diffusion_weight is not None and not 0.0 <= args.diffusion_weight <= 1.0):
+        print("ndd segment: --edge-weight and --diffusion-weight must be in [0, 1], --coverage in (0, 1), "
+              "--merge-mu-scale > 0", file=sys.stderr)
         return 2
     if (args.workers is not None and args.workers < 1) or (args.threads is not None and args.threads < 1) or (
             args.max_side < 16):
@@ -152,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
 
     given = {"method": args.method, "merge_by": args.merge_by, "edge_weight": args.edge_weight,
-             "merge_mu_scale": args.merge_mu_scale, "coverage_threshold": args.coverage, "ucm_values": args.ucm_values,
+             "merge_mu_scale": args.merge_mu_scale, "diffusion_weight": args.diffusion_weight,
+             "coverage_threshold": args.coverage, "ucm_values": args.ucm_values,
              "highres": False if args.lowres else None}
     given = {k: v for k, v in given.items() if v is not None}
     options = HierarchyOptions.authors(**given) if args.legacy else HierarchyOptions(**given)

@@ -70,6 +70,10 @@ class SpecDiffNetConfig:
             is ``exp(-merge_mu_scale * mu * ||f_i - f_j||^2)``. A hierarchy setting, but one that
             belongs to the embedding it was chosen for (on BSDS500 val), so it travels with the
             weights; :class:`ndd.inference.HierarchyOptions` can override it.
+        merge_diffusion_weight: ``w`` in ``[0, 1]``: merging by features uses
+            ``(1 - w) exp(-merge_mu_scale * mu * ||f_i - f_j||^2) + w K_D`` (the diffusion's global
+            grouping as a small second cue; 0: features alone, and no spectral block runs for
+            the default hierarchy). Chosen with the weights on val, like ``merge_mu_scale``.
         spectral_dtype: ``"float64"`` (default) or ``"float32"``: the precision of
             the spectral part (subspace iteration, Rayleigh-Ritz, assembly of ``D``;
             see :func:`ndd.spectral.diffusion`); the affinity and the outputs stay in
@@ -103,11 +107,14 @@ class SpecDiffNetConfig:
     edge_detector: str | None = None
     edge_scales: tuple[float, ...] = (1.0,)
     merge_mu_scale: float = 1.0
+    merge_diffusion_weight: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.merge_mu_scale > 0:
             raise ValueError(f"merge_mu_scale must be > 0, got {self.merge_mu_scale!r}")
+        if not 0.0 <= self.merge_diffusion_weight <= 1.0:
+            raise ValueError(f"merge_diffusion_weight must be in [0, 1], got {self.merge_diffusion_weight!r}")
         if self.spectral_dtype not in SPECTRAL_DTYPES:
             raise ValueError(f"spectral_dtype must be one of {sorted(SPECTRAL_DTYPES)}, got {self.spectral_dtype!r}")
         if self.affinity not in AFFINITIES:
