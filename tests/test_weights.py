@@ -4,7 +4,7 @@ import socket
 import pytest
 import torch
 
-from ndd.models import SpecDiffNetWeights, load_default_model, load_model, save_model, spec_diff_net
+from ndd.models import SpecDiffNetWeights, get_weights, load_default_model, load_model, save_model, spec_diff_net
 
 
 @pytest.fixture
@@ -54,6 +54,15 @@ def test_weights_file_round_trip_and_errors(tmp_path):
         load_model(bad)
     with pytest.raises(ValueError, match="unknown weights"):
         spec_diff_net("NOT_A_MODEL")
+
+
+def test_get_weights_finds_every_member_by_any_spelling_of_its_name():
+    for name, member in SpecDiffNetWeights.__members__.items():
+        for spelling in (name, name.lower(), f"SpecDiffNetWeights.{name}"):
+            assert get_weights(spelling) is member
+    assert get_weights("default") is SpecDiffNetWeights.DEFAULT
+    for unknown in ("not_a_model", "", "bsds500.pt", "runs/bsds500"):
+        assert get_weights(unknown) is None
 
 
 def test_default_is_an_alias_and_meta_says_how_to_use_each_model():

@@ -216,7 +216,8 @@ def run_settings(job: SegmentJob, model_spec: str | None = None, int8_edges: boo
     The model (``model_spec`` as ``ndd segment --model`` takes it; a shipped model by its
     member name, file hash and calibration, so ``default`` after an upgrade that changed it
     counts as another model; a checkpoint file also by its size and modification time, so a
-    retrained file at the same path counts as another model), ``int8_edges``, the formats, levels, ``max_side`` and hierarchy options of ``job``.
+    retrained file at the same path counts as another model), ``int8_edges``, and the
+    formats, levels, ``max_side`` and hierarchy options of ``job``.
     The device is not part of it: the same model gives the same segmentation on every device.
 
     Example:
@@ -228,17 +229,14 @@ def run_settings(job: SegmentJob, model_spec: str | None = None, int8_edges: boo
     import dataclasses
 
     from ndd.inference import HierarchyOptions  # torch: only once a run is about to start
-
-    from ndd.models import SpecDiffNetWeights
+    from ndd.models import get_weights
 
     model: Any = model_spec or "default"
     path = Path(model) if model_spec else None
-    shipped = {name.lower(): member for name, member in SpecDiffNetWeights.__members__.items()}
     if path is not None and path.is_file():
         stat = path.stat()
         model = {"file": str(path.resolve()), "bytes": stat.st_size, "modified_ns": stat.st_mtime_ns}
-    elif model.lower() in shipped:  # by what it is, so a new default (or recalibration) is another model
-        member = shipped[model.lower()]
+    elif (member := get_weights(model)) is not None:  # by what it is: a new default (or calibration) is another model
         model = {"shipped": member.name, "sha256": member.value.sha256, "calibration": member.value.calibration}
     settings = {
         "model": model,

@@ -359,13 +359,12 @@ def load_segmentation_model(spec: str | None = None, device: torch.device | str 
 
 
 def _load_segmentation_model(spec: str | None, device: torch.device) -> tuple[SpecDiffNet, str]:
-    from ndd.models import SpecDiffNetConfig, SpecDiffNetWeights, load_model, spec_diff_net
+    from ndd.models import SpecDiffNetConfig, SpecDiffNetWeights, get_weights, load_model, spec_diff_net
 
     if spec == "handcrafted":
         return SpecDiffNet(SpecDiffNetConfig.handcrafted()).to(device).eval(), "hand-crafted features (classical diffusion distance)"
-    names = {name.lower(): member for name, member in SpecDiffNetWeights.__members__.items()}
-    if spec in (None, "default") or (spec.lower() in names and not Path(spec).exists()):
-        member = SpecDiffNetWeights.default() if spec in (None, "default") else names[spec.lower()]
+    member = get_weights(spec or "default") if spec in (None, "default") or not Path(spec).exists() else None
+    if member is not None:
         entry = member.value
         if not entry.path.is_file():
             raise FileNotFoundError(
@@ -374,8 +373,8 @@ def _load_segmentation_model(spec: str | None, device: torch.device) -> tuple[Sp
             )
         return spec_diff_net(member, device=device).eval(), f"shipped model {member.name} ({entry.filename})"
     if not Path(spec).exists():  # a misspelt name as much as a missing file
-        raise FileNotFoundError(f"model {spec!r}: no such file, nor a model name "
-                                f"({', '.join(sorted(set(names) | {'default', 'handcrafted'}))})")
+        names = {name.lower() for name in SpecDiffNetWeights.__members__} | {"handcrafted"}
+        raise FileNotFoundError(f"model {spec!r}: no such file, nor a model name ({', '.join(sorted(names))})")
     if Path(spec).is_dir():
         raise ValueError(f"model {spec!r} is a folder: give a checkpoint file (e.g. {Path(spec) / 'last.pt'})")
     return load_model(spec, device), f"checkpoint {spec}"

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from .backbones import BACKBONES, available_backbones, build_backbone
     from .config import SpecDiffNetConfig
     from .specdiffnet import SpecDiffNet, SpecDiffNetOutput
-    from .weights import SpecDiffNetWeights, WeightsEntry, load_default_model, load_model, save_model, spec_diff_net
+    from .weights import SpecDiffNetWeights, WeightsEntry, get_weights, load_default_model, load_model, save_model, spec_diff_net
 
 _WHERE = {
     "Backbone": "backbone_base",
@@ -28,6 +28,7 @@ _WHERE = {
     "SpecDiffNetOutput": "specdiffnet",
     "SpecDiffNetWeights": "weights",
     "WeightsEntry": "weights",
+    "get_weights": "weights",
     "load_default_model": "weights",
     "load_model": "weights",
     "save_model": "weights",

@@ -290,17 +290,32 @@ def spec_diff_net(
     return load_model(weights, device)
 
 
+def get_weights(name: str) -> SpecDiffNetWeights | None:
+    """The shipped weights called ``name``, or ``None`` when no shipped model has that name.
+
+    Any case; ``"default"`` is :attr:`SpecDiffNetWeights.DEFAULT`, and the class prefix is
+    accepted (``"SpecDiffNetWeights.BSDS500"``), as torchvision's ``get_weight`` takes it.
+    The one place a model name becomes weights (``ndd segment --model``, run records,
+    :func:`spec_diff_net`).
+
+    Example:
+        >>> get_weights("bsds500") is SpecDiffNetWeights.BSDS500
+        True
+        >>> get_weights("default") is SpecDiffNetWeights.DEFAULT, get_weights("no_such_model")
+        (True, None)
+    """
+    key = name.split(".")[-1].upper()
+    return SpecDiffNetWeights.__members__.get(key)  # members include the DEFAULT alias
+
+
 def _resolve(weights: SpecDiffNetWeights | str | os.PathLike[str]) -> SpecDiffNetWeights | str | os.PathLike[str]:
     """A member for a member or its name (``"DEFAULT"`` included), else the path as given."""
     if isinstance(weights, str) and not os.path.exists(weights):
-        name = weights.split(".")[-1].upper()
-        if name == "DEFAULT":
-            weights = SpecDiffNetWeights.default()
-        elif name in SpecDiffNetWeights.__members__:
-            weights = SpecDiffNetWeights[name]
-        else:
+        member = get_weights(weights)
+        if member is None:
             raise ValueError(f"unknown weights {weights!r}: not a file, and not one of "
-                             f"{['DEFAULT', *SpecDiffNetWeights.__members__]}")
+                             f"{list(SpecDiffNetWeights.__members__)}")
+        weights = member
     if isinstance(weights, SpecDiffNetWeights) and not weights.value.path.is_file():
         entry = weights.value
         raise FileNotFoundError(f"the shipped weights {entry.filename} are missing from this installation ({entry.path})")
