@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -288,3 +289,7 @@ def test_run_settings_name_a_shipped_model_by_what_it_is():
     assert default == run_settings(job, "default")["model"] == run_settings(job, SpecDiffNetWeights.DEFAULT.name.lower())["model"]
     assert default["shipped"] == SpecDiffNetWeights.DEFAULT.name and default["sha256"] == SpecDiffNetWeights.DEFAULT.value.sha256
     assert run_settings(job, "bsds500")["model"]["shipped"] == "BSDS500"
+    # members sharing a file differ by calibration or hierarchy config: each is its own record
+    records = [json.dumps(run_settings(job, m.name)["model"], sort_keys=True) for m in SpecDiffNetWeights]
+    assert len(set(records)) == len(records)
+    assert default["config"] == json.loads(json.dumps(SpecDiffNetWeights.DEFAULT.value.config))

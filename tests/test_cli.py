@@ -111,6 +111,7 @@ def test_segment_checks_inputs_device_and_model_before_any_work(tmp_path, capsys
         ([str(photo)], ["--device", "gpu"], "unknown device 'gpu'"),
         ([str(photo)], ["--model", str(notes)], "not an ndd checkpoint or weights file"),
         ([str(photo)], ["--diffusion-weight", "1.5"], "--diffusion-weight must be in [0, 1]"),
+        ([str(photo)], ["--diffusion-tau", "0"], "--diffusion-tau > 0"),
     ]
     if not torch.cuda.is_available():
         cases.append(([str(photo)], ["--device", "cuda"], "CUDA is not available"))

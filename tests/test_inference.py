@@ -107,7 +107,7 @@ def test_superpixel_method_needs_edges_and_gives_a_pixel_hierarchy():
 
 def edge_model_counting_diffusion(monkeypatch):
     """A two-tone image, a model with a (seeded) HED edge map, and a list that grows by one per
-    call of the spectral block."""
+    call of the spectral block (its precision: 1 for float64, 0.5 for float32)."""
     from ndd import spectral
 
     img = two_tone()
@@ -116,7 +116,9 @@ def edge_model_counting_diffusion(monkeypatch):
         model.edge_detector.dsn1.weight.normal_(0, 1, generator=torch.Generator().manual_seed(0))
     calls = []
     diffusion = spectral.diffusion
-    monkeypatch.setattr(spectral, "diffusion", lambda *a, **k: calls.append(1) or diffusion(*a, **k))
+    precision = {torch.float64: 1, torch.float32: 0.5}
+    monkeypatch.setattr(spectral, "diffusion",
+                        lambda *a, **k: calls.append(precision[k["spectral_dtype"]]) or diffusion(*a, **k))
     return img, model, calls
 
 
@@ -134,8 +136,8 @@ def test_superpixels_merged_by_features_skip_the_spectral_block_with_the_same_re
     K = spectral.feature_kernel(out.embedding, model.config.merge_mu_scale * model.mu)[0]
     whole = segment_from_edges(out.edges[0, 0].numpy(), K, out.grid_shape, min_size=round(opts.min_region * 48 * 64))
     assert np.array_equal(skipped, whole.to_ucm2(values="spread"))
-    segment_image(img, model, max_side=None, merge_by="diffusion")  # K_D asked for: computed
-    assert calls == [1, 1]
+    segment_image(img, model, max_side=None, merge_by="diffusion")  # K_D asked for: computed, in float32
+    assert calls == [1, 0.5]
 
 
 def test_authors_preset_is_the_grid_method_with_their_choices():
@@ -196,9 +198,9 @@ def test_a_diffusion_weight_mixes_k_d_into_the_merging_kernel(monkeypatch):
 
     img, model, calls = edge_model_counting_diffusion(monkeypatch)
     mixed = segment_image(img, model, max_side=None, diffusion_weight=0.4).to_ucm2()
-    assert calls == [1]  # K_D is read now: the spectral block runs once
+    assert calls == [0.5]  # K_D is read now: the spectral block runs once, in float32 (no gradient)
     with torch.no_grad():
-        out = model(torch.from_numpy(img).permute(2, 0, 1)[None])
+        out = model(torch.from_numpy(img).permute(2, 0, 1)[None], spectral_dtype="float32")
     K = 0.6 * spectral.feature_kernel(out.embedding, model.config.merge_mu_scale * model.mu)[0] + 0.4 * out.similarity[0]
     opts = HierarchyOptions()
     whole = segment_from_edges(out.edges[0, 0].numpy(), K, out.grid_shape, min_size=round(opts.min_region * 48 * 64))
@@ -213,6 +215,39 @@ def test_a_diffusion_weight_mixes_k_d_into_the_merging_kernel(monkeypatch):
         segment_image(img, model, max_side=None, diffusion_weight=1.5)
     with pytest.raises(ValueError, match="merge_diffusion_weight"):
         SpecDiffNetConfig(merge_diffusion_weight=-0.1)
+
+
+def test_a_diffusion_tau_replaces_k_d_by_exp_minus_tau_d_in_the_merging_kernel(monkeypatch):
+    from ndd import spectral
+    from ndd.segment import segment_from_edges
+
+    img, model, calls = edge_model_counting_diffusion(monkeypatch)
+    with torch.no_grad():
+        out = model(torch.from_numpy(img).permute(2, 0, 1)[None], spectral_dtype="float32")
+    Kf = spectral.feature_kernel(out.embedding, model.config.merge_mu_scale * model.mu)[0]
+    opts = HierarchyOptions()
+
+    def reference(share):
+        K = 0.7 * Kf + 0.3 * share
+        return segment_from_edges(out.edges[0, 0].numpy(), K, out.grid_shape,
+                                  min_size=round(opts.min_region * 48 * 64)).to_ucm2(values="spread")
+
+    # a tau far from the model's makes another hierarchy on this image, so the check can fail
+    tau = 25.0 * float(model.tau)
+    given = segment_image(img, model, max_side=None, diffusion_weight=0.3, diffusion_tau=tau).to_ucm2()
+    assert np.array_equal(given, reference(torch.exp(-tau * out.distance[0])))
+    assert not np.array_equal(given, reference(out.similarity[0]))
+    # the model's own merge tau is the default; without one, K_D itself
+    model.config = dataclasses.replace(model.config, merge_diffusion_weight=0.3, merge_diffusion_tau=tau)
+    assert np.array_equal(segment_image(img, model, max_side=None).to_ucm2(), given)
+    model.config = dataclasses.replace(model.config, merge_diffusion_tau=None)
+    assert np.array_equal(segment_image(img, model, max_side=None).to_ucm2(), reference(out.similarity[0]))
+    calls.clear()
+    with pytest.raises(ValueError, match="diffusion_tau"):
+        segment_image(img, model, max_side=None, diffusion_tau=0.0)
+    assert calls == []  # refused before the network ran
+    with pytest.raises(ValueError, match="merge_diffusion_tau"):
+        SpecDiffNetConfig(merge_diffusion_tau=-1.0)
 
 
 def test_similarity_skips_an_edge_map_its_affinity_does_not_read(monkeypatch):

@@ -29,6 +29,20 @@ def test_forward_shapes_and_kernel_properties():
     assert [tuple(f.shape[-2:]) for f in out.levels] == [(23, 31), (12, 16), (6, 8)]
 
 
+def test_spectral_dtype_of_one_call_overrides_the_config():
+    torch.manual_seed(0)
+    net = SpecDiffNet(tiny_config()).eval()
+    x = torch.rand(1, 3, 40, 48)
+    with torch.no_grad():
+        d64 = net(x).distance
+        d32 = net(x, spectral_dtype="float32").distance
+    assert d32.dtype == d64.dtype == torch.float32  # the network's dtype either way
+    assert not torch.equal(d32, d64)  # computed in another precision ...
+    assert torch.allclose(d32, d64, rtol=1e-3, atol=1e-5)  # ... to the same D
+    with pytest.raises(ValueError, match="spectral_dtype"):
+        net(x, spectral_dtype="float16")
+
+
 def test_gradients_reach_backbone_and_diffusion_parameters():
     torch.manual_seed(0)
     net = SpecDiffNet(tiny_config())

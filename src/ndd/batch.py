@@ -214,9 +214,10 @@ def run_settings(job: SegmentJob, model_spec: str | None = None, int8_edges: boo
     """What decides an image's outputs in a run, as recorded for resuming (JSON values).
 
     The model (``model_spec`` as ``ndd segment --model`` takes it; a shipped model by its
-    member name, file hash and calibration, so ``default`` after an upgrade that changed it
-    counts as another model; a checkpoint file also by its size and modification time, so a
-    retrained file at the same path counts as another model), ``int8_edges``, and the
+    member name, file hash, calibration and config (its hierarchy settings among them), so
+    ``default`` after an upgrade that changed it counts as another model; a checkpoint file
+    also by its size and modification time, so a retrained file at the same path counts as
+    another model), ``int8_edges``, and the
     formats, levels, ``max_side`` and hierarchy options of ``job``.
     The device is not part of it: the same model gives the same segmentation on every device.
 
@@ -237,7 +238,9 @@ def run_settings(job: SegmentJob, model_spec: str | None = None, int8_edges: boo
         stat = path.stat()
         model = {"file": str(path.resolve()), "bytes": stat.st_size, "modified_ns": stat.st_mtime_ns}
     elif (member := get_weights(model)) is not None:  # by what it is: a new default (or calibration) is another model
-        model = {"shipped": member.name, "sha256": member.value.sha256, "calibration": member.value.calibration}
+        entry = member.value
+        model = {"shipped": member.name, "sha256": entry.sha256, "calibration": entry.calibration,
+                 "config": entry.config}
     settings = {
         "model": model,
         "int8_edges": bool(int8_edges),

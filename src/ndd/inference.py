@@ -64,6 +64,9 @@ class HierarchyOptions:
         diffusion_weight: merging by features: weight ``w`` of ``K_D`` mixed into that kernel,
             ``(1 - w) kernel + w K_D``; ``None`` (default): the model's own
             (:attr:`ndd.models.SpecDiffNetConfig.merge_diffusion_weight`).
+        diffusion_tau: ``tau'`` of that share, ``exp(-tau' D)`` in place of ``K_D``; ``None``
+            (default): the model's own (:attr:`ndd.models.SpecDiffNetConfig.merge_diffusion_tau`,
+            else the ``tau`` of its ``K_D``).
         ucm_values: values written to the ``ucm2`` (:meth:`ndd.segment.Hierarchy.merge_values`):
             ``"spread"`` (merge heights, moved just enough that every level with at most 99
             segments has a BSDS threshold of its own), ``"rank"`` (evenly spaced by merge
@@ -86,6 +89,7 @@ class HierarchyOptions:
     edge_weight: float = 0.2
     merge_mu_scale: float | None = None
     diffusion_weight: float | None = None
+    diffusion_tau: float | None = None
     ucm_values: UcmValues | Literal["auto"] = "auto"
     clustering: GridClustering = GridClustering()
 
@@ -216,7 +220,10 @@ def segment_image(
     # superpixels merged by features alone or by W never read D: the spectral block is skipped
     needs_diffusion = (method != "superpixels" or opts.merge_by == "diffusion"
                        or (opts.merge_by == "features" and _diffusion_weight(model, opts) > 0))
-    out = model(x, eigenpairs=False, diffusion=needs_diffusion)
+    _diffusion_tau(model, opts)  # a bad value fails before the network runs
+    # float32 spectral block: no gradient is taken here, and on BSDS500 val the default's 100
+    # ucm2 were identical to float64's, at about half the spectral block's time
+    out = model(x, eigenpairs=False, diffusion=needs_diffusion, spectral_dtype="float32")
     if method == "superpixels":
         if out.edges is None:
             raise ValueError("method 'superpixels' needs a model with an edge map (e.g. the default model)")
@@ -247,6 +254,13 @@ def _diffusion_weight(model: SpecDiffNet, opts: HierarchyOptions) -> float:
     return weight
 
 
+def _diffusion_tau(model: SpecDiffNet, opts: HierarchyOptions) -> float | None:
+    tau = model.config.merge_diffusion_tau if opts.diffusion_tau is None else opts.diffusion_tau
+    if tau is not None and not tau > 0:
+        raise ValueError(f"diffusion_tau must be > 0, got {tau!r}")
+    return tau
+
+
 def _merge_similarity(out, model: SpecDiffNet, opts: HierarchyOptions) -> torch.Tensor:
     merge_by = opts.merge_by
     if merge_by == "features":
@@ -254,7 +268,9 @@ def _merge_similarity(out, model: SpecDiffNet, opts: HierarchyOptions) -> torch.
         K = spectral.feature_kernel(out.embedding[:1].float(), scale * model.mu.float())[0]
         weight = _diffusion_weight(model, opts)
         if weight > 0:  # the diffusion's global grouping as a second cue (chosen on val)
-            K = (1 - weight) * K + weight * out.similarity[0].float()
+            tau = _diffusion_tau(model, opts)
+            share = out.similarity[0] if tau is None else spectral.diffusion_similarity(out.distance[0], tau)
+            K = (1 - weight) * K + weight * share.float()
         return K
     if merge_by == "diffusion":
         return out.similarity[0].float()

@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         ),
     )
     p.add_argument("--model", default=None, metavar="SPEC",
-                   help="as ndd segment: 'default' (shipped model), a shipped name (BSDS500, BSDS500_HED, BSDS500_HED_V2, BSDS500_HED_V3), "
+                   help="as ndd segment: 'default' (shipped model), a shipped model name (e.g. bsds500, bsds500_hed_v3), "
                         "'handcrafted', or a checkpoint / weights file (default: default)")
     p.add_argument("--checkpoint", type=Path, metavar="CKPT", help="same as --model CKPT")
     p.add_argument("--data", required=True, type=Path, metavar="ROOT", help="BSDS500 root")

@@ -86,6 +86,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--diffusion-weight", type=float, default=None, metavar="W",
                    help="merging by features: (1 - W) feature kernel + W K_D (default: the model's own; 0: "
                         "features alone, no spectral block)")
+    p.add_argument("--diffusion-tau", type=float, default=None, metavar="T",
+                   help="merging by features: that share is exp(-T D) (default: the model's own; else K_D's tau)")
     p.add_argument("--coverage", type=float, default=None,
                    help="grid: residual coverage at which centre selection stops (default 0.005; paper 0.02)")
     p.add_argument("--ucm-values", choices=("auto", "spread", "height", "rank"), default=None,
@@ -103,9 +105,10 @@ def run(args: argparse.Namespace) -> int:
     if (args.edge_weight is not None and not 0.0 <= args.edge_weight <= 1.0) or (
             args.coverage is not None and not 0.0 < args.coverage < 1.0) or (
             args.merge_mu_scale is not None and not args.merge_mu_scale > 0) or (
-            args.diffusion_weight is not None and not 0.0 <= args.diffusion_weight <= 1.0):
+            args.diffusion_weight is not None and not 0.0 <= args.diffusion_weight <= 1.0) or (
+            args.diffusion_tau is not None and not args.diffusion_tau > 0):
         print("ndd segment: --edge-weight and --diffusion-weight must be in [0, 1], --coverage in (0, 1), "
-              "--merge-mu-scale > 0", file=sys.stderr)
+              "--merge-mu-scale and --diffusion-tau > 0", file=sys.stderr)
         return 2
     if (args.workers is not None and args.workers < 1) or (args.threads is not None and args.threads < 1) or (
             args.max_side < 16):
@@ -158,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
 
     given = {"method": args.method, "merge_by": args.merge_by, "edge_weight": args.edge_weight,
              "merge_mu_scale": args.merge_mu_scale, "diffusion_weight": args.diffusion_weight,
+             "diffusion_tau": args.diffusion_tau,
              "coverage_threshold": args.coverage, "ucm_values": args.ucm_values,
              "highres": False if args.lowres else None}
     given = {k: v for k, v in given.items() if v is not None}

@@ -74,6 +74,9 @@ class SpecDiffNetConfig:
             ``(1 - w) exp(-merge_mu_scale * mu * ||f_i - f_j||^2) + w K_D`` (the diffusion's global
             grouping as a small second cue; 0: features alone, and no spectral block runs for
             the default hierarchy). Chosen with the weights on val, like ``merge_mu_scale``.
+        merge_diffusion_tau: ``tau`` of that ``K_D`` share, ``exp(-merge_diffusion_tau D)``;
+            ``None``: the model's own ``tau`` (so the share is ``K_D`` itself). The ``tau`` that
+            scores kernels best need not be the one that merges best; chosen on val likewise.
         spectral_dtype: ``"float64"`` (default) or ``"float32"``: the precision of
             the spectral part (subspace iteration, Rayleigh-Ritz, assembly of ``D``;
             see :func:`ndd.spectral.diffusion`); the affinity and the outputs stay in
@@ -108,6 +111,7 @@ class SpecDiffNetConfig:
     edge_scales: tuple[float, ...] = (1.0,)
     merge_mu_scale: float = 1.0
     merge_diffusion_weight: float = 0.0
+    merge_diffusion_tau: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -115,6 +119,8 @@ class SpecDiffNetConfig:
             raise ValueError(f"merge_mu_scale must be > 0, got {self.merge_mu_scale!r}")
         if not 0.0 <= self.merge_diffusion_weight <= 1.0:
             raise ValueError(f"merge_diffusion_weight must be in [0, 1], got {self.merge_diffusion_weight!r}")
+        if self.merge_diffusion_tau is not None and not self.merge_diffusion_tau > 0:
+            raise ValueError(f"merge_diffusion_tau must be > 0 or None, got {self.merge_diffusion_tau!r}")
         if self.spectral_dtype not in SPECTRAL_DTYPES:
             raise ValueError(f"spectral_dtype must be one of {sorted(SPECTRAL_DTYPES)}, got {self.spectral_dtype!r}")
         if self.affinity not in AFFINITIES:

@@ -35,7 +35,7 @@ __all__ = ["Guidance", "TensorCache", "KernelCache", "module_fingerprint", "load
 
 
 def load_guidance_model(spec: str, device: torch.device | str = "cpu") -> nn.Module:
-    """A spec-diff-net from a name (``default``, ``bsds500``, ``bsds500_hed_v3``, ..., ``handcrafted``) or a file.
+    """A spec-diff-net from a name (``default``, ``bsds500``, ``bsds500_hed_v4``, ..., ``handcrafted``) or a file.
 
     Raises:
         FileNotFoundError / ValueError naming the problem (missing file, not a model).
