@@ -101,7 +101,7 @@ class SpecDiffNetWeights(Enum):
             **_PREPROCESSING,
             # ndd segment --model bsds500 (grid method) + ndd evaluate, 200 test images; MODEL_CARD.md
             "metrics": {"covering_ods_ois_best": (0.572, 0.638, 0.724), "paper_avg_max": (0.637, 0.727),
-                        "boundary_ods_ois_ap": (0.584, 0.610, 0.454), "kernel_cosine_test": 0.580},
+                        "boundary_ods_ois_ap": (0.584, 0.610, 0.456), "kernel_cosine_test": 0.580},
         },
     )
     BSDS500_HED = WeightsEntry(
