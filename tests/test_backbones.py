@@ -75,7 +75,7 @@ def test_resnet101_once() -> None:
 
 def test_a_channels_last_input_reaches_the_network_in_the_standard_layout(monkeypatch) -> None:
     """An (H, W, 3) array permuted to (1, 3, H, W) is channels-last in memory; the convolutions
-    must not inherit that layout (2.3x slower for EfficientNet-Lite0 on a CPU), and the features
+    must not inherit that layout (2-3x slower for EfficientNet-Lite0 on a CPU), and the features
     are the same."""
     net = _random_net("efficientnet_lite0")
     image = torch.rand(40, 56, 3)

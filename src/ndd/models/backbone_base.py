@@ -115,7 +115,7 @@ class Backbone(nn.Module):
         """
         check_images(images)
         # An (H, W, 3) array permuted to (1, 3, H, W) is channels-last in memory, and every conv
-        # would then take the channels-last path: 2.3x slower for EfficientNet-Lite0 on a CPU.
+        # would then take the channels-last path: 2-3x slower for EfficientNet-Lite0 on a CPU.
         # (VGG16-HED chooses its own layout.)
         out = self.extract(images.contiguous())
         expected = expected_level_sizes(images.shape[-2], images.shape[-1])
