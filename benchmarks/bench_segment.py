@@ -5,8 +5,9 @@ then segments the same images with the model's default method and writes nothing
 the load time, the seconds per image (median and mean over the images, after one warm-up
 image) and where the time goes (the model's forward as ``segment_image`` runs it, the rest
 being the hierarchy), on the CPU and, when a GPU is present, on CUDA too (``--devices``). It
-also times the spectral block (``D`` and ``K_D``) on each image's affinity, which the default
-superpixel hierarchy skips (it merges by features) and the grid method runs. On the CPU, models with a VGG16-HED edge detector are
+also times the spectral block (``D`` and ``K_D``, in float32 as ``segment_image`` runs it) on
+each image's affinity, which the grid method runs and the superpixel hierarchy only when its
+merging kernel has a ``K_D`` share (``merge_diffusion_weight > 0``: ``BSDS500_HED_V3`` and later). On the CPU, models with a VGG16-HED edge detector are
 timed a second time with its trunk in int8 (``ndd segment --int8-edges``)::
 
     python benchmarks/bench_segment.py [--images data/BSDS500/data/images/val] [--count 10] [--threads 2]
@@ -59,17 +60,18 @@ def main() -> None:
             load = time.perf_counter() - t0
             segment_image(images[0], model)  # warm-up: caches, allocator, kernels
             seconds, forward, spectral = [], [], []
-            grid_method = not model.has_edge_map  # segment_image's "auto": needs D only for the grid
+            # as segment_image decides: the grid method reads K_D, superpixels only with a K_D share
+            needs_diffusion = not model.has_edge_map or model.config.merge_diffusion_weight > 0
             for image in images[1:]:
                 sync()
                 t0 = time.perf_counter()
                 with torch.no_grad():
                     x = torch.from_numpy(image).permute(2, 0, 1)[None].float().to(device)
-                    out = model(x, eigenpairs=False, diffusion=grid_method)
+                    out = model(x, eigenpairs=False, diffusion=needs_diffusion, spectral_dtype="float32")
                     sync()
                     forward.append(time.perf_counter() - t0)
                     t0 = time.perf_counter()
-                    model.diffuse(out.affinity)
+                    model.diffuse(out.affinity, "float32")  # segment_image's precision
                     sync()
                     spectral.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
@@ -81,7 +83,7 @@ def main() -> None:
             print(f"{device:5s} {name:19s} load {load:5.2f} s | segment_image ({method}) median "
                   f"{statistics.median(seconds):5.2f} s, mean {statistics.mean(seconds):5.2f} s per image | "
                   f"of which model forward ~{statistics.median(forward):5.2f} s | spectral block "
-                  f"{statistics.median(spectral):5.2f} s ({'included' if grid_method else 'skipped'})")
+                  f"{statistics.median(spectral):5.2f} s ({'included' if needs_diffusion else 'skipped'})")
 
 if __name__ == "__main__":
     main()
