@@ -217,8 +217,8 @@ def run_settings(job: SegmentJob, model_spec: str | None = None, int8_edges: boo
     member name, file hash, calibration and config (its hierarchy settings among them), so
     ``default`` after an upgrade that changed it counts as another model; a checkpoint file
     also by its size and modification time, so a retrained file at the same path counts as
-    another model), ``int8_edges``, and the
-    formats, levels, ``max_side`` and hierarchy options of ``job``.
+    another model), ``int8_edges``, and the formats, levels, ``max_side`` and hierarchy options
+    of ``job``.
     The device is not part of it: the same model gives the same segmentation on every device.
 
     Example:

@@ -196,7 +196,7 @@ def kernel_accuracy_grid(
         >>> grid["best"]  # doctest: +SKIP
         {'t': 40.0, 'tau': 0.4, 'mean': 0.736...}
     """
-    from ndd.spectral import distance_from_embedding
+    from ndd.spectral import diffusion_similarity, distance_from_embedding
 
     times, taus = [float(t) for t in times], [float(tau) for tau in taus]
     if not times or not taus or min(times + taus) <= 0 or not all(math.isfinite(v) for v in times + taus):
@@ -210,7 +210,7 @@ def kernel_accuracy_grid(
         for a, t in enumerate(times):
             D = distance_from_embedding(lam, psi, t)
             for b, tau in enumerate(taus):
-                sums[a, b] += kernel_cosine_per_annotation(torch.exp(-tau * D), grid).mean()
+                sums[a, b] += kernel_cosine_per_annotation(diffusion_similarity(D, tau), grid).mean()
         n += 1
     mean = (sums / max(n, 1)).tolist()
     a, b = divmod(int(torch.argmax(sums)), len(taus))
