@@ -197,3 +197,54 @@ def test_segment_superpixels_needs_an_edge_model(tmp_path, capsys):
                  "--method", "superpixels"])
     assert code == 2
     assert "needs a model with an edge map" in capsys.readouterr().err
+
+
+def _tiny_bsds(root: Path, n: int = 2) -> Path:
+    """A BSDS500 layout with ``n`` 20x26 train images, each with two annotations."""
+    import scipy.io
+
+    rng = np.random.default_rng(7)
+    images, gts = root / "images" / "train", root / "groundTruth" / "train"
+    images.mkdir(parents=True)
+    gts.mkdir(parents=True)
+    for k in range(n):
+        Image.fromarray(rng.integers(0, 256, (20, 26, 3), dtype=np.uint8)).save(images / f"{k + 1}.jpg")
+        cell = np.empty((1, 2), object)
+        for a, split in enumerate((10, 14)):
+            seg = np.ones((20, 26), np.uint16)
+            seg[:, split:] = 2
+            bdry = np.zeros((20, 26), bool)
+            bdry[:, split] = True
+            cell[0, a] = {"Segmentation": seg, "Boundaries": bdry}
+        scipy.io.savemat(gts / f"{k + 1}.mat", {"groundTruth": cell})
+    return root
+
+
+def test_train_edge_fusion_writes_a_head_for_the_models_scales_and_checks_inputs_first(tmp_path, capsys):
+    from ndd.models import SpecDiffNetConfig, save_model
+    from ndd.models.edge_fusion import read_edge_fusion
+    from ndd.models.specdiffnet import SpecDiffNet
+
+    torch.manual_seed(0)
+    config = SpecDiffNetConfig(backbone="small_cnn", embed_dim=8, window=5, n_eigs=4, edge_detector="vgg16_hed",
+                               edge_scales=(1.0, 0.5))
+    model_file = save_model(SpecDiffNet(config), tmp_path / "model.pt")
+    data = _tiny_bsds(tmp_path / "bsds")
+    out = tmp_path / "head.pt"
+    args = ["train-edge-fusion", "--model", str(model_file), "--data", str(data), "--cache", str(tmp_path / "cache"),
+            "--out", str(out), "--steps", "3", "--width", "2", "--crop", "8", "--batch", "2", "--no-progress"]
+    assert main(args) == 0
+    head = read_edge_fusion(out)
+    assert head["scales"] == (1.0, 0.5) and head["width"] == 2 and head["meta"]["splits"] == ["train"]
+    assert head["model"]["linear.weight"].shape == (1, 10, 1, 1)  # 5 side outputs x 2 scales
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["1.npy", "2.npy"]
+    capsys.readouterr()
+    # bad inputs: one line, exit 2, nothing written
+    for bad, expected in (([*args[:4], str(tmp_path / "nowhere"), *args[5:]], "BSDS500 root folder not found"),
+                          ([*args, "--width", "0"], "invalid edge fusion training settings"),
+                          ([*args[:2], str(tmp_path / "none.pt"), *args[3:]], "no such file, nor a model name")):
+        out.unlink(missing_ok=True)
+        assert main(bad) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("ndd train-edge-fusion: error:") and expected in err and "\n" not in err
+        assert not out.exists()

@@ -236,6 +236,19 @@ def test_matches_numpy_reference(hed_file, hed_net) -> None:
         _close(out.edges[i, 0], edges, rtol=1e-5)
 
 
+def test_side_logits_match_numpy_reference_and_fuse_to_the_edge_map(hed_file, hed_net) -> None:
+    _, arrays = hed_file
+    images = torch.rand(2, 3, 19, 27, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        sides = hed_net.side_logits(images)
+        edges = hed_net.edge_map(images)
+    assert sides.shape == (2, hed_net.n_side_outputs, 19, 27)
+    for i in range(2):
+        _, np_sides, _ = _np_hed(images[i].double().numpy(), arrays)
+        _close(sides[i], np.concatenate(np_sides, axis=-1).transpose(2, 0, 1))
+    torch.testing.assert_close(torch.sigmoid(hed_net.fuse(sides)), edges, rtol=0, atol=1e-6)
+
+
 def test_degenerate_fuse_depends_on_side1_only(hed_file, hed_net) -> None:
     # Fused logit = 1.5 * side1 - 0.25: block 1, the Caffe preprocessing (BGR,
     # mean) and dsn1 checked on their own, in NumPy.

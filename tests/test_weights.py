@@ -128,3 +128,26 @@ def test_a_calibration_sets_learned_scalars_over_the_files_and_makes_a_member_of
         with pytest.raises(ValueError, match="calibration"):
             _build(_read(path), path, "cpu", {}, bad)
     assert WeightsEntry("f.pt", "0", calibration={"t": 2.0}) != WeightsEntry("f.pt", "0")
+
+
+@pytest.mark.parametrize("member", [m for m in SpecDiffNetWeights if m.value.edge_fusion])
+def test_an_edge_fusion_entry_carries_its_heads_weights_and_refuses_other_scales(no_network, member):
+    import dataclasses
+
+    from ndd.models.edge_fusion import read_edge_fusion
+    from ndd.models.weights import _payload_of
+
+    entry = member.value
+    filename, sha256 = entry.edge_fusion
+    head = read_edge_fusion(entry.path.with_name(filename), sha256=sha256)
+    model = spec_diff_net(member)
+    assert model.config.edge_fusion_width == head["width"]
+    assert tuple(model.config.edge_scales) == tuple(head["scales"])
+    state = model.state_dict()
+    for key, value in head["model"].items():
+        assert torch.equal(state[f"edge_fusion.{key}"], value.float()), key
+    without = [m for m in SpecDiffNetWeights if m.value == dataclasses.replace(entry, edge_fusion=None)]
+    assert without and all(m.name != member.name for m in without)  # the head makes a member of its own
+    wrong = dataclasses.replace(entry, config={**entry.config, "edge_scales": (1.0,)})
+    with pytest.raises(ValueError, match="trained for edge scales"):
+        _payload_of(wrong)

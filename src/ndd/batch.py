@@ -214,8 +214,8 @@ def run_settings(job: SegmentJob, model_spec: str | None = None, int8_edges: boo
     """What decides an image's outputs in a run, as recorded for resuming (JSON values).
 
     The model (``model_spec`` as ``ndd segment --model`` takes it; a shipped model by its
-    member name, file hash, calibration and config (its hierarchy settings among them), so
-    ``default`` after an upgrade that changed it counts as another model; a checkpoint file
+    member name, file hash, calibration, config (its hierarchy settings among them) and edge
+    fusion head, so ``default`` after an upgrade that changed it counts as another model; a checkpoint file
     also by its size and modification time, so a retrained file at the same path counts as
     another model), ``int8_edges``, and the formats, levels, ``max_side`` and hierarchy options
     of ``job``.
@@ -240,7 +240,7 @@ def run_settings(job: SegmentJob, model_spec: str | None = None, int8_edges: boo
     elif (member := get_weights(model)) is not None:  # by what it is: a new default (or calibration) is another model
         entry = member.value
         model = {"shipped": member.name, "sha256": entry.sha256, "calibration": entry.calibration,
-                 "config": entry.config}
+                 "config": entry.config, "edge_fusion": entry.edge_fusion}
     settings = {
         "model": model,
         "int8_edges": bool(int8_edges),

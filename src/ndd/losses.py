@@ -13,7 +13,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-__all__ = ["SegmentMatching", "kernel_matching_loss", "sample_segment_points", "segment_matching_loss"]
+__all__ = [
+    "SegmentMatching", "balanced_edge_loss", "kernel_matching_loss", "sample_segment_points", "segment_matching_loss",
+]
 
 
 @dataclass(frozen=True)
@@ -161,3 +163,38 @@ def segment_matching_loss(
     if not losses:
         return K.sum() * 0  # keeps the graph (and DDP's gradient hooks) intact
     return torch.stack(losses).mean()
+
+
+def balanced_edge_loss(logits: Tensor, agreement: Tensor, eta: float = 0.3, negative_weight: float = 1.1) -> Tensor:
+    """Class-balanced binary cross-entropy of edge logits against human boundaries (RCF's loss).
+
+    A pixel is an edge where at least a share ``eta`` of the annotators drew a boundary, a
+    non-edge where none did, and ignored in between (disputed). Over the whole batch, with
+    ``P`` edges and ``Q`` non-edges, edges weigh ``Q / (P + Q)`` and non-edges
+    ``negative_weight * P / (P + Q)``, so the rare edges are not drowned.
+
+    Args:
+        logits: ``(B, 1, H, W)`` edge logits.
+        agreement: ``(B, 1, H, W)`` share of annotators marking each pixel, in [0, 1].
+        eta: edge threshold in (0, 1].
+        negative_weight: RCF's ``lambda``.
+
+    Returns:
+        scalar: the weighted sum over pixels divided by ``B``.
+
+    Example:
+        >>> agreement = torch.tensor([[[[0.0, 1.0]]]])
+        >>> float(balanced_edge_loss(torch.tensor([[[[-20.0, 20.0]]]]), agreement)) < 1e-6
+        True
+    """
+    if logits.shape != agreement.shape or logits.dim() != 4:
+        raise ValueError(f"logits and agreement must both be (B, 1, H, W), got {tuple(logits.shape)} and {tuple(agreement.shape)}")
+    if not 0.0 < eta <= 1.0:
+        raise ValueError(f"eta must be in (0, 1], got {eta}")
+    edge = (agreement >= eta).to(logits.dtype)
+    non_edge = (agreement <= 0).to(logits.dtype)
+    n_edge, n_non = edge.sum(), non_edge.sum()
+    total = (n_edge + n_non).clamp_min(1.0)
+    weight = edge * (n_non / total) + non_edge * (negative_weight * n_edge / total)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, edge, weight=weight, reduction="sum")
+    return loss / logits.shape[0]

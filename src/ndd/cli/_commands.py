@@ -24,6 +24,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("similarity", "similarity", "diffusion-similarity maps of chosen pixels"),
     Subcommand("evaluate", "evaluate", "BSDS500 region and boundary benchmark of ucm2 / label-map results"),
     Subcommand("train", "train", "train spec-diff-net (two stages, checkpoints, exact resume, DDP under torchrun)"),
+    Subcommand("train-edge-fusion", "train_edge_fusion", "learn a fusion of the HED side outputs on BSDS500 boundaries"),
     Subcommand("evaluate-kernel", "evaluate_kernel", "kernel accuracy (paper Table 1) of a model on BSDS500"),
     Subcommand("demo", "demo", "interactive web page: segment an image, explore its diffusion similarity (needs [demo])"),
     Subcommand("wsss", "wsss", "weakly supervised semantic segmentation (paper §7): train, pseudo-labels, train-seg, predict, evaluate"),

@@ -236,6 +236,41 @@ def load_state_strict(
     module.load_state_dict(state, strict=True)
 
 
+def _at_scale(images: Tensor, scale: float) -> Tensor:
+    """``images`` resized by ``scale`` (bilinear; antialiased when shrinking): the input of a
+    multi-scale pass. One definition for the edge maps and the side logits."""
+    size = (images.shape[-2], images.shape[-1])
+    scaled = (max(2, round(size[0] * scale)), max(2, round(size[1] * scale)))
+    return torch.nn.functional.interpolate(images, size=scaled, mode="bilinear", align_corners=False,
+                                           antialias=scale < 1.0)
+
+
+def multiscale_side_logits(side_logits: Callable[[Tensor], Tensor], images: Tensor,
+                           scales: Sequence[float]) -> Tensor:
+    """An edge detector's side logits at several input scales, each resized to the input size
+    and stacked: the input of :class:`ndd.models.edge_fusion.EdgeFusionHead`.
+
+    Args:
+        side_logits: images ``(B, 3, h, w)`` -> ``(B, C, h, w)`` (e.g.
+            :meth:`ndd.models.vgg16_hed.Vgg16HedBackbone.side_logits`, ``C = 5``).
+        images: ``(B, 3, H, W)``.
+        scales: input scales, e.g. ``(0.5, 1.0, 1.5)``; the images are resized as for
+            :func:`multiscale_edges`.
+
+    Returns:
+        ``(B, C * len(scales), H, W)``: the ``C`` logits of the first scale, then the next.
+    """
+    size = (images.shape[-2], images.shape[-1])
+    maps = []
+    for scale in scales:
+        if scale == 1.0:
+            maps.append(side_logits(images))
+            continue
+        logits = side_logits(_at_scale(images, scale))
+        maps.append(torch.nn.functional.interpolate(logits, size=size, mode="bilinear", align_corners=False))
+    return torch.cat(maps, dim=1)
+
+
 def multiscale_edges(edge_map: Callable[[Tensor], Tensor], images: Tensor, scales: Sequence[float],
                      at_scale_one: Tensor | None = None) -> Tensor:
     """Mean of an edge detector's maps over input scales, each resized back to the input size.
@@ -258,8 +293,6 @@ def multiscale_edges(edge_map: Callable[[Tensor], Tensor], images: Tensor, scale
         if scale == 1.0:
             maps.append(at_scale_one if at_scale_one is not None else edge_map(images))
             continue
-        scaled = (max(2, round(size[0] * scale)), max(2, round(size[1] * scale)))
-        x = torch.nn.functional.interpolate(images, size=scaled, mode="bilinear", align_corners=False,
-                                            antialias=scale < 1.0)
-        maps.append(torch.nn.functional.interpolate(edge_map(x), size=size, mode="bilinear", align_corners=False))
+        maps.append(torch.nn.functional.interpolate(edge_map(_at_scale(images, scale)), size=size, mode="bilinear",
+                                                    align_corners=False))
     return torch.stack(maps).mean(0)

@@ -66,6 +66,11 @@ class SpecDiffNetConfig:
             for pixel-accurate hierarchies) when the main backbone has no edge head.
         edge_scales: input scales whose edge maps are averaged into ``edges``
             (:func:`ndd.models.backbone_base.multiscale_edges`); ``(1.0,)`` is one pass.
+        edge_fusion_width: when set, ``edges`` is the output of a learned
+            :class:`ndd.models.edge_fusion.EdgeFusionHead` of that hidden width over the edge
+            detector's side logits at every scale of ``edge_scales``
+            (:func:`ndd.models.backbone_base.multiscale_side_logits`) instead of the mean of its
+            fused maps; trained by :mod:`ndd.train.edge_fusion`, frozen in ``ndd train``.
         merge_mu_scale: the hierarchy's merging kernel (``segment_image``, ``merge_by="features"``)
             is ``exp(-merge_mu_scale * mu * ||f_i - f_j||^2)``. A hierarchy setting, but one that
             belongs to the embedding it was chosen for (on BSDS500 val), so it travels with the
@@ -109,6 +114,7 @@ class SpecDiffNetConfig:
     alpha_init: float = 10.0
     edge_detector: str | None = None
     edge_scales: tuple[float, ...] = (1.0,)
+    edge_fusion_width: int | None = None
     merge_mu_scale: float = 1.0
     merge_diffusion_weight: float = 0.0
     merge_diffusion_tau: float | None = None
@@ -129,6 +135,8 @@ class SpecDiffNetConfig:
             raise ValueError("the contour affinity has no legacy (authors') variant")
         if not self.edge_scales or min(self.edge_scales) <= 0:
             raise ValueError(f"edge_scales must be positive scales, got {self.edge_scales!r}")
+        if self.edge_fusion_width is not None and not (isinstance(self.edge_fusion_width, int) and self.edge_fusion_width >= 1):
+            raise ValueError(f"edge_fusion_width must be a positive int or None, got {self.edge_fusion_width!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -12,9 +12,10 @@ from torch import Tensor, nn
 from ndd import spectral
 from ndd.interpolate import FeatureAttentionalInterpolation
 
-from .backbone_base import multiscale_edges
+from .backbone_base import multiscale_edges, multiscale_side_logits
 from .backbones import build_backbone
 from .config import SpecDiffNetConfig
+from .edge_fusion import EdgeFusionHead
 
 __all__ = ["SpecDiffNetConfig", "SpecDiffNetOutput", "SpecDiffNet"]
 
@@ -83,6 +84,18 @@ class SpecDiffNet(nn.Module):
         self.edge_detector = None
         if config.edge_detector is not None:
             self.edge_detector = build_backbone(config.edge_detector, weights=edge_weights).requires_grad_(False)
+        # a learned fusion of the detector's side outputs over the scales, trained on its own
+        # (ndd.train.edge_fusion) and frozen here like the detector
+        self.edge_fusion = None
+        if config.edge_fusion_width is not None:
+            detector = self.edge_detector if self.edge_detector is not None else self.backbone
+            n_sides = getattr(detector, "n_side_outputs", None)
+            if n_sides is None:
+                raise ValueError(f"edge_fusion_width needs an edge detector with side outputs (vgg16_hed); "
+                                 f"{config.edge_detector or config.backbone} has none")
+            self.edge_fusion = EdgeFusionHead(n_sides * len(config.edge_scales), config.edge_fusion_width)
+            self.edge_fusion.init_from_fuse(detector.fuse.weight, detector.fuse.bias, len(config.edge_scales))
+            self.edge_fusion.requires_grad_(False)
         c2, c4, c8 = self.backbone.level_channels
         self._deep_is_level = self.backbone.deep_is_last_level  # avoid feeding one tensor twice
         hyper = c2 + c4 + c8 + (0 if self._deep_is_level else self.backbone.deep_channels)
@@ -151,8 +164,9 @@ class SpecDiffNet(nn.Module):
         super().train(mode)
         if self.config.freeze_backbone:
             self.backbone.eval()  # a frozen backbone behaves as at inference (batch norm, dropout)
-        if self.edge_detector is not None:
-            self.edge_detector.eval()
+        for frozen in (self.edge_detector, self.edge_fusion):
+            if frozen is not None:
+                frozen.eval()
         return self
 
     def _embed(self, images: Tensor, edges: bool = True) -> tuple[Tensor, list[Tensor], Tensor | None]:
@@ -178,7 +192,11 @@ class SpecDiffNet(nn.Module):
             return emb, levels, None
         edge_map = out.edges
         detector = self.backbone if edge_map is not None else self.edge_detector
-        if detector is not None and (edge_map is None or tuple(self.config.edge_scales) != (1.0,)):
+        if detector is not None and self.edge_fusion is not None:
+            with torch.no_grad():
+                sides = multiscale_side_logits(detector.side_logits, images, self.config.edge_scales)
+                edge_map = self.edge_fusion.edge_map(sides)
+        elif detector is not None and (edge_map is None or tuple(self.config.edge_scales) != (1.0,)):
             with torch.no_grad():  # a fixed cue: no gradient through the edge maps
                 edge_map = multiscale_edges(detector.edge_map, images, self.config.edge_scales, at_scale_one=edge_map)
         return emb, levels, edge_map

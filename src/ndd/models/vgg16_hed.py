@@ -147,6 +147,9 @@ class Vgg16HedBackbone(Backbone):
     level_channels = (128, 256, 512)
     deep_channels = 512
 
+    #: side outputs (one per VGG16 block) that :meth:`side_logits` gives
+    n_side_outputs = len(VGG16_BLOCKS)
+
     def __init__(self, weights: str | os.PathLike[str] | None = None, *, freeze_bn: bool = False) -> None:
         super().__init__(freeze_bn=freeze_bn)
         self.register_buffer("mean_bgr", torch.tensor(HED_MEAN_BGR).view(1, 3, 1, 1), persistent=False)
@@ -215,7 +218,7 @@ class Vgg16HedBackbone(Backbone):
         return images.flip(1) * 255.0 - self.mean_bgr.to(images.dtype)
 
     def _run(self, images: Tensor) -> tuple[list[Tensor], Tensor]:
-        """The five block outputs and the fused edge logits ``(B, 1, H, W)``."""
+        """The five block outputs and the side logits ``(B, 5, H, W)`` (before the fusion)."""
         # Channels-last (NHWC) activations: oneDNN's dense 3x3 convolutions are faster so (the
         # edge map of a 321x481 image, one thread: 1.54 s against 1.91 s); cuDNN prefers NHWC too.
         x = self.preprocess(images).contiguous(memory_format=torch.channels_last)
@@ -229,13 +232,27 @@ class Vgg16HedBackbone(Backbone):
                 blocks.append(x)
         size = (images.shape[-2], images.shape[-1])
         sides = [_resize(getattr(self, f"dsn{i}")(b), size) for i, b in enumerate(blocks, start=1)]
-        return blocks, self.fuse(torch.cat(sides, dim=1))
+        return blocks, torch.cat(sides, dim=1)
 
     def extract(self, images: Tensor) -> BackboneOutput:
-        blocks, fused = self._run(images)
+        blocks, sides = self._run(images)
         f2, f4, f8, c5 = blocks[1], blocks[2], blocks[3], blocks[4]
         deep = _resize(c5, (f8.shape[-2], f8.shape[-1]))
-        return BackboneOutput(levels=[f2, f4, f8], deep=deep, edges=torch.sigmoid(fused))
+        return BackboneOutput(levels=[f2, f4, f8], deep=deep, edges=torch.sigmoid(self.fuse(sides)))
+
+    def side_logits(self, images: Tensor) -> Tensor:
+        """HED's five side-output logits, each resized to the input size, before the fusion
+        (what :class:`ndd.models.edge_fusion.EdgeFusionHead` learns from).
+
+        Args:
+            images: ``(B, 3, H, W)`` float RGB in [0, 1].
+
+        Returns:
+            ``(B, 5, H, W)``, blocks 1 (stride 1) to 5 (stride 16); ``fuse`` of them is the
+            logit of :meth:`edge_map`.
+        """
+        check_images(images)
+        return self._run(images)[1]
 
     def edge_map(self, images: Tensor) -> Tensor:
         """HED's fused edge probability.
@@ -247,7 +264,7 @@ class Vgg16HedBackbone(Backbone):
             ``(B, 1, H, W)`` in [0, 1].
         """
         check_images(images)
-        return torch.sigmoid(self._run(images)[1])
+        return torch.sigmoid(self.fuse(self._run(images)[1]))
 
 
 # ----------------------------------------------------------------------------
