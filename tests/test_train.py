@@ -19,7 +19,7 @@ import yaml
 
 from ndd.cli import build_parser, main
 from ndd.cli.train import config_from_args
-from ndd.data import DeadLeaves, collate, downsample_labels, label_kernel
+from ndd.data import DeadLeaves, collate, label_kernel
 from ndd.losses import kernel_matching_loss
 from ndd.models import SpecDiffNet, SpecDiffNetConfig
 from ndd.train import (

@@ -34,7 +34,6 @@ __all__ = [
     "sample_seed",
     "build_train_dataset",
     "StageData",
-    "build_stage_data",
 ]
 
 

@@ -271,7 +271,7 @@ def resample_kernel(K: Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, i
     if tuple(src_grid) == tuple(dst_grid):
         return K
     B = K.shape[0]
-    n_src, n_dst = src_grid[0] * src_grid[1], dst_grid[0] * dst_grid[1]
+    n_dst = dst_grid[0] * dst_grid[1]
     shrink = dst_grid[0] <= src_grid[0] and dst_grid[1] <= src_grid[1]
     kw: dict[str, object] = {"mode": "area"} if shrink else {"mode": "bilinear", "align_corners": False}
 
