@@ -88,7 +88,7 @@ class SpecDiffNet(nn.Module):
         # (ndd.train.edge_fusion) and frozen here like the detector
         self.edge_fusion = None
         if config.edge_fusion_width is not None:
-            detector = self.edge_detector if self.edge_detector is not None else self.backbone
+            detector = self.edge_network
             n_sides = getattr(detector, "n_side_outputs", None)
             if n_sides is None:
                 raise ValueError(f"edge_fusion_width needs an edge detector with side outputs (vgg16_hed); "
@@ -135,9 +135,15 @@ class SpecDiffNet(nn.Module):
         return self.log_tau.exp()
 
     @property
+    def edge_network(self) -> nn.Module | None:
+        """The network whose edge map ``edges`` comes from: the backbone when it has an edge
+        head, else the separate edge detector; ``None`` without either."""
+        return self.backbone if self.backbone.has_edges else self.edge_detector
+
+    @property
     def has_edge_map(self) -> bool:
         """Whether :meth:`forward` gives ``edges`` (from the backbone or the edge detector)."""
-        return self.backbone.has_edges or self.edge_detector is not None
+        return self.edge_network is not None
 
     @property
     def alpha(self) -> Tensor:
@@ -191,7 +197,7 @@ class SpecDiffNet(nn.Module):
         if not edges:
             return emb, levels, None
         edge_map = out.edges
-        detector = self.backbone if edge_map is not None else self.edge_detector
+        detector = self.edge_network
         if detector is not None and self.edge_fusion is not None:
             with torch.no_grad():
                 sides = multiscale_side_logits(detector.side_logits, images, self.config.edge_scales)

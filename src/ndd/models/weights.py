@@ -60,7 +60,12 @@ class WeightsEntry:
 
     @property
     def path(self) -> Path:
-        return Path(str(resources.files("ndd") / "weights" / self.filename))
+        return _shipped_file(self.filename)
+
+
+def _shipped_file(filename: str) -> Path:
+    """Where a file shipped in ``ndd/weights`` is installed."""
+    return Path(str(resources.files("ndd") / "weights" / filename))
 
 
 #: What every shipped model expects: ``ndd.inference`` does this to any image.
@@ -378,8 +383,7 @@ def _with_edge_fusion(payload: dict[str, Any], entry: WeightsEntry) -> dict[str,
 
     assert entry.edge_fusion is not None
     filename, sha256 = entry.edge_fusion
-    path = Path(str(resources.files("ndd") / "weights" / filename))
-    head = read_edge_fusion(path, sha256=sha256 or None)
+    head = read_edge_fusion(_shipped_file(filename), sha256=sha256 or None)
     scales = tuple(entry.config.get("edge_scales", payload["config"].get("edge_scales", (1.0,))))
     if tuple(head["scales"]) != tuple(float(x) for x in scales):
         raise ValueError(f"{filename} was trained for edge scales {tuple(head['scales'])}, "

@@ -42,20 +42,15 @@ StrPath = str | os.PathLike[str]
 
 
 def bsds_pairs(root: StrPath, splits: Sequence[str]) -> list[tuple[Path, Path]]:
-    """``(image, groundTruth .mat)`` of every image of BSDS500 ``splits`` (sorted by id)."""
-    from ndd.data.bsds import resolve_bsds_root
+    """``(image, groundTruth .mat)`` of every image of BSDS500 ``splits`` (sorted by id), as
+    :class:`ndd.data.BSDS500` indexes them (same checks: missing folders, images without
+    ground truth)."""
+    from ndd.data.bsds import BSDS500
 
-    data = resolve_bsds_root(root)
-    pairs = []
+    pairs: list[tuple[Path, Path]] = []
     for split in splits:
-        images = sorted((data / "images" / split).glob("*.jpg"))
-        if not images:
-            raise FileNotFoundError(f"no images in {data / 'images' / split}")
-        for image in images:
-            gt = data / "groundTruth" / split / f"{image.stem}.mat"
-            if not gt.is_file():
-                raise FileNotFoundError(f"ground truth missing for {image.name}: {gt}")
-            pairs.append((image, gt))
+        dataset = BSDS500(root, split)  # type: ignore[arg-type]
+        pairs += list(zip(dataset.image_paths, dataset.gt_paths))
     return pairs
 
 
@@ -81,7 +76,7 @@ def cache_side_logits(model: SpecDiffNet, images: Sequence[StrPath], out_dir: St
     """
     from ndd.formats.images import read_image
 
-    detector = model.edge_detector if model.edge_detector is not None else model.backbone
+    detector = model.edge_network
     if not hasattr(detector, "side_logits"):
         raise ValueError("the model has no edge detector with side outputs (vgg16_hed)")
     out = Path(out_dir)
@@ -136,7 +131,7 @@ def train_edge_fusion(side_logits: Sequence[StrPath | np.ndarray], groundtruth: 
     torch.manual_seed(settings.seed)
     head = EdgeFusionHead(channels, settings.width)
     if model is not None:
-        detector = model.edge_detector if model.edge_detector is not None else model.backbone
+        detector = model.edge_network
         head.init_from_fuse(detector.fuse.weight, detector.fuse.bias, channels // detector.n_side_outputs)
     optimiser = torch.optim.Adam(head.parameters(), settings.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, settings.steps)
