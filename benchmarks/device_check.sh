@@ -15,28 +15,12 @@
 # DEVICE=cpu COUNT=2 SPECTRAL_REPEATS=1 bash benchmarks/device_check.sh (slow, but it checks the
 # commands).
 set -u
-cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 OUT=${OUT:-runs/device_check}
 DEVICE=${DEVICE:-cuda}
 COUNT=${COUNT:-10}
 SPECTRAL_REPEATS=${SPECTRAL_REPEATS:-5}
 IMAGES=${IMAGES:-runs/device_images}
-PY=${PY:-python3}
-mkdir -p "$OUT"
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-
-step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $OUT/NAME.log, say how it ended
-    local name=$1 limit=$2
-    shift 2
-    echo "== $name (limit ${limit} s): $*"
-    local start=$SECONDS
-    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
-    local code=$?
-    tail -n 25 "$OUT/$name.log"
-    echo "== $name: exit $code after $((SECONDS - start)) s"
-}
+source "$(dirname "$0")/device_steps.sh"
 
 step environment 120 "$PY" -c "
 import platform, torch, ndd
