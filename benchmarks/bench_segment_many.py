@@ -6,10 +6,11 @@ and prints wall time, images/s and the load
 average around each run (a CPU that other jobs share gives slower, noisier figures)::
 
     python benchmarks/bench_segment_many.py [--images data/BSDS500/data/images/test] [--count 200]
-        [--model default] [--format ucm2] [--settings 1x2 2x1 2x1+int8]
+        [--model default] [--format ucm2] [--settings 1x2 2x1 2x1+float]
 
 A setting ``KxT`` is K workers with T torch threads each (``--workers K --threads T``); a
-``+int8`` suffix adds ``--int8-edges`` (the HED trunk in int8).
+``+int8`` suffix adds ``--int8-edges`` (the HED trunk in int8), ``+float`` adds
+``--no-int8-edges`` (float32 HED: the default model runs its trunk in int8 on an x86 CPU).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def main() -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--format", default="ucm2")
     parser.add_argument("--settings", nargs="+", default=["1x2", "2x1"],
-                        help="KxT: K workers, T threads each; KxT+int8 adds --int8-edges")
+                        help="KxT: K workers, T threads each; KxT+int8 adds --int8-edges, KxT+float --no-int8-edges")
     args = parser.parse_args()
     images = sorted(args.images.glob("*.jpg"))[: args.count]
     if not images:
@@ -61,7 +62,7 @@ def main() -> None:
     for setting in args.settings:
         shape, _, flag = setting.lower().partition("+")
         workers, threads = (int(v) for v in shape.split("x"))
-        extra = {"": [], "int8": ["--int8-edges"]}[flag]
+        extra = {"": [], "int8": ["--int8-edges"], "float": ["--no-int8-edges"]}[flag]
         before = os.getloadavg()[0]
         seconds = run(images, args.model, args.format, workers, threads, extra)
         print(f"--workers {workers} --threads {threads}{' ' + ' '.join(extra) if extra else ''}: {seconds:.1f} s, {len(images) / seconds:.3f} images/s, "

@@ -185,10 +185,22 @@ def test_segment_resumes_only_what_was_made_with_the_same_settings(tmp_path, cap
     assert "1 image(s) segmented" in err and (out / "p.mat").is_file()
 
 
-def test_segment_with_shipped_model(tmp_path):
+def test_segment_with_shipped_model(tmp_path, capsys):
+    import json
+
     photo = write_photo(tmp_path / "p.png")
     assert main(["segment", str(photo), "--out", str(tmp_path / "o"), "--levels", "1,2"]) == 0
     assert io.read_ucm2(tmp_path / "o" / "p.mat").shape == (81, 113)
+    # on an x86 CPU the default model runs HED's trunk in int8 unless told --no-int8-edges, and the
+    # run records what it did (a float32 run into the same folder redoes the image)
+    from ndd.models.vgg16_hed import int8_supported
+
+    x86 = int8_supported()
+    (recorded,) = [json.loads(f.read_text()) for f in (tmp_path / "o").glob(".ndd-segment.settings-*.json")]
+    assert recorded["int8_edges"] is x86 and ("HED trunk in int8" in capsys.readouterr().err) is x86
+    assert main(["segment", str(photo), "--out", str(tmp_path / "o"), "--levels", "1,2", "--no-int8-edges"]) == 0
+    err = capsys.readouterr().err
+    assert "HED trunk in int8" not in err and ("(int8_edges) are segmented again" in err) is x86
 
 
 def test_segment_superpixels_needs_an_edge_model(tmp_path, capsys):

@@ -271,3 +271,27 @@ def test_similarity_skips_an_edge_map_its_affinity_does_not_read(monkeypatch):
                                                         affinity="features+contour")).eval()
     with torch.no_grad():
         assert contour(x, edges=False).edges is not None  # this affinity reads the map: still computed
+
+
+def test_int8_edges_are_the_cpu_default_only_for_the_shipped_models_that_say_so(tmp_path, monkeypatch):
+    from ndd.inference import load_segmentation_model, resolve_int8_edges
+    from ndd.models import SpecDiffNetWeights, save_model
+    from ndd.models import vgg16_hed
+
+    x86 = vgg16_hed.int8_supported()
+    assert x86 == (torch.backends.quantized.engine in ("x86", "fbgemm"))  # this PyTorch still has the layers
+    says_so = {m.name for m in SpecDiffNetWeights if m.value.cpu_int8_edges}
+    assert says_so == {"BSDS500_HED_V5"}  # the entry whose int8 segmentation was checked on val
+    for spec in (None, "default", "bsds500_hed_v5", "SpecDiffNetWeights.BSDS500_HED_V5"):
+        assert resolve_int8_edges(spec, "cpu") == x86, spec
+    for spec in ("bsds500", "bsds500_hed_v4", "handcrafted", "no_such_model"):
+        assert not resolve_int8_edges(spec, "cpu"), spec
+    checkpoint = save_model(handcrafted(), tmp_path / "default")  # a file named like the model: a checkpoint
+    assert not resolve_int8_edges(str(checkpoint), "cpu")
+    if x86:
+        model, description = load_segmentation_model()
+        assert model.edge_detector.__dict__["_int8_trunk"] is not None and description.endswith("HED trunk in int8")
+    model, description = load_segmentation_model(None, int8_edges=False)
+    assert model.edge_detector.__dict__["_int8_trunk"] is None and "int8" not in description
+    monkeypatch.setattr(vgg16_hed, "int8_supported", lambda: False)  # an ARM CPU, a PyTorch without int8
+    assert not resolve_int8_edges(None, "cpu")

@@ -477,7 +477,7 @@ def segment_files(
     rank: int = 0,
     world_size: int = 1,
     on_stage: Callable[[Path, str], None] | None = None,
-    int8_edges: bool = False,
+    int8_edges: bool | None = None,
     state: ResumeState | None = None,
 ) -> Iterator[ImageOutcome]:
     """Segment ``paths`` into ``job.out_dir``, yielding one outcome per input as it finishes.
@@ -488,7 +488,9 @@ def segment_files(
         model: a loaded :class:`~ndd.models.SpecDiffNet` for ``workers == 1``.
         model_spec, device, int8_edges: what each worker process loads (as ``ndd segment
             --model``, ``--device``, ``--int8-edges``), for ``workers > 1`` (or when ``model``
-            is ``None``).
+            is ``None``); ``int8_edges=None``: :func:`ndd.inference.resolve_int8_edges` (int8
+            for the default model on an x86 CPU). Recorded for resuming: pass the value that
+            a ``model`` given here was loaded with.
         workers: processes; each loads the model once and uses ``torch threads / workers``.
         resume: skip inputs that an earlier run into the same folder completed with the same
             :func:`run_settings` (``model_spec`` names the model there, also when ``model`` is
@@ -504,6 +506,10 @@ def segment_files(
         ValueError: the output folder cannot be created (on the first ``next``).
     """
     _make_out_dir(job.out_dir)
+    if int8_edges is None:
+        from ndd.inference import resolve_int8_edges
+
+        int8_edges = resolve_int8_edges(model_spec, device)
     share = list(paths)[rank::world_size]
     settings = run_settings(job, model_spec, int8_edges) if state is None else state.settings
     if not resume:

@@ -27,7 +27,8 @@ from ndd.models.config import DEFAULT_MAX_SIDE  # torch-free: the CLI reads the 
 from ndd.segment import GridClustering, Hierarchy, segment_from_edges, segment_from_similarity, upsample_hierarchy
 from ndd.segment.hierarchy import UcmValues
 
-__all__ = ["HierarchyOptions", "SegmentationResult", "working_size", "segment_image", "similarity_maps", "points_to_nodes", "check_points", "load_segmentation_model"]
+__all__ = ["HierarchyOptions", "SegmentationResult", "working_size", "segment_image", "similarity_maps",
+           "points_to_nodes", "check_points", "load_segmentation_model", "resolve_int8_edges"]
 
 
 
@@ -346,8 +347,35 @@ def similarity_maps(
     return similarity_maps_from_output(out, model, points, full, size), points
 
 
+def resolve_int8_edges(spec: str | None, device: torch.device | str = "cpu") -> bool:
+    """What ``int8_edges=None`` (``ndd segment`` without ``--int8-edges``/``--no-int8-edges``)
+    means for the model ``spec`` on ``device``: int8 exactly when the device is a CPU whose
+    PyTorch has the x86 int8 layers (:func:`ndd.models.vgg16_hed.int8_supported`) and ``spec``
+    names a shipped model whose entry says so (:attr:`ndd.models.WeightsEntry.cpu_int8_edges`:
+    the default, whose int8 segmentation tied float32 on BSDS500 val); float32 for every other
+    model, device and checkpoint.
+
+    Example:
+        >>> from ndd.models.vgg16_hed import int8_supported
+        >>> resolve_int8_edges("handcrafted"), resolve_int8_edges("default", "cpu") == int8_supported()
+        (False, True)
+    """
+    from ndd.models import get_weights
+
+    if resolve_device(device).type != "cpu" or spec == "handcrafted":
+        return False
+    if spec not in (None, "default") and Path(spec).exists():  # a checkpoint: as trained, float32
+        return False
+    member = get_weights(spec or "default")
+    if member is None or not member.value.cpu_int8_edges:
+        return False
+    from ndd.models.vgg16_hed import int8_supported
+
+    return int8_supported()  # elsewhere (ARM, a PyTorch without int8 layers): float32, silently
+
+
 def load_segmentation_model(spec: str | None = None, device: torch.device | str = "cpu",
-                            int8_edges: bool = False) -> tuple[SpecDiffNet, str]:
+                            int8_edges: bool | None = None) -> tuple[SpecDiffNet, str]:
     """The model behind ``ndd segment --model SPEC``, and a one-line description of it.
 
     ``spec``: ``None``/``"default"`` for the shipped default weights, the name of a shipped
@@ -355,9 +383,12 @@ def load_segmentation_model(spec: str | None = None, device: torch.device | str 
     one), ``"handcrafted"`` for the classical diffusion distance on hand-crafted features, or a
     weights/checkpoint path. ``int8_edges`` (``ndd segment --int8-edges``): run the VGG16-HED
     edge detector's trunk in int8 (:meth:`ndd.models.vgg16_hed.Vgg16HedBackbone.quantize_int8`;
-    CPU only, faster, slightly different edge maps).
+    CPU only, faster, slightly different edge maps); ``None`` (default):
+    :func:`resolve_int8_edges` (int8 for the default model on an x86 CPU).
     """
     device = resolve_device(device)  # a bad or absent device fails here, in one line, before any loading
+    if int8_edges is None:
+        int8_edges = resolve_int8_edges(spec, device)
     if int8_edges and device.type != "cpu":
         raise ValueError(f"--int8-edges runs on the CPU only, not on {device}")
     model, description = _load_segmentation_model(spec, device)

@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         spec = str(args.checkpoint) if args.checkpoint is not None else args.model
         datasets = {s: BSDS500(args.data, s, annotation="all") for s in args.split}  # before the model loads
-        model, description = load_segmentation_model(spec, args.device)  # checks the device first
+        # checks the device first; K_D reads no edges, so HED stays as it is
+        model, description = load_segmentation_model(spec, args.device, int8_edges=False)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"ndd evaluate-kernel: error: {exc}", file=sys.stderr)
         return 2

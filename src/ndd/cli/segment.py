@@ -51,9 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"comma-separated outputs among {','.join(FORMATS)}: label PNGs, the photo with boundaries, "
                         f"mean-colour segments, a strip of all levels, BSDS ucm2 .mat (default {','.join(DEFAULT_FORMATS)})")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (default cpu)")
-    p.add_argument("--int8-edges", action="store_true",
-                   help="run the VGG16-HED edge detector's trunk in int8 (CPU, x86): faster, "
-                        "edge maps within about 0.1 of float32 (README: 'int8 HED')")
+    p.add_argument("--int8-edges", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the VGG16-HED edge detector's trunk in int8 (CPU, x86): 1.4x faster, edge maps within "
+                        "about 0.1 of float32 (default: on for the default model on an x86 CPU, where it tied float32 "
+                        "on BSDS500 val; off for every other model and device; README: 'int8 HED')")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")
     p.add_argument("-v", "--verbose", action="store_true", help="list every file written")
@@ -152,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from ndd.inference import HierarchyOptions, load_segmentation_model
+    from ndd.inference import HierarchyOptions, load_segmentation_model, resolve_int8_edges
 
     if args.threads is not None:  # before anything runs: workers split what is set here
         import torch
@@ -179,13 +180,18 @@ def run(args: argparse.Namespace) -> int:
             print(f"ndd segment: {err}", file=sys.stderr)
             return 2
         rank, world, device = info.rank, info.world_size, str(info.device)
-    settings = run_settings(job, args.model, args.int8_edges)
+    try:  # an absent device (--device cuda without a GPU) is said here, in one line
+        int8_edges = resolve_int8_edges(args.model, device) if args.int8_edges is None else args.int8_edges
+    except ValueError as err:
+        print(f"ndd segment: {err}", file=sys.stderr)
+        return 2
+    settings = run_settings(job, args.model, int8_edges)
     state = resume_state(images, args.out, settings) if args.resume else ResumeState(settings, {}, 0, [])
     pending = len(state.pending(images[rank::world]))
     model = None
     if pending:  # a finished run re-run loads nothing
         try:
-            model, description = load_segmentation_model(args.model, device, args.int8_edges)
+            model, description = load_segmentation_model(args.model, device, int8_edges)
         except (FileNotFoundError, ValueError) as err:
             print(f"ndd segment: {err}", file=sys.stderr)
             return 2
@@ -219,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
 
     outcomes = segment_files(images, job, model=model, model_spec=args.model, device=device, workers=workers,
                              resume=args.resume, rank=rank, world_size=world, on_stage=stage if progress else None,
-                             int8_edges=args.int8_edges, state=state)
+                             int8_edges=int8_edges, state=state)
     with messages_beside(bar, "ndd segment"):  # warnings and log records never break the bar's line
         for outcome in outcomes:
             counts[outcome.status] += 1

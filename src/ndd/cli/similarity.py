@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from ndd.inference import load_segmentation_model, similarity_maps
 
     try:
-        model, description = load_segmentation_model(args.model, args.device)
+        model, description = load_segmentation_model(args.model, args.device, int8_edges=False)  # K_D reads no edges
     except (FileNotFoundError, ValueError) as err:
         print(f"ndd similarity: {err}", file=sys.stderr)
         return 2

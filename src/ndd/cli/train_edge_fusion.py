@@ -66,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
         if "test" in args.split:
             print(f"{prog}: warning: training on the test split: its scores will no longer mean anything",
                   file=sys.stderr)
-        model, description = load_segmentation_model(None if args.model == "default" else args.model)
+        # float32 side logits: the head is trained for the float32 detector
+        spec = None if args.model == "default" else args.model
+        model, description = load_segmentation_model(spec, int8_edges=False)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2

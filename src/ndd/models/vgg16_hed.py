@@ -65,6 +65,7 @@ __all__ = [
     "Vgg16HedBackbone",
     "vgg16_hed",
     "calibrate_int8",
+    "int8_supported",
     "INT8_QPARAMS_FILE",
     "load_int8_qparams",
     "save_int8_qparams",
@@ -281,8 +282,24 @@ def _int8_activation_names() -> list[str]:
                         for j in range(1, len(convs) + 1)]
 
 
+#: PyTorch's quantized engines whose kernels run the int8 trunk (fbgemm is x86's older name)
+_X86_ENGINES = ("x86", "fbgemm")
+
+
+def int8_supported() -> bool:
+    """Whether :meth:`Vgg16HedBackbone.quantize_int8` can run here: PyTorch's quantized engine
+    is x86/fbgemm and its int8 convolution layers still exist (PyTorch 2.14 deprecates them)."""
+    if torch.backends.quantized.engine not in _X86_ENGINES:
+        return False
+    try:
+        from torch.ao.nn.intrinsic.quantized import ConvReLU2d  # noqa: F401
+    except (ImportError, AttributeError):
+        return False
+    return hasattr(torch, "quantize_per_tensor") and hasattr(torch, "quantize_per_channel")
+
+
 def _check_quantized_engine() -> None:
-    if torch.backends.quantized.engine not in ("x86", "fbgemm"):
+    if torch.backends.quantized.engine not in _X86_ENGINES:
         raise RuntimeError(f"int8 needs PyTorch's x86/fbgemm quantized engine, this one has "
                            f"{torch.backends.quantized.engine!r}")
 

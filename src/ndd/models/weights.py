@@ -57,6 +57,11 @@ class WeightsEntry:
     #: width becomes ``edge_fusion_width``; its scales must be the entry's ``edge_scales``.
     #: Compared: another head is another model.
     edge_fusion: tuple[str, str] | None = field(default=None, hash=False)
+    #: run the VGG16-HED trunk in int8 when the entry segments on a CPU with x86 quantized
+    #: kernels (:func:`ndd.inference.resolve_int8_edges`; what ``ndd segment`` does unless
+    #: told ``--no-int8-edges``): only for an entry whose detector is the one the shipped int8
+    #: table was calibrated on and whose int8 segmentation was checked against float32 on val.
+    cpu_int8_edges: bool = field(default=False, hash=False, compare=False)
 
     @property
     def path(self) -> Path:
@@ -186,6 +191,8 @@ class SpecDiffNetWeights(Enum):
         # V4 whose edge map is a learned fusion of HED's side outputs at the three scales
         # (ndd train-edge-fusion on train+val); the train-only head was ahead of V4 on val (README)
         edge_fusion=("hed_edge_fusion_bsds500.pt", "f02379fc02b9316b448842281fe5f831a054afc703c3c7d3a28a15deb42420a1"),
+        # on val, HED's trunk in int8 tied float32 on every figure and segmented 1.4x faster (README)
+        cpu_int8_edges=True,
         meta={
             **_LITE0_HED,
             "recipe": "BSDS500_HED_V4 with HED's side outputs at scales 0.5, 1, 1.5 fused by a learned head "
@@ -194,6 +201,9 @@ class SpecDiffNetWeights(Enum):
             # ndd segment + ndd evaluate, 200 test images; K_D is V3's; MODEL_CARD.md
             "metrics": {"covering_ods_ois_best": (0.640, 0.706, 0.807), "paper_avg_max": (0.706, 0.802),
                         "boundary_ods_ois_ap": (0.742, 0.783, 0.688), "kernel_cosine_test": 0.728},
+            # the same with HED's trunk in int8, what ndd segment runs on an x86 CPU
+            "metrics_cpu_int8": {"covering_ods_ois_best": (0.642, 0.706, 0.806), "paper_avg_max": (0.705, 0.802),
+                                 "boundary_ods_ois_ap": (0.742, 0.783, 0.687)},
         },
     )
     #: The recommended weights (an alias, as torchvision's ``DEFAULT``).
