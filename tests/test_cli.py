@@ -112,6 +112,8 @@ def test_segment_checks_inputs_device_and_model_before_any_work(tmp_path, capsys
         ([str(photo)], ["--model", str(notes)], "not an ndd checkpoint or weights file"),
         ([str(photo)], ["--diffusion-weight", "1.5"], "--diffusion-weight must be in [0, 1]"),
         ([str(photo)], ["--diffusion-tau", "0"], "--diffusion-tau > 0"),
+        ([str(photo)], ["--small-edge-weight", "1.5"], "--small-edge-weight and --diffusion-weight must be in [0, 1]"),
+        ([str(photo)], ["--small-region", "0"], "--small-region in (0, 1)"),
     ]
     if not torch.cuda.is_available():
         cases.append(([str(photo)], ["--device", "cuda"], "CUDA is not available"))

@@ -134,7 +134,8 @@ def test_superpixels_merged_by_features_skip_the_spectral_block_with_the_same_re
 
     opts = HierarchyOptions()
     K = spectral.feature_kernel(out.embedding, model.config.merge_mu_scale * model.mu)[0]
-    whole = segment_from_edges(out.edges[0, 0].numpy(), K, out.grid_shape, min_size=round(opts.min_region * 48 * 64))
+    whole = segment_from_edges(out.edges[0, 0].numpy(), K, out.grid_shape, min_size=round(opts.min_region * 48 * 64),
+                               small_edge_weight=opts.small_edge_weight, small_size=opts.small_region * 48 * 64)
     assert np.array_equal(skipped, whole.to_ucm2(values="spread"))
     segment_image(img, model, max_side=None, merge_by="diffusion")  # K_D asked for: computed, in float32
     assert calls == [1, 0.5]
@@ -203,7 +204,8 @@ def test_a_diffusion_weight_mixes_k_d_into_the_merging_kernel(monkeypatch):
         out = model(torch.from_numpy(img).permute(2, 0, 1)[None], spectral_dtype="float32")
     K = 0.6 * spectral.feature_kernel(out.embedding, model.config.merge_mu_scale * model.mu)[0] + 0.4 * out.similarity[0]
     opts = HierarchyOptions()
-    whole = segment_from_edges(out.edges[0, 0].numpy(), K, out.grid_shape, min_size=round(opts.min_region * 48 * 64))
+    whole = segment_from_edges(out.edges[0, 0].numpy(), K, out.grid_shape, min_size=round(opts.min_region * 48 * 64),
+                               small_edge_weight=opts.small_edge_weight, small_size=opts.small_region * 48 * 64)
     assert np.array_equal(mixed, whole.to_ucm2(values="spread"))
     # the model's own weight is the default; 0 turns it off
     model.config = dataclasses.replace(model.config, merge_diffusion_weight=0.4)
@@ -230,7 +232,8 @@ def test_a_diffusion_tau_replaces_k_d_by_exp_minus_tau_d_in_the_merging_kernel(m
     def reference(share):
         K = 0.7 * Kf + 0.3 * share
         return segment_from_edges(out.edges[0, 0].numpy(), K, out.grid_shape,
-                                  min_size=round(opts.min_region * 48 * 64)).to_ucm2(values="spread")
+                                  min_size=round(opts.min_region * 48 * 64), small_edge_weight=opts.small_edge_weight,
+                                  small_size=opts.small_region * 48 * 64).to_ucm2(values="spread")
 
     # a tau far from the model's makes another hierarchy on this image, so the check can fail
     tau = 25.0 * float(model.tau)
@@ -295,3 +298,22 @@ def test_int8_edges_are_the_cpu_default_only_for_the_shipped_models_that_say_so(
     assert model.edge_detector.__dict__["_int8_trunk"] is None and "int8" not in description
     monkeypatch.setattr(vgg16_hed, "int8_supported", lambda: False)  # an ARM CPU, a PyTorch without int8
     assert not resolve_int8_edges(None, "cpu")
+
+
+def test_small_region_options_reach_the_superpixel_merging(monkeypatch):
+    import ndd.inference as inference
+
+    img, model, _ = edge_model_counting_diffusion(monkeypatch)
+    seen = []
+    original = inference.segment_from_edges
+    monkeypatch.setattr(inference, "segment_from_edges", lambda *a, **k: seen.append(k) or original(*a, **k))
+    default = segment_image(img, model, max_side=None)
+    assert seen[-1]["small_edge_weight"] == HierarchyOptions().small_edge_weight
+    assert seen[-1]["small_size"] == pytest.approx(HierarchyOptions().small_region * 48 * 64)
+    segment_image(img, model, max_side=None, small_edge_weight=0.5, small_region=0.1)
+    assert seen[-1]["small_edge_weight"] == 0.5 and seen[-1]["small_size"] == pytest.approx(0.1 * 48 * 64)
+    # the schedule at the edge weight itself is one weight for every pair: the hierarchy without it
+    same = segment_image(img, model, max_side=None, small_edge_weight=0.2)
+    off = segment_image(img, model, max_side=None, small_edge_weight=None)
+    np.testing.assert_array_equal(same.to_ucm2(), off.to_ucm2())
+    assert default.hierarchy.n_segments == off.hierarchy.n_segments  # same superpixels either way

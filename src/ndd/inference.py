@@ -59,6 +59,12 @@ class HierarchyOptions:
         min_region: superpixels: regions smaller than this fraction of the image are absorbed
             first (slivers between the flanks of a contour).
         edge_weight: superpixels: weight of the contour term against feature similarity.
+        small_edge_weight: superpixels: weight of the contour term for a pair of regions one of
+            which is small: ``edge_weight + (small_edge_weight - edge_weight) exp(-m / (s A))``
+            with ``m`` the smaller region's pixels, ``A`` the image's and ``s`` =
+            ``small_region``, so fragments merge by their contours (as OWT-UCM) and large
+            regions by their features; ``None``: ``edge_weight`` for every pair.
+        small_region: superpixels: ``s`` above, a fraction of the image.
         merge_mu_scale: merging by features: the kernel is ``exp(-s * mu ||f_i - f_j||^2)``
             with this ``s``; ``None`` (default): the model's own
             (:attr:`ndd.models.SpecDiffNetConfig.merge_mu_scale`, chosen with its weights).
@@ -88,6 +94,8 @@ class HierarchyOptions:
     superpixel_depth: float = 0.02
     min_region: float = 200 / (321 * 481)
     edge_weight: float = 0.2
+    small_edge_weight: float | None = 0.9
+    small_region: float = 0.005
     merge_mu_scale: float | None = None
     diffusion_weight: float | None = None
     diffusion_tau: float | None = None
@@ -290,7 +298,8 @@ def _superpixel_hierarchy(out, model: SpecDiffNet, size: tuple[int, int], opts: 
     edges = out.edges[0, 0].float().cpu().numpy()
     similarity = _merge_similarity(out, model, opts)
     return segment_from_edges(edges, similarity, out.grid_shape, depth=opts.superpixel_depth,
-                              min_size=round(opts.min_region * size[0] * size[1]), edge_weight=opts.edge_weight)
+                              min_size=round(opts.min_region * size[0] * size[1]), edge_weight=opts.edge_weight,
+                              small_edge_weight=opts.small_edge_weight, small_size=opts.small_region * size[0] * size[1])
 
 
 def points_to_nodes(points: Sequence[tuple[float, float]], image_size: tuple[int, int],

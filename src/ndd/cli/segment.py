@@ -81,6 +81,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "banded kernel W (the authors' code)")
     p.add_argument("--edge-weight", type=float, default=None,
                    help="superpixels: weight of the contour term against feature similarity (default 0.2)")
+    p.add_argument("--small-edge-weight", type=float, default=None, metavar="W",
+                   help="superpixels: weight of the contour term for pairs with a small region, "
+                        "edge_weight + (W - edge_weight) exp(-m / (F A)) with m the smaller region's pixels and A the "
+                        "image's (default 0.9; W = --edge-weight: one weight for every pair)")
+    p.add_argument("--small-region", type=float, default=None, metavar="F",
+                   help="superpixels: F above, the size of 'small' as a fraction of the image (default 0.005)")
     p.add_argument("--merge-mu-scale", type=float, default=None, metavar="S",
                    help="merging by features: kernel exp(-S mu |f_i - f_j|^2) (default: the model's own, chosen "
                         "with its weights on BSDS500 val)")
@@ -104,11 +110,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if (args.edge_weight is not None and not 0.0 <= args.edge_weight <= 1.0) or (
+            args.small_edge_weight is not None and not 0.0 <= args.small_edge_weight <= 1.0) or (
+            args.small_region is not None and not 0.0 < args.small_region < 1.0) or (
             args.coverage is not None and not 0.0 < args.coverage < 1.0) or (
             args.merge_mu_scale is not None and not args.merge_mu_scale > 0) or (
             args.diffusion_weight is not None and not 0.0 <= args.diffusion_weight <= 1.0) or (
             args.diffusion_tau is not None and not args.diffusion_tau > 0):
-        print("ndd segment: --edge-weight and --diffusion-weight must be in [0, 1], --coverage in (0, 1), "
+        print("ndd segment: --edge-weight, --small-edge-weight and --diffusion-weight must be in [0, 1], "
+              "--coverage and --small-region in (0, 1), "
               "--merge-mu-scale and --diffusion-tau > 0", file=sys.stderr)
         return 2
     if (args.workers is not None and args.workers < 1) or (args.threads is not None and args.threads < 1) or (
@@ -161,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
 
     given = {"method": args.method, "merge_by": args.merge_by, "edge_weight": args.edge_weight,
+             "small_edge_weight": args.small_edge_weight, "small_region": args.small_region,
              "merge_mu_scale": args.merge_mu_scale, "diffusion_weight": args.diffusion_weight,
              "diffusion_tau": args.diffusion_tau,
              "coverage_threshold": args.coverage, "ucm_values": args.ucm_values,

@@ -204,6 +204,9 @@ class SpecDiffNetWeights(Enum):
             # the same with HED's trunk in int8, what ndd segment runs on an x86 CPU
             "metrics_cpu_int8": {"covering_ods_ois_best": (0.642, 0.706, 0.806), "paper_avg_max": (0.705, 0.802),
                                  "boundary_ods_ois_ap": (0.742, 0.783, 0.687)},
+            # int8, and the hierarchy's small-region contour weight (HierarchyOptions.small_edge_weight)
+            "metrics_cpu_default": {"covering_ods_ois_best": (0.638, 0.709, 0.812), "paper_avg_max": (0.708, 0.806),
+                                    "boundary_ods_ois_ap": (0.745, 0.792, 0.695)},
         },
     )
     #: The recommended weights (an alias, as torchvision's ``DEFAULT``).

@@ -26,12 +26,20 @@ class LinkageTerm:
     products (average linkage), or boundary-strength sums over boundary lengths (the mean
     contour strength between two regions, as OWT-UCM). ``empty`` is the ratio used where the
     denominator is 0 (e.g. regions that share no boundary).
+
+    ``small_weight`` makes the weight depend on the pair: ``weight + (small_weight - weight)
+    exp(-m / small_size)`` with ``m`` the size of the smaller of the two clusters (sizes from
+    :func:`agglomerate`'s ``cluster_sizes``), so pairs with a tiny member are scored mostly by
+    ``small_weight`` and pairs of large clusters by ``weight``. A pair's weight changes only
+    when one of its clusters merges, as its ratios do.
     """
 
     numerator: np.ndarray
     denominator: np.ndarray
     weight: float = 1.0
     empty: float = 0.0
+    small_weight: float | None = None
+    small_size: float = 1.0
 
 
 def agglomerate(
@@ -40,6 +48,7 @@ def agglomerate(
     allowed: np.ndarray | None = None,
     fallback: np.ndarray | None = None,
     terms: Sequence[LinkageTerm] = (),
+    cluster_sizes: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Greedy agglomeration: always merge the allowed pair of largest score.
 
@@ -61,6 +70,8 @@ def agglomerate(
         fallback: optional (n, n) boolean used once no allowed pair is left; if that runs out
             too (or is None) any pair may merge, so the result always ends in one cluster.
         terms: further :class:`LinkageTerm` s added to the score.
+        cluster_sizes: (n,) positive sizes of the leaves (added up as clusters merge) that
+            terms with a ``small_weight`` weigh pairs by; needed only by such terms.
 
     Returns:
         ``(merges, scores)``: (n-1, 2) int64 cluster ids (smaller first) and (n-1,) float64
@@ -86,10 +97,23 @@ def agglomerate(
             raise ValueError(f"every linkage matrix must be ({n}, {n})")
     weights = [float(t.weight) for t in all_terms]
     empties = [float(t.empty) for t in all_terms]
+    scheduled = [t.small_weight is not None for t in all_terms]
+    size_of = None
+    if any(scheduled):
+        if cluster_sizes is None or np.shape(cluster_sizes) != (n,) or not np.all(np.asarray(cluster_sizes) > 0):
+            raise ValueError(f"terms with a small_weight need ({n},) positive cluster_sizes")
+        if any(t.small_weight is not None and not t.small_size > 0 for t in all_terms):
+            raise ValueError("small_size must be > 0")
+        size_of = np.asarray(cluster_sizes, dtype=np.float64).copy()
 
     def score(rows: np.ndarray | slice) -> np.ndarray:
         total = 0.0
-        for num, den, w, e in zip(nums, dens, weights, empties):
+        smaller = None
+        if size_of is not None:  # (rows, n) size of the smaller cluster of each pair
+            smaller = np.minimum(size_of[rows][..., None] if isinstance(rows, slice) else size_of[rows], size_of)
+        for term, num, den, w, e, sched in zip(all_terms, nums, dens, weights, empties, scheduled):
+            if sched:
+                w = w + (term.small_weight - w) * np.exp(-smaller / term.small_size)
             with np.errstate(divide="ignore", invalid="ignore"):
                 total = total + w * np.where(den[rows] > 0, num[rows] / den[rows], e)
         return total
@@ -123,6 +147,8 @@ def agglomerate(
         for mat in (*nums, *dens):
             mat[a] += mat[b]
             mat[:, a] += mat[:, b]
+        if size_of is not None:
+            size_of[a] += size_of[b]
         adj[a] |= adj[b]
         adj[:, a] |= adj[:, b]
         adj[a, a] = False

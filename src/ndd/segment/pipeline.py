@@ -169,13 +169,18 @@ def hierarchy_from_superpixels(
     similarity_sums: np.ndarray | None = None,
     sizes: np.ndarray | None = None,
     edge_weight: float = 0.5,
+    small_edge_weight: float | None = None,
+    small_size: float = 1.0,
 ) -> Hierarchy:
     """Merge pixel-accurate regions by contour strength and region similarity.
 
     Adjacent regions ``a, b`` merge in order of the largest score
-    ``edge_weight * (1 - mean edge strength on their border) + (1 - edge_weight) * mean
-    similarity``, both averages over the unions as regions grow (the mean-boundary rule of
-    OWT-UCM plus average linkage); merge heights are ``1 - score``.
+    ``w * (1 - mean edge strength on their border) + (1 - w) * mean similarity``, both
+    averages over the unions as regions grow (the mean-boundary rule of OWT-UCM plus average
+    linkage); merge heights are ``1 - score``. ``w`` is ``edge_weight``, or, with
+    ``small_edge_weight``, ``edge_weight + (small_edge_weight - edge_weight) exp(-m /
+    small_size)`` with ``m`` the pixel count of the smaller region: small fragments go by
+    their contours (OWT-UCM), large regions by how alike they look.
 
     Args:
         superpixels: (H, W) labels ``0 .. n-1``, every region 4-connected
@@ -185,24 +190,34 @@ def hierarchy_from_superpixels(
             (:func:`ndd.segment.grid_similarity_sums` of ``K_D``); ``None`` merges by edges only.
         sizes: (n,) region sizes that ``similarity_sums`` are averaged by.
         edge_weight: weight of the contour term in [0, 1].
+        small_edge_weight: weight of the contour term for pairs with a tiny region, in [0, 1]
+            (``None``: ``edge_weight`` for every pair).
+        small_size: pixels: the size scale of "tiny" (> 0).
 
     Returns:
         :class:`Hierarchy` at the resolution of ``superpixels``.
     """
-    if not 0.0 <= edge_weight <= 1.0:
-        raise ValueError(f"edge_weight must be in [0, 1], got {edge_weight}")
+    for name, w in (("edge_weight", edge_weight), ("small_edge_weight", small_edge_weight)):
+        if w is not None and not 0.0 <= w <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {w}")
+    if small_edge_weight is not None and not small_size > 0:
+        raise ValueError(f"small_size must be > 0, got {small_size}")
     superpixels = np.asarray(superpixels, dtype=np.int64)
     n = int(superpixels.max()) + 1
     strength, length = boundary_sums(superpixels, edges, n)
     if similarity_sums is None:
-        edge_weight = 1.0  # contours alone
-    terms = [LinkageTerm(length - strength, length, weight=edge_weight)]
-    if edge_weight < 1.0:
+        edge_weight, small_edge_weight = 1.0, None  # contours alone
+    small = {} if small_edge_weight is None else {"small_weight": small_edge_weight, "small_size": float(small_size)}
+    terms = [LinkageTerm(length - strength, length, weight=edge_weight, **small)]
+    if edge_weight < 1.0 or small:
         if sizes is None:
             raise ValueError("similarity_sums need the region sizes")
         size = np.asarray(sizes, dtype=np.float64)
-        terms.append(LinkageTerm(np.asarray(similarity_sums, dtype=np.float64), np.outer(size, size), weight=1.0 - edge_weight))
-    pairs, scores = agglomerate(None, None, allowed=length > 0, terms=terms)
+        rest = {} if not small else {"small_weight": 1.0 - small_edge_weight, "small_size": float(small_size)}
+        terms.append(LinkageTerm(np.asarray(similarity_sums, dtype=np.float64), np.outer(size, size),
+                                 weight=1.0 - edge_weight, **rest))
+    pixels = np.bincount(superpixels.reshape(-1), minlength=n).astype(np.float64) if small else None
+    pairs, scores = agglomerate(None, None, allowed=length > 0, terms=terms, cluster_sizes=pixels)
     return Hierarchy.from_merges(superpixels, pairs, scores)
 
 
@@ -213,6 +228,8 @@ def segment_from_edges(
     depth: float = 0.02,
     min_size: int = 200,
     edge_weight: float = 0.2,
+    small_edge_weight: float | None = None,
+    small_size: float = 1.0,
 ) -> Hierarchy:
     """Pixel-accurate hierarchy from an edge map and a grid similarity.
 
@@ -226,7 +243,7 @@ def segment_from_edges(
         similarity: optional (N, N) similarity on an ``(h, w)`` grid whose node ``j`` sits on
             pixel ``8 j`` (the feature kernel or ``K_D`` of a model); ``None``: edges only.
         grid_shape: ``(h, w)`` of ``similarity``.
-        depth, min_size, edge_weight: see the functions above.
+        depth, min_size, edge_weight, small_edge_weight, small_size: see the functions above.
 
     Returns:
         :class:`Hierarchy` at (H, W).
@@ -244,4 +261,5 @@ def segment_from_edges(
         raise ValueError("a grid similarity needs its grid_shape")
     nodes = pixel_grid_nodes(edges.shape, grid_shape)
     sums, sizes = grid_similarity_sums(regions, similarity, nodes)
-    return hierarchy_from_superpixels(regions, edges, sums, sizes, edge_weight=edge_weight)
+    return hierarchy_from_superpixels(regions, edges, sums, sizes, edge_weight=edge_weight,
+                                      small_edge_weight=small_edge_weight, small_size=small_size)
