@@ -1028,8 +1028,8 @@ def _ritz_eigh(H: Tensor) -> tuple[Tensor, Tensor]:
 
     On a GPU a float32 ``H`` is diagonalised in float64 and the result cast back: cuSOLVER's
     float32 ``eigh`` of the 256 x 256 ``H`` of the paper-sized graph left D with a relative
-    error of 1.7e-3 on an H200 (float64 there, or float32 on the CPU: 1e-6; README,
-    "GPU figures"). ``m`` is a few hundred at most, so the float64 solve costs nothing.
+    error of 1.7e-3 on an H200 (float64 there, or float32 on the CPU: 1e-6; README, "On a
+    GPU"). ``m`` is a few hundred at most, so the float64 solve costs nothing.
     """
     if H.dtype == torch.float32 and H.device.type != "cpu":
         theta, Y = torch.linalg.eigh(H.double())
