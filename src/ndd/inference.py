@@ -22,7 +22,7 @@ from ndd import spectral
 from ndd.formats.images import check_points
 from ndd.device import resolve_device
 from ndd.interpolate import infer_stride_ratio
-from ndd.models import SpecDiffNet
+from ndd.models import SpecDiffNet, SpecDiffNetWeights
 from ndd.models.config import DEFAULT_MAX_SIDE  # torch-free: the CLI reads the same constant
 from ndd.segment import GridClustering, Hierarchy, segment_from_edges, segment_from_similarity, upsample_hierarchy
 from ndd.segment.hierarchy import UcmValues
@@ -369,13 +369,9 @@ def resolve_int8_edges(spec: str | None, device: torch.device | str = "cpu") -> 
         >>> resolve_int8_edges("handcrafted"), resolve_int8_edges("default", "cpu") == int8_supported()
         (False, True)
     """
-    from ndd.models import get_weights
-
-    if resolve_device(device).type != "cpu" or spec == "handcrafted":
+    if resolve_device(device).type != "cpu":
         return False
-    if spec not in (None, "default") and Path(spec).exists():  # a checkpoint: as trained, float32
-        return False
-    member = get_weights(spec or "default")
+    member = _shipped_member(spec)  # a checkpoint or "handcrafted": None, float32 as trained
     if member is None or not member.value.cpu_int8_edges:
         return False
     from ndd.models.vgg16_hed import int8_supported
@@ -414,12 +410,22 @@ def load_segmentation_model(spec: str | None = None, device: torch.device | str 
     return model, description
 
 
+def _shipped_member(spec: str | None) -> SpecDiffNetWeights | None:
+    """The shipped weights that ``ndd segment --model SPEC`` names, or ``None`` (``handcrafted``,
+    a file, an unknown name). ``default`` is the shipped default even beside a file of that name."""
+    from ndd.models import get_weights
+
+    if spec == "handcrafted" or (spec not in (None, "default") and Path(spec).exists()):
+        return None
+    return get_weights(spec or "default")
+
+
 def _load_segmentation_model(spec: str | None, device: torch.device) -> tuple[SpecDiffNet, str]:
-    from ndd.models import SpecDiffNetConfig, SpecDiffNetWeights, get_weights, load_model, spec_diff_net
+    from ndd.models import SpecDiffNetConfig, load_model, spec_diff_net
 
     if spec == "handcrafted":
         return SpecDiffNet(SpecDiffNetConfig.handcrafted()).to(device).eval(), "hand-crafted features (classical diffusion distance)"
-    member = get_weights(spec or "default") if spec in (None, "default") or not Path(spec).exists() else None
+    member = _shipped_member(spec)
     if member is not None:
         entry = member.value
         if not entry.path.is_file():

@@ -191,7 +191,7 @@ class SpecDiffNetWeights(Enum):
         # V4 whose edge map is a learned fusion of HED's side outputs at the three scales
         # (ndd train-edge-fusion on train+val); the train-only head was ahead of V4 on val (README)
         edge_fusion=("hed_edge_fusion_bsds500.pt", "f02379fc02b9316b448842281fe5f831a054afc703c3c7d3a28a15deb42420a1"),
-        # on val, HED's trunk in int8 tied float32 on every figure and segmented 1.4x faster (README)
+        # on val, HED's trunk in int8 tied float32 (ahead on 6 of 12 figures, behind on 6) and segmented 1.4x faster (README)
         cpu_int8_edges=True,
         meta={
             **_LITE0_HED,
