@@ -176,11 +176,13 @@ def test_kernel_cosine_per_annotation_is_kernel_cosine_of_the_label_kernels():
     assert float(cos[1]) == 0 and torch.allclose(cos[[0, 2]], kernel_cosine(K * mask, K_gt)[[0, 2]])
 
 
-def test_kernel_accuracy_grid_recovers_the_models_own_score_and_its_best_pair():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))])
+def test_kernel_accuracy_grid_recovers_the_models_own_score_and_its_best_pair(device):
     from ndd.train import format_kernel_grid, kernel_accuracy_grid
 
-    torch.manual_seed(0)
-    model = SpecDiffNet(SpecDiffNetConfig(**TINY_MODEL, learn_diffusion=True))
+    torch.manual_seed(0)  # on CUDA the grid once mixed a GPU score into its CPU sums
+    model = SpecDiffNet(SpecDiffNetConfig(**TINY_MODEL, learn_diffusion=True)).to(device)
     data = DeadLeaves(3, (48, 48), seed=5)
     t, tau = float(model.t.detach()), float(model.tau.detach())
     grid = kernel_accuracy_grid(model, data, [1.0, t, 4.0], [0.5, tau])

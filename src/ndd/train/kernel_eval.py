@@ -210,7 +210,8 @@ def kernel_accuracy_grid(
         for a, t in enumerate(times):
             D = distance_from_embedding(lam, psi, t)
             for b, tau in enumerate(taus):
-                sums[a, b] += kernel_cosine_per_annotation(diffusion_similarity(D, tau), grid).mean()
+                # float(): `sums` stays on the CPU whatever device the model runs on
+                sums[a, b] += float(kernel_cosine_per_annotation(diffusion_similarity(D, tau), grid).mean())
         n += 1
     mean = (sums / max(n, 1)).tolist()
     a, b = divmod(int(torch.argmax(sums)), len(taus))
