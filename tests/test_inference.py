@@ -136,7 +136,7 @@ def test_superpixels_merged_by_features_skip_the_spectral_block_with_the_same_re
     K = spectral.feature_kernel(out.embedding, model.config.merge_mu_scale * model.mu)[0]
     whole = segment_from_edges(out.edges[0, 0].numpy(), K, out.grid_shape, min_size=round(opts.min_region * 48 * 64),
                                small_edge_weight=opts.small_edge_weight, small_size=opts.small_region * 48 * 64)
-    assert np.array_equal(skipped, whole.to_ucm2(values="spread"))
+    assert np.array_equal(skipped, whole.to_ucm2(values="height"))
     segment_image(img, model, max_side=None, merge_by="diffusion")  # K_D asked for: computed, in float32
     assert calls == [1, 0.5]
 
@@ -206,7 +206,7 @@ def test_a_diffusion_weight_mixes_k_d_into_the_merging_kernel(monkeypatch):
     opts = HierarchyOptions()
     whole = segment_from_edges(out.edges[0, 0].numpy(), K, out.grid_shape, min_size=round(opts.min_region * 48 * 64),
                                small_edge_weight=opts.small_edge_weight, small_size=opts.small_region * 48 * 64)
-    assert np.array_equal(mixed, whole.to_ucm2(values="spread"))
+    assert np.array_equal(mixed, whole.to_ucm2(values="height"))
     # the model's own weight is the default; 0 turns it off
     model.config = dataclasses.replace(model.config, merge_diffusion_weight=0.4)
     assert np.array_equal(segment_image(img, model, max_side=None).to_ucm2(), mixed)
@@ -233,7 +233,7 @@ def test_a_diffusion_tau_replaces_k_d_by_exp_minus_tau_d_in_the_merging_kernel(m
         K = 0.7 * Kf + 0.3 * share
         return segment_from_edges(out.edges[0, 0].numpy(), K, out.grid_shape,
                                   min_size=round(opts.min_region * 48 * 64), small_edge_weight=opts.small_edge_weight,
-                                  small_size=opts.small_region * 48 * 64).to_ucm2(values="spread")
+                                  small_size=opts.small_region * 48 * 64).to_ucm2(values="height")
 
     # a tau far from the model's makes another hierarchy on this image, so the check can fail
     tau = 25.0 * float(model.tau)
@@ -284,8 +284,9 @@ def test_int8_edges_are_the_cpu_default_only_for_the_shipped_models_that_say_so(
     x86 = vgg16_hed.int8_supported()
     assert x86 == (torch.backends.quantized.engine in ("x86", "fbgemm"))  # this PyTorch still has the layers
     says_so = {m.name for m in SpecDiffNetWeights if m.value.cpu_int8_edges}
-    assert says_so == {"BSDS500_HED_V5"}  # the entry whose int8 segmentation was checked on val
-    for spec in (None, "default", "bsds500_hed_v5", "SpecDiffNetWeights.BSDS500_HED_V5"):
+    # V5, whose int8 segmentation was checked on val, and V6, V5's edge pathway with another embedding
+    assert says_so == {"BSDS500_HED_V5", "BSDS500_HED_V6"}
+    for spec in (None, "default", "bsds500_hed_v5", "SpecDiffNetWeights.BSDS500_HED_V5", "bsds500_hed_v6"):
         assert resolve_int8_edges(spec, "cpu") == x86, spec
     for spec in ("bsds500", "bsds500_hed_v4", "handcrafted", "no_such_model"):
         assert not resolve_int8_edges(spec, "cpu"), spec

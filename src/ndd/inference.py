@@ -34,6 +34,11 @@ __all__ = ["HierarchyOptions", "SegmentationResult", "working_size", "segment_im
 
 Method = Literal["auto", "superpixels", "grid"]
 MergeBy = Literal["features", "diffusion", "affinity"]
+#: ``ucm_values="auto"`` for each method, chosen on BSDS500 val (README, "ucm2 values"): raw
+#: heights for superpixel hierarchies (their scores are comparable across images; spreading them
+#: to make every level reachable cost boundary F and covering ODS there), evenly spaced ranks for
+#: the grid method (whose late merges crowd above the last thresholds)
+AUTO_UCM_VALUES: dict[str, UcmValues] = {"superpixels": "height", "grid": "rank"}
 
 
 @dataclass(frozen=True)
@@ -75,12 +80,13 @@ class HierarchyOptions:
             (default): the model's own (:attr:`ndd.models.SpecDiffNetConfig.merge_diffusion_tau`,
             else the ``tau`` of its ``K_D``).
         ucm_values: values written to the ``ucm2`` (:meth:`ndd.segment.Hierarchy.merge_values`):
-            ``"spread"`` (merge heights, moved just enough that every level with at most 99
-            segments has a BSDS threshold of its own), ``"rank"`` (evenly spaced by merge
-            order: the same for hierarchies of at most 99 segments), ``"height"`` (``1 -`` merge
-            score: late merges crowd above the last thresholds and those levels can never be
-            scored) or ``"auto"`` (default: ``"spread"`` for superpixels, ``"rank"`` for the
-            grid method, the better of the two on BSDS500 val for each).
+            ``"height"`` (``1 -`` merge score: one scale for every image, so one threshold means
+            the same everywhere; levels whose merges fall between the same two BSDS thresholds
+            cannot be told apart by the benchmark), ``"spread"`` (those heights, moved just
+            enough that every level with at most 99 segments has a BSDS threshold of its own),
+            ``"rank"`` (evenly spaced by merge order: the same for hierarchies of at most 99
+            segments) or ``"auto"`` (default: :data:`AUTO_UCM_VALUES`, the best on BSDS500 val
+            for each method).
         clustering: grid method: centres, k-means and clean-up
             (:class:`ndd.segment.GridClustering`).
 
@@ -252,7 +258,7 @@ def segment_image(
         raise ValueError(f"method must be 'auto', 'superpixels' or 'grid', got {opts.method!r}")
     if tuple(size) != tuple(full):
         hier = hier.resized(full)
-    values = opts.ucm_values if opts.ucm_values != "auto" else ("spread" if method == "superpixels" else "rank")
+    values = opts.ucm_values if opts.ucm_values != "auto" else AUTO_UCM_VALUES[method]
     return SegmentationResult(hier, grid, size, values)
 
 

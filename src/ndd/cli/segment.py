@@ -98,9 +98,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--coverage", type=float, default=None,
                    help="grid: residual coverage at which centre selection stops (default 0.005; paper 0.02)")
     p.add_argument("--ucm-values", choices=("auto", "spread", "height", "rank"), default=None,
-                   help="values of the ucm2: spread (merge heights, moved so that every level up to 99 segments "
-                        "has a BSDS threshold of its own), rank (merge order), height (merge heights); auto "
-                        "(default): spread for superpixels, rank for grid")
+                   help="values of the ucm2: height (1 - merge score, one scale for every image), spread (those "
+                        "heights, moved so that every level up to 99 segments has a BSDS threshold of its own), "
+                        "rank (merge order); auto (default): height for superpixels, rank for grid")
     p.add_argument("--lowres", action="store_true", help="grid method: skip FAI (nearest up-sampling of the grid result)")
     p.add_argument("--legacy", action="store_true",
                    help="the authors' hierarchy (HierarchyOptions.authors(): grid method, fixed first centre, at most "
