@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from ndd._lazy import lazy_attributes
 
 if TYPE_CHECKING:
-    from .checkpoints import load_segmentation_model, load_wsss_checkpoint, load_wsss_model
+    from .checkpoints import load_segmentation_net, load_wsss_checkpoint, load_wsss_model
     from .config import PRESETS, VARIANTS, SegTrainConfig, WSSSNetConfig, WSSSTrainConfig
     from .guidance import Guidance, KernelCache
     from .metrics import confusion_matrix, format_scores, scores_from_confusion
@@ -63,7 +63,7 @@ _WHERE = {
     "format_scores": "metrics",
     "load_wsss_checkpoint": "checkpoints",
     "load_wsss_model": "checkpoints",
-    "load_segmentation_model": "checkpoints",
+    "load_segmentation_net": "checkpoints",
 }
 
 __all__ = list(_WHERE)

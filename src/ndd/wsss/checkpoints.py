@@ -23,7 +23,7 @@ from .network import WSSSNet
 from .segnet import SegmentationNet, build_segmentation_net
 
 __all__ = ["FORMAT", "save_wsss_checkpoint", "load_wsss_checkpoint", "read_run_config", "load_wsss_model",
-           "load_segmentation_model"]
+           "load_segmentation_net"]
 
 FORMAT = "ndd-wsss"
 
@@ -72,7 +72,7 @@ def load_wsss_model(path: str | Path, device: torch.device | str = "cpu") -> tup
     return model.to(device).eval(), meta
 
 
-def load_segmentation_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[SegmentationNet, dict[str, Any]]:
+def load_segmentation_net(path: str | Path, device: torch.device | str = "cpu") -> tuple[SegmentationNet, dict[str, Any]]:
     """The trained :class:`SegmentationNet` of a ``seg`` checkpoint (eval mode) and its metadata."""
     ckpt = load_wsss_checkpoint(path, "seg")
     cfg = ckpt["model_config"]

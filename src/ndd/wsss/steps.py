@@ -263,7 +263,7 @@ def predict(
     """
     from ndd import io
 
-    from .checkpoints import load_segmentation_model
+    from .checkpoints import load_segmentation_net
 
     if not scales or min(scales) <= 0:
         raise ValueError(f"scales must be positive, got {list(scales)}")
@@ -287,7 +287,7 @@ def predict(
     dev = resolve_device(device)
     if num_threads:
         torch.set_num_threads(num_threads)
-    model, _ = load_segmentation_model(checkpoint, dev)
+    model, _ = load_segmentation_net(checkpoint, dev)
 
     def mask(ref: Any) -> np.ndarray:
         if reader is None:
