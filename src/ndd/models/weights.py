@@ -220,8 +220,8 @@ class SpecDiffNetWeights(Enum):
         sha256="e0f1adc456aa6e3130c2621116d630291a9c0ea6970fa20f4c2f3d49f016ce12",
         # K_D = exp(-tau D(t)) at the best kernel accuracy of the train-only twin on val (grid of t x tau)
         calibration={"t": 65.0, "tau": 0.4},
-        # the edge pathway (HED, its int8 table, the fusion head) is V5's, whose int8 segmentation
-        # tied float32 on val; the embedding runs in float32 either way
+        # the edge pathway (HED, its int8 table, the fusion head) is V5's; with the train-only twin on
+        # val, int8 tied float32 (sum of the eight figures 5.947 against 5.948; README "int8 HED")
         cpu_int8_edges=True,
         meta={
             **_LITE0_HED,
