@@ -157,12 +157,9 @@ def fit_and_report(trainer: Any) -> int:
     """Run ``trainer.fit()``, leave the process group, print the final checkpoint (rank 0); exit status 0."""
     import os
 
-    from ndd.train.distributed import shutdown_distributed
+    from ndd.train.loop import fit_and_leave
 
-    try:
-        path = trainer.fit()
-    finally:
-        shutdown_distributed()
+    path = fit_and_leave(trainer)
     if os.environ.get("RANK", "0") == "0":
         print(f"final checkpoint: {path}")
     return 0

@@ -227,11 +227,17 @@ def train(config: TrainConfig) -> Path:
     :mod:`ndd.train.distributed`). Rank 0 writes ``config.yaml``,
     ``metrics.csv``, ``tb/`` and the checkpoints into ``config.run_dir``.
     """
-    trainer = Trainer(config)
+    return fit_and_leave(Trainer(config))
+
+
+def fit_and_leave(trainer: Trainer) -> Path:
+    """``trainer.fit()``, then leave the process group once every rank has finished; returns the
+    path of the final checkpoint. What :func:`train` and ``ndd train`` run after building the
+    :class:`Trainer` (which checks config, data and checkpoint before any step)."""
     try:
         last = trainer.fit()
         # every rank finished (rank 0's last checkpoint written) before any tears the group down: a
-        # rank leaving early made a peer abort in gloo's teardown now and then (1 run in 16 here)
+        # rank leaving early made a peer abort in gloo's teardown now and then (1 run in 8-16)
         barrier(trainer.info)
         return last
     finally:
