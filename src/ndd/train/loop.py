@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -230,10 +230,16 @@ def train(config: TrainConfig) -> Path:
     return fit_and_leave(Trainer(config))
 
 
-def fit_and_leave(trainer: Trainer) -> Path:
+class _Fits(Protocol):
+    info: DistInfo
+
+    def fit(self) -> Path: ...
+
+
+def fit_and_leave(trainer: _Fits) -> Path:
     """``trainer.fit()``, then leave the process group once every rank has finished; returns the
-    path of the final checkpoint. What :func:`train` and ``ndd train`` run after building the
-    :class:`Trainer` (which checks config, data and checkpoint before any step)."""
+    path of the final checkpoint. What :func:`train`, ``ndd train`` and the ``ndd wsss`` trainings
+    run after building their trainer (which checks config, data and checkpoint before any step)."""
     try:
         last = trainer.fit()
         # every rank finished (rank 0's last checkpoint written) before any tears the group down: a

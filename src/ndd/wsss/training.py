@@ -29,8 +29,8 @@ from ndd.train.amp import autocast_dtype, autocast_submodules
 from ndd.train.checkpoint import restore_training_state, save_run_checkpoint, seed_everything, training_state
 from ndd.train.config import _plain
 from ndd.train.data import ResumableDistributedSampler, SeededDataset
-from ndd.train.distributed import DistInfo, init_distributed, shutdown_distributed, window_means
-from ndd.train.loop import _set_determinism
+from ndd.train.distributed import DistInfo, init_distributed, window_means
+from ndd.train.loop import _set_determinism, fit_and_leave
 from ndd.train.metrics import MetricLogger, close_all, open_run_dir, progress_bar
 from ndd.train.optim import build_scheduler, optimizer_step
 
@@ -328,17 +328,9 @@ def train(config: WSSSTrainConfig | None = None, **overrides: Any) -> Path:
     ``train(dataset="folder", data_root="data/shapes", split="train", variant="gap", steps=500)``.
     Under ``torchrun`` each process is one DDP rank.
     """
-    trainer = WSSSTrainer(_config(WSSSTrainConfig, config, overrides))
-    try:
-        return trainer.fit()
-    finally:
-        shutdown_distributed()
+    return fit_and_leave(WSSSTrainer(_config(WSSSTrainConfig, config, overrides)))
 
 
 def train_seg(config: SegTrainConfig | None = None, **overrides: Any) -> Path:
     """``ndd wsss train-seg``: train the segmentation network on pseudo labels; returns ``last.pt``."""
-    trainer = SegTrainer(_config(SegTrainConfig, config, overrides))
-    try:
-        return trainer.fit()
-    finally:
-        shutdown_distributed()
+    return fit_and_leave(SegTrainer(_config(SegTrainConfig, config, overrides)))
