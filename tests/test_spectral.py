@@ -608,7 +608,7 @@ def test_default_krylov_finds_the_localised_eigenvectors_of_a_shipped_model():
     x = torch.from_numpy(image).permute(2, 0, 1)[None]
     x = F.interpolate(x, size=working_size(image.shape[:2], 481), mode="bilinear", antialias=True).clamp(0, 1)
     with torch.no_grad():
-        W = model(x, eigenpairs=False).affinity
+        W = model(x, diffusion=False, edges=False).affinity  # the affinity reads no edges
     t = float(model.t.detach())
     reference = spectral.diffusion_distance(W, t, 50, solver="eigh")
     smooth = spectral.krylov_start(W.num_nodes, 16, W.grid_shape, torch.float64)
