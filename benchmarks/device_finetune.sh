@@ -32,10 +32,7 @@ KERNEL_IMAGES=${KERNEL_IMAGES:-100}
 DATA=${DATA:-runs/device_bsds}
 source "$(dirname "$0")/device_steps.sh"
 
-if [ ! -d "$DATA/BSDS500/data/images/val" ]; then
-    echo "$DATA/BSDS500 is missing (see the top of this script)"
-    exit 1
-fi
+need "$DATA/BSDS500/data/images/val"
 nvidia-smi --query-gpu=name,memory.used --format=csv 2>/dev/null
 step calibrate 120 "$PY" -c "
 import math, sys, torch

@@ -20,10 +20,7 @@ STAGE2=${STAGE2:-30}
 DATA=${DATA:-runs/device_mini}
 source "$(dirname "$0")/device_steps.sh"
 
-if [ ! -d "$DATA/BSDS500" ]; then
-    echo "$DATA/BSDS500 is missing (see the top of this script)"
-    exit 1
-fi
+need "$DATA/BSDS500"
 step train 200 "$PY" -m ndd train --data-root "$DATA" --split train --init-from default \
     --stage1-steps "$STAGE1" --stage2-steps "$STAGE2" --batch-size 4 --device "$DEVICE" --run-dir "$work/a" \
     --save-every 30 --eval-every 45 --val-split val --no-progress --no-tensorboard
