@@ -567,6 +567,114 @@ def _dense_pattern(W: Tensor, max_density: float | None = None) -> _DensePattern
     return _DensePattern(index, transpose, rows, cols, offsets, offsets.int(), cols.int())
 
 
+def _count_nonzero(W: Tensor) -> int:
+    values = W.detach()
+    if values.device.type == "cpu":  # NumPy's count is ~3x faster than torch's here
+        return int(np.count_nonzero(values.contiguous().numpy()))
+    return int(torch.count_nonzero(values))
+
+
+def _grid_from_offsets(offsets: list[int], n: int) -> tuple[int, int, int] | None:
+    """``(h, w, window)`` of a row-major ``h x w`` grid (``h w = n``) whose square windows hold
+    the column offsets ``|j - i|`` seen (sorted, distinct), or ``None`` if they show no grid.
+
+    On a grid of width ``w`` a node's window has the offsets ``dy w + dx``: a run ``0, 1, ...,
+    r`` next to the node, then runs centred on ``w, 2 w, ...``.
+    """
+    positive = offsets[1:] if offsets and offsets[0] == 0 else offsets
+    r = 0
+    while r < len(positive) and positive[r] == r + 1:  # the run 1..r next to the node
+        r += 1
+    if r == len(positive):
+        return None  # a band with no second run: no grid to read
+    w = positive[r] + r  # the next run is w - r .. w + r
+    if w <= 2 * r + 1 or n % w or n // w < 2:
+        return None
+    dy = [(o + w // 2) // w for o in positive]
+    radius = max(max(dy), max(abs(o - k * w) for o, k in zip(positive, dy)))
+    return n // w, w, 2 * radius + 1
+
+
+def _sample_rows(n: int, samples: int = 9) -> list[int]:
+    """Rows read to guess a grid: spread evenly, away from the corners (whose windows are cut)."""
+    return torch.linspace(0, n - 1, samples + 2)[1:-1].round().long().tolist()
+
+
+#: Most band slots (``N window^2``) per non-zero for which an affinity given densely or as a
+#: torch sparse tensor is recast as a :class:`BandedAffinity`; a sparser pattern in a wide
+#: window stays a CSR matrix.
+BAND_SLOTS_PER_ENTRY = 3.0
+
+
+def _as_banded(W: Tensor) -> BandedAffinity | None:
+    """A dense ``W`` ``(B, N, N)`` as the :class:`BandedAffinity` it is, or ``None``.
+
+    When every non-zero of ``W`` lies in the square window of a row-major ``h x w`` grid (a
+    guess from a few rows, :func:`_grid_from_offsets`, then checked exactly: the window entries
+    gathered hold as many non-zeros as ``W``), ``W`` is that banded affinity: the same operator,
+    multiplied through its band, and the grid gives the Krylov start its smooth cosines (8
+    blocks instead of 12 from Gaussian columns on the README's graph). Raises, as for any
+    dense ``W``, if it is not symmetric. The band takes no gradient to ``W``'s zeros: callers
+    use it only when ``W`` needs none.
+    """
+    batch, n, _ = W.shape
+    picked = _sample_rows(n)
+    sample = W.detach()[:, picked]  # (B, samples, N)
+    which, cols = torch.nonzero(sample.reshape(-1, n), as_tuple=True)
+    rows = torch.tensor(picked, device=W.device).repeat(batch)[which]
+    guess = _grid_from_offsets(torch.unique((cols - rows).abs()).tolist(), n)
+    if guess is None:
+        return None
+    h, w, window = guess
+    k = window * window
+    total = _count_nonzero(W)
+    if batch * n * k > BAND_SLOTS_PER_ENTRY * total:
+        return None
+    index, valid = _neighbour_index(h, w, window, W.device)
+    band = W.detach().gather(2, index.expand(batch, n, k)).masked_fill_(~valid, 0)
+    if int(torch.count_nonzero(band)) != total:
+        return None  # some non-zero lies outside the windows
+    _check_band_symmetric(band, (h, w), window, "W must be symmetric")
+    return BandedAffinity(band, (h, w), window)
+
+
+def _check_band_symmetric(band: Tensor, grid: tuple[int, int], window: int, message: str) -> None:
+    """Raises ``ValueError(message)`` unless every ``band[b, i, o]`` equals its mirror
+    ``band[b, i + offset_o, K - 1 - o]``."""
+    _, _, take, transpose = _csr_pattern(*grid, window, band.shape[0], band.device)
+    flat = band.detach().reshape(-1)
+    _check_entries(flat)  # NaN would pass the comparison below unseen
+    if not _close(flat.index_select(0, take), flat.index_select(0, transpose)):
+        raise ValueError(message)
+
+
+def _sparse_as_banded(pattern: _DensePattern, values: Tensor, n: int) -> BandedAffinity | None:
+    """A torch sparse ``W`` ``(N, N)`` (its checked non-zeros, :func:`_sparse_input`) as the
+    :class:`BandedAffinity` it is, or ``None``; as :func:`_as_banded`. The band is built from
+    ``values`` differentiably: the gradient reaches the stored entries, as on the CSR path."""
+    offsets = pattern.offsets.tolist()
+    seen = torch.cat([pattern.cols[offsets[i]:offsets[i + 1]] - i for i in _sample_rows(n)])
+    guess = _grid_from_offsets(torch.unique(seen.abs()).tolist(), n)
+    if guess is None:
+        return None
+    h, w, window = guess
+    r, k = window // 2, window * window
+    if n * k > BAND_SLOTS_PER_ENTRY * values.numel():
+        return None
+    rows, cols = pattern.rows, pattern.cols
+    node = torch.arange(n, device=cols.device)
+    y, x = node // w, node % w  # looked up per entry: ~3x faster than dividing every entry
+    dy = y.index_select(0, cols) - y.index_select(0, rows)
+    dx = x.index_select(0, cols) - x.index_select(0, rows)
+    if not bool(((dy.abs() <= r) & (dx.abs() <= r)).all()):
+        return None  # some non-zero lies outside the windows
+    slot = rows * k + (dy + r) * window + (dx + r)
+    band = values.new_zeros(n * k).index_put((slot,), values).view(1, n, k)
+    _check_band_symmetric(band, (h, w), window,
+                          "W must be symmetric (every stored entry (i, j) needs an equal entry (j, i))")
+    return BandedAffinity(band, (h, w), window)
+
+
 class _CSRMatmul(torch.autograd.Function):
     """``Y = A X`` for ``A`` given by its non-zeros (a dense ``W`` detected as sparse).
 
@@ -1277,20 +1385,11 @@ def _sparse_input(W: Tensor) -> tuple[_DensePattern, Tensor]:
         counts = torch.bincount(rows, minlength=n)
     if values.dim() != 1:
         raise ValueError("a sparse W must have scalar entries (no dense dimensions)")
-    high = _check_entries(values)
+    _check_entries(values)
     index = rows * n + cols
     if index.numel() > 1 and not bool((index[1:] > index[:-1]).all()):  # CSR with unsorted columns
         order = torch.argsort(index)
         index, rows, cols, values = index[order], rows[order], cols[order], values.index_select(0, order)
-    # Every stored (i, j) needs an equal stored (j, i). The entries in column-major order are a
-    # stable sort by column of the row-major ones (one sort of small integers, the fastest of the
-    # ways tried): the pattern is symmetric iff that order lists the same (row, col) keys.
-    by_column = torch.sort(cols, stable=True).indices
-    scale = float(high.clamp_min(torch.finfo(values.dtype).tiny))
-    a, b = values.detach(), values.detach().index_select(0, by_column)
-    mirrored = cols.index_select(0, by_column) * n + rows.index_select(0, by_column)
-    if not (torch.equal(index, mirrored) and bool(((a - b).abs() <= 1e-5 * scale + 1e-4 * b.abs()).all())):
-        raise ValueError("W must be symmetric (every stored entry (i, j) needs an equal entry (j, i))")
     transpose = cols * n + rows
     offsets = torch.zeros(n + 1, dtype=torch.int64, device=cols.device)
     offsets[1:] = counts.cumsum(0)
@@ -1298,6 +1397,25 @@ def _sparse_input(W: Tensor) -> tuple[_DensePattern, Tensor]:
     if bool((torch.segment_reduce(values.detach(), "sum", offsets=offsets) <= 0).any()):
         raise ValueError("every node needs a positive degree (an isolated node has no random walk)")
     return pattern, values
+
+
+def _check_sparse_symmetric(pattern: _DensePattern, values: Tensor) -> None:
+    """Every stored ``(i, j)`` of a sparse ``W`` (:func:`_sparse_input`) needs an equal stored ``(j, i)``."""
+    # The entries in column-major order are a stable sort by column of the row-major ones (one
+    # sort of small integers, the fastest of the ways tried): the pattern is symmetric iff that
+    # order lists the same (row, col) keys.
+    rows, cols = pattern.rows, pattern.cols
+    by_column = torch.sort(cols, stable=True).indices
+    a, b = values.detach(), values.detach().index_select(0, by_column)
+    mirrored = cols.index_select(0, by_column) * (pattern.offsets.numel() - 1) + rows.index_select(0, by_column)
+    if not (torch.equal(pattern.index, mirrored) and _close(a, b)):
+        raise ValueError("W must be symmetric (every stored entry (i, j) needs an equal entry (j, i))")
+
+
+def _close(a: Tensor, b: Tensor) -> bool:
+    """Whether the entries ``a`` and their mirrors ``b`` agree, as the symmetry checks require."""
+    scale = float(a.abs().max().clamp_min(torch.finfo(a.dtype).tiny)) if a.numel() else 1.0
+    return bool(((a - b).abs() <= 1e-5 * scale + 1e-4 * b.abs()).all())
 
 
 def diffusion(
@@ -1348,7 +1466,11 @@ def diffusion(
     banded or sparse affinity given densely) is multiplied through its non-zeros; its
     gradient is still the full dense one. A torch sparse ``W`` (COO or CSR, ``(N, N)``: a
     k-nearest-neighbour graph, say) is used as it is, with no pass over ``N x N`` entries to
-    find its non-zeros; its gradient reaches the stored entries.
+    find its non-zeros; its gradient reaches the stored entries. Either whose non-zeros all
+    lie in the square windows of a row-major ``h x w`` grid (a local affinity of an image,
+    given densely or sparse; found from a few rows, then checked on every entry) is solved
+    as that :class:`BandedAffinity`, cosine start included: the same result as given banded
+    (a dense ``W`` only when it needs no gradient, which must reach its zeros too).
 
     Precision: everything after the affinity (degrees, ``S``, the products, QR,
     Rayleigh-Ritz, ``f(H)`` and ``D``) runs in ``spectral_dtype``; the outputs come back in
@@ -1373,7 +1495,7 @@ def diffusion(
             for ``W``'s own dtype (no cast).
         block_size, n_blocks: the ``"krylov"`` space (default :func:`krylov_size`).
         U0: start block, ``(N, b)`` for ``"krylov"`` (default :func:`krylov_start`: cosines
-            on a banded ``W``'s grid, seeded Gaussian columns for a dense ``W``) or
+            on the grid of a banded ``W`` or of one recognised as banded, else seeded Gaussian columns) or
             ``(N, Ne)`` for ``"subspace"`` (default :func:`initial_subspace`); e.g. the
             previous training step's eigenvectors.
         distance: ``False``: the eigenpairs alone, no gradient, ``distance`` ``None``; with
@@ -1404,8 +1526,15 @@ def diffusion(
                 raise ValueError(f"need 1 <= n_eigs <= block_size * n_blocks <= N={num_nodes}, "
                                  f"got {size[0]} x {size[1]}")
     iterative = n_eigs is not None and (solver == "subspace" or size is not None)
+    unbatched = False
     if _is_sparse(W):  # its non-zeros are given: no N x N pass to find them
         pattern, stored = _sparse_input(W)
+        banded = _sparse_as_banded(pattern, stored, num_nodes) if iterative else None
+        if banded is not None:  # on a grid: the banded path below (symmetry checked on the band)
+            W, unbatched = banded, True
+        else:
+            _check_sparse_symmetric(pattern, stored)
+    if _is_sparse(W):
         batched, out_dtype, grid = False, stored.dtype, None
         values, d = _normalized_values(stored.to(spectral_dtype or out_dtype), pattern)
         op, d = _SparseOperator(values, pattern, 1, num_nodes), d.view(1, num_nodes)
@@ -1415,8 +1544,14 @@ def diffusion(
     else:
         pattern = None
         if iterative and isinstance(W, Tensor) and W.dim() in (2, 3) and W.shape[-1] == W.shape[-2]:
-            pattern = _dense_pattern(W if W.dim() == 3 else W.unsqueeze(0))
+            unbatched, W3 = W.dim() == 2, W if W.dim() == 3 else W.unsqueeze(0)
+            banded = None if torch.is_grad_enabled() and W.requires_grad else _as_banded(W3)
+            if banded is not None:
+                W = banded
+            else:
+                pattern = _dense_pattern(W3)
         W, batched = _validate_affinity(W, pattern)
+        batched = batched and not unbatched  # a dense (N, N) W recast as a band comes back unbatched
         out_dtype = _affinity_values(W).dtype
         if pattern is not None:
             op, d = _sparse_operator(W, pattern, spectral_dtype or out_dtype)
