@@ -441,7 +441,9 @@ def symmetric_normalize(W: Tensor | BandedAffinity) -> Tensor | BandedAffinity:
     d_isqrt = degree(W).rsqrt()
     if isinstance(W, BandedAffinity):
         index, _ = _neighbour_index(*W.grid_shape, W.window, W.weights.device)
-        neighbour = d_isqrt.index_select(1, index.reshape(-1)).view(d_isqrt.shape[0], *index.shape)  # (B, N, K)
+        # gather, not index_select along dim 1: 5x faster on the CPU here (0.5 vs 2.5 ms, N = 2501, K = 289)
+        flat = index.reshape(1, -1).expand(d_isqrt.shape[0], -1)
+        neighbour = torch.gather(d_isqrt, 1, flat).view(d_isqrt.shape[0], *index.shape)  # (B, N, K)
         return BandedAffinity(W.weights * d_isqrt.unsqueeze(-1) * neighbour, W.grid_shape, W.window)
     return W * d_isqrt.unsqueeze(-1) * d_isqrt.unsqueeze(-2)
 
