@@ -393,6 +393,12 @@ def _check_entries(values: Tensor) -> Tensor:
     return high
 
 
+def _close(a: Tensor, b: Tensor) -> bool:
+    """Whether the entries ``a`` and their mirrors ``b`` agree, as the symmetry checks require."""
+    scale = float(a.abs().max().clamp_min(torch.finfo(a.dtype).tiny)) if a.numel() else 1.0
+    return bool(((a - b).abs() <= 1e-5 * scale + 1e-4 * b.abs()).all())
+
+
 def _validate_affinity(
     W: Tensor | BandedAffinity, pattern: _DensePattern | None = None
 ) -> tuple[Tensor | BandedAffinity, bool]:
@@ -420,8 +426,7 @@ def _validate_affinity(
             symmetric = torch.allclose(values, values.transpose(-1, -2), atol=1e-5 * float(scale), rtol=1e-4)
         else:
             flat = values.detach().reshape(-1)
-            a, b = flat.index_select(0, pattern.index), flat.index_select(0, pattern.transpose)
-            symmetric = bool(((a - b).abs() <= 1e-5 * scale + 1e-4 * b.abs()).all())
+            symmetric = _close(flat.index_select(0, pattern.index), flat.index_select(0, pattern.transpose))
         if not symmetric:
             raise ValueError("W must be symmetric")
     if bool((degree(W) <= 0).any()):
@@ -1412,12 +1417,6 @@ def _check_sparse_symmetric(pattern: _DensePattern, values: Tensor) -> None:
     mirrored = cols.index_select(0, by_column) * (pattern.offsets.numel() - 1) + rows.index_select(0, by_column)
     if not (torch.equal(pattern.index, mirrored) and _close(a, b)):
         raise ValueError("W must be symmetric (every stored entry (i, j) needs an equal entry (j, i))")
-
-
-def _close(a: Tensor, b: Tensor) -> bool:
-    """Whether the entries ``a`` and their mirrors ``b`` agree, as the symmetry checks require."""
-    scale = float(a.abs().max().clamp_min(torch.finfo(a.dtype).tiny)) if a.numel() else 1.0
-    return bool(((a - b).abs() <= 1e-5 * scale + 1e-4 * b.abs()).all())
 
 
 def diffusion(
