@@ -866,6 +866,30 @@ def test_sparse_W_is_used_as_given_with_the_dense_result_and_gradient(monkeypatc
     assert rel((as_dense + as_dense.T)[rows, cols], (Wd.grad + Wd.grad.T)[rows, cols]) < 1e-3
 
 
+def test_embedding_pairs_serve_every_diffusion_time_in_their_range():
+    """diffusion_embedding's pairs give D_t for t from 1 to 100 (its default range) to the solver's
+    accuracy. Made deep enough for t = 10 alone (what it did before), the lower pairs were left
+    unconverged, which D_t shows at small t."""
+    W = spectral.local_affinity(grid_features(24, 30, c=3, seed=1), 0.3, window=9)
+
+    def error(lam, psi, t):
+        return rel(spectral.distance_from_embedding(lam, psi, t), spectral.diffusion_distance(W, t, 12, solver="eigh"))
+
+    lam, psi = spectral.diffusion_embedding(W, n_eigs=12)
+    for t in (1.0, 2.0, 10.0, 100.0):
+        assert error(lam, psi, t) < 1e-3, t  # measured 1.4e-4, 9.8e-5, 1.2e-6, 5.2e-8
+    assert error(*spectral.diffusion_embedding(W, n_eigs=12, times=(10.0, 10.0)), 1.0) > 1e-2  # measured 2.6e-2
+    # the bound's slope is the largest of 2 t |theta|^(2t - 1) over the range
+    theta = torch.linspace(-1, 1, 201, dtype=torch.float64)
+    ts = torch.linspace(1, 100, 20001, dtype=torch.float64)[:, None]
+    brute = (2 * ts * theta.abs().clamp_min(1e-300) ** (2 * ts - 1)).amax(0)
+    largest = spectral._largest_slope(theta, 1.0, 100.0)
+    assert torch.allclose(largest, brute, rtol=1e-5) and bool((largest >= brute * (1 - 1e-12)).all())
+    for bad in ((2.0, 1.0), (0.0, 1.0), (1.0,), (1.0, float("inf"))):
+        with pytest.raises(ValueError, match="times must be"):
+            spectral.diffusion(W, 1.0, 12, times=bad)
+
+
 def test_embedding_of_a_sparse_graph_forms_nothing_n_by_n(monkeypatch):
     """diffusion_embedding returns diffusion's Ritz pairs without assembling D."""
     g = torch.Generator().manual_seed(4)

@@ -1354,14 +1354,31 @@ def _sparse_operator(W: Tensor, pattern: _DensePattern, dtype: torch.dtype) -> t
 KRYLOV_TOLERANCE = 1e-3
 
 
-def _ritz_error(eig: tuple[Tensor, Tensor], tail: Tensor, k: int, t: Tensor) -> float:
+def _largest_slope(theta: Tensor, t_min: float, t_max: float) -> Tensor:
+    """``max over t in [t_min, t_max]`` of ``|f_t'(theta)| = 2 t |theta|^(2t - 1)``, per entry.
+
+    For fixed ``|theta| < 1`` the slope rises with ``t`` up to ``t* = -1 / (2 ln |theta|)`` and
+    falls after it, so the maximum is at ``t*`` clamped to the range.
+    """
+    a = theta.abs().clamp(torch.finfo(theta.dtype).tiny, 1.0)
+    log_a = a.log()
+    peak = torch.where(log_a < 0, -0.5 / log_a, torch.full_like(log_a, math.inf)).clamp(t_min, t_max)
+    return 2 * peak * a.pow(2 * peak - 1)
+
+
+def _ritz_error(eig: tuple[Tensor, Tensor], tail: Tensor, k: int, t: Tensor,
+                times: tuple[float, float] | None = None) -> float:
     """Largest ``|f'(theta)|``-weighted residual of the ``k`` kept Ritz pairs, ``f(x) = (x^2)^t``
-    (no product by ``S``: from the last residual block of the Krylov run, :func:`_block_krylov`)."""
+    (no product by ``S``: from the last residual block of the Krylov run, :func:`_block_krylov`);
+    with ``times = (t_min, t_max)`` the largest slope over that range of ``t`` instead."""
     theta, Y = eig
     top = theta.abs().topk(k, dim=-1).indices
     Y_k = Y.gather(-1, top.unsqueeze(-2).expand(*Y.shape[:-1], k))[..., -tail.shape[-1]:, :]  # (B, b, k)
     residual = torch.einsum("bik,bij,bjk->bk", Y_k, tail, Y_k).clamp_min(0).sqrt()
-    _, slope, _ = _power_and_derivatives(theta.gather(-1, top), t.detach())
+    if times is None:
+        _, slope, _ = _power_and_derivatives(theta.gather(-1, top), t.detach())
+    else:
+        slope = _largest_slope(theta.gather(-1, top), *times)
     return float((slope.abs() * residual).max())
 
 
@@ -1432,6 +1449,7 @@ def diffusion(
     n_blocks: int | None = None,
     U0: Tensor | None = None,
     distance: bool = True,
+    times: tuple[float, float] | None = None,
 ) -> DiffusionResult:
     """Diffusion distance of paper Eq. (3) and the eigenpairs behind it.
 
@@ -1501,12 +1519,20 @@ def diffusion(
             previous training step's eigenvectors.
         distance: ``False``: the eigenpairs alone, no gradient, ``distance`` ``None``; with
             ``n_eigs`` nothing of size ``N x N`` is formed (a large sparse graph fits).
+        times: ``(t_min, t_max)``: make the ``"krylov"`` space deep enough for ``D_t`` at every
+            ``t`` in that range, not only at ``t`` (the error bound takes the largest slope of
+            ``f`` over the range). For eigenpairs meant for several diffusion times
+            (:func:`diffusion_embedding`): at small ``t`` the lower pairs weigh more.
 
     Returns:
         :class:`DiffusionResult` in ``W``'s dtype; tensors keep ``W``'s batching (no
         batch dimension for an unbatched dense ``W``).
     """
     _check_time(t)
+    if times is not None:
+        if len(times) != 2 or not all(math.isfinite(x) and x > 0 for x in times) or times[0] > times[1]:
+            raise ValueError(f"times must be (t_min, t_max) with 0 < t_min <= t_max, finite, got {times}")
+        times = (float(times[0]), float(times[1]))
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     if solver == "auto":
@@ -1584,7 +1610,7 @@ def diffusion(
                     solver, eig, n_power, U0 = "subspace", None, max(default_power(t), blocks), None
                     break
                 more = min(_next_depth(blocks), n // size[0])  # a space of at most N dimensions
-                if n_blocks is not None or more == blocks or _ritz_error(eig, tail, n_eigs, t) <= KRYLOV_TOLERANCE:
+                if n_blocks is not None or more == blocks or _ritz_error(eig, tail, n_eigs, t, times) <= KRYLOV_TOLERANCE:
                     break
                 blocks = more  # not accurate enough yet: a deeper space
         if solver == "subspace":
@@ -1667,17 +1693,32 @@ def diffusion_embedding(
     n_power: int | None = None,
     solver: str = "auto",
     spectral_dtype: torch.dtype | None = torch.float64,
+    times: tuple[float, float] = (1.0, 100.0),
 ) -> tuple[Tensor, Tensor]:
     """Eigenpairs ``(lambda_m, psi_m)`` of ``P`` normalised for Eq. (4).
 
     ``D_t(i, j) = sum_m lambda_m^(2t) (psi_m(i) - psi_m(j))^2`` for every ``t``.
     With ``n_eigs`` the pairs are Ritz pairs of :func:`diffusion`'s solver (block Krylov by
     default; with ``n_power`` the subspace iteration, ``n_power`` multiplications per QR
-    step). Not differentiable: train through :func:`diffusion_distance`, whose gradient
-    stays finite for clustered eigenvalues. ``spectral_dtype`` as in :func:`diffusion`
-    (computed in float64 by default, returned in ``W``'s dtype). With ``n_eigs`` no ``N x N``
-    array is formed, so with a banded or torch sparse ``W`` (a k-nearest-neighbour graph of
-    many points, say) memory grows with ``N``, not ``N^2``.
+    step), accurate enough for ``D_t`` at every ``t`` in ``times`` (the Krylov space is made
+    deeper until its error bound holds over the whole range; pass a smaller ``t_min`` for
+    smaller times, where the lower pairs weigh more). Not differentiable: train through
+    :func:`diffusion_distance`, whose gradient stays finite for clustered eigenvalues.
+    ``spectral_dtype`` as in :func:`diffusion` (computed in float64 by default, returned in
+    ``W``'s dtype). With ``n_eigs`` no ``N x N`` array is formed, so with a banded or torch
+    sparse ``W`` (a k-nearest-neighbour graph of many points, say) memory grows with ``N``,
+    not ``N^2``.
+
+    Example:
+        >>> import torch
+        >>> from ndd import spectral
+        >>> features = torch.rand(1, 3, 24, 30, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        >>> W = spectral.local_affinity(features, 1.0, window=5)
+        >>> lam, psi = spectral.diffusion_embedding(W, n_eigs=12)
+        >>> D = spectral.distance_from_embedding(lam, psi, t=1.0)  # (1, 720, 720)
+        >>> exact = spectral.diffusion_distance(W, 1.0, n_eigs=12, solver="eigh")
+        >>> bool((D - exact).norm() < 1e-3 * exact.norm())
+        True
 
     Returns:
         eigenvalues ``(B, Ne)`` in decreasing order and eigenvectors ``(B, N, Ne)``
@@ -1686,7 +1727,7 @@ def diffusion_embedding(
     t = (20 if n_power is None else n_power) / 2  # only sets the subspace solver's default power
     with torch.no_grad():
         result = diffusion(W, t, n_eigs, n_iter, n_power=n_power, solver=solver, spectral_dtype=spectral_dtype,
-                           distance=False)
+                           distance=False, times=times)
     return result.eigenvalues, result.eigenvectors
 
 
