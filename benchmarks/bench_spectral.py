@@ -22,7 +22,9 @@ CUDA memory.
     python benchmarks/bench_spectral.py --accuracy-only --model-images 13
     python benchmarks/bench_spectral.py --skip-model --knn-points 20000
 
-The dense ``W`` is also timed as a torch sparse CSR tensor (taken as it is). ``--knn-points``
+The dense ``W`` is also timed as a torch sparse CSR tensor (taken as it is). Both are
+recognised as the band of their 41x61 grid (``spectral._as_banded``), so the default solver
+starts from the grid's cosines there too; the printed depths show it. ``--knn-points``
 adds the eigenpairs of a large k-nearest-neighbour graph given as a torch sparse ``W``
 (``diffusion_embedding``, nothing ``N x N``) against ARPACK. The second command checks the shipped default model on real photos (``examples/coffee.jpg`` and the
 BSDS mini images): D of the default solver and of the paper's against the exact spectrum.
