@@ -997,12 +997,13 @@ def _krylov_default(n_eigs: int) -> tuple[int, int]:
 class _KrylovState(NamedTuple):
     """Where a block Lanczos run stopped, so that it can go on (:func:`_block_krylov`)."""
 
-    rows: list[Tensor]  # the orthonormal blocks Q_j as rows, (B, b, N) each
-    pieces: list[Tensor]  # column j of H down to its last non-zero block, (B, (j + 2) b or (j + 1) b, b)
+    rows: list[Tensor]  # the orthonormal blocks Q_j as rows, (B, b_j, N) each (b_0 may differ: kept Ritz vectors)
+    pieces: list[Tensor]  # column j of H down to its last non-zero block, (B, rows so far, b_j)
     residual: Tensor  # (S Q_q)^T after the last projections, (B, b, N)
+    coupling: Tensor | None = None  # (B, b, b_q): the next block's row of H is R @ coupling (None: R)
 
 
-def _block_krylov(op, U0: Tensor, n_blocks: int,
+def _block_krylov(op, U0: Tensor | None, n_blocks: int,
                   state: _KrylovState | None = None) -> tuple[Tensor, Tensor, Tensor, _KrylovState]:
     """Block Lanczos with full reorthogonalisation; see :func:`block_krylov`.
 
@@ -1011,7 +1012,8 @@ def _block_krylov(op, U0: Tensor, n_blocks: int,
     ``(theta, Q y)`` is ``|Z y_q|``, ``y_q`` the last ``b`` entries of ``y``, so every pair's
     residual costs no product. And the run's state: given back as ``state`` (``U0`` is then
     not used), the run goes on from where it stopped to ``n_blocks`` blocks in all, so a space
-    made deeper costs only the new products.
+    made deeper costs only the new products. A state may also start from kept Ritz vectors
+    (:func:`_thick_restart`): its first block then has their number of rows.
 
     The blocks are kept as rows (``(B, b, N)``): the projections are then products with a
     short first dimension, which BLAS runs ~4x faster than the same products on ``(N, b)``
@@ -1025,22 +1027,26 @@ def _block_krylov(op, U0: Tensor, n_blocks: int,
         rows, pieces = list(state.rows), list(state.pieces)
         Q, R = torch.linalg.qr(state.residual.transpose(-1, -2))
         rows.append(Q.transpose(-1, -2))
-        pieces[-1] = torch.cat([pieces[-1], R], -2)
+        pieces[-1] = torch.cat([pieces[-1], R if state.coupling is None else R @ state.coupling], -2)
         first = len(pieces)
     Qt = rows[-1]
     batch, b, n = Qt.shape
-    m = b * n_blocks
+    starts = [0]
+    for r in rows[:-1]:
+        starts.append(starts[-1] + r.shape[-2])
+    m = starts[-1] + b * (n_blocks - first)
     # Without autograd the blocks go into one buffer (no concatenation per step); with it,
     # writing into a buffer that earlier products saved for backward is not allowed.
     buffer = None
     if not torch.is_grad_enabled():
         buffer = Qt.new_empty(batch, m, n)
         if first:
-            buffer[:, : first * b] = torch.cat(rows[:-1], -2)
+            buffer[:, : starts[-1]] = torch.cat(rows[:-1], -2)
     for j in range(first, n_blocks):
+        top = starts[-1] + b
         if buffer is not None:
-            buffer[:, j * b : (j + 1) * b] = Qt
-            basis = buffer[:, : (j + 1) * b]
+            buffer[:, starts[-1] : top] = Qt
+            basis = buffer[:, :top]
         else:
             basis = Qt if j == 0 else torch.cat(rows, -2)
         Zt = op(Qt.transpose(-1, -2)).transpose(-1, -2)  # (S Q_j)^T
@@ -1048,7 +1054,7 @@ def _block_krylov(op, U0: Tensor, n_blocks: int,
         # Q_(j-1) and Q_j), then one classical Gram-Schmidt pass against every block, which
         # removes the rounding the first pass left in all directions: the blocks stay
         # orthogonal to working precision, so H is Q^T S Q (checked by a test).
-        lo = max(0, j - 1) * b
+        lo = starts[-2] if j else 0
         near = basis[:, lo:]
         c_near = Zt @ near.transpose(-1, -2)
         Zt = torch.baddbmm(Zt, c_near, near, alpha=-1)
@@ -1059,13 +1065,45 @@ def _block_krylov(op, U0: Tensor, n_blocks: int,
             Q, R = torch.linalg.qr(Zt.transpose(-1, -2))
             Qt = Q.transpose(-1, -2)
             rows.append(Qt)
+            starts.append(top)
             column = torch.cat([column, R], -2)
         pieces.append(column)
-    H = torch.cat([torch.cat([c, c.new_zeros(batch, m - c.shape[-2], b)], -2) for c in pieces], -1)
+    H = torch.cat([torch.cat([c, c.new_zeros(batch, m - c.shape[-2], c.shape[-1])], -2) for c in pieces], -1)
     Q = buffer if buffer is not None else torch.cat(rows, -2)
     residual = Zt.detach()
     return (Q.transpose(-1, -2), 0.5 * (H + H.transpose(-1, -2)), residual @ residual.transpose(-1, -2),
             _KrylovState(rows, pieces, Zt))
+
+
+#: Largest Krylov basis, in entries per graph (``m N``), that :func:`diffusion` builds without
+#: restarting. A deeper space is restarted instead from its best Ritz vectors
+#: (:func:`_thick_restart`), so memory and the Gram-Schmidt passes stay bounded on large
+#: graphs. 4e6 entries (32 MB in float64) is above every space image-sized graphs need
+#: (N = 2501: 40 blocks of 16 are 1.6e6), so their path never restarts.
+KRYLOV_MAX_BASIS = 4_000_000
+#: Blocks added to the kept Ritz vectors in each restart cycle.
+KRYLOV_RESTART_BLOCKS = 8
+#: Restart cycles after which :func:`diffusion` gives up on the error bound (with a warning).
+KRYLOV_MAX_RESTARTS = 100
+
+
+def _thick_restart(U: Tensor, H: Tensor, eig: tuple[Tensor, Tensor], state: _KrylovState, keep: int) -> _KrylovState:
+    """A Krylov state that goes on from the ``keep`` Ritz pairs of largest ``|theta|`` (thick restart).
+
+    With ``S Q = Q H + Z E_q^T`` and the kept Ritz vectors ``V = Q Y_k``: ``S V = V Theta_k +
+    Z (E_q^T Y_k)``, so the Lanczos run goes on from ``[V, Q_new]`` (``Z = Q_new R``) with the
+    first column of ``H`` ``[Theta_k; R E_q^T Y_k]`` (Wu and Simon's thick restart, by blocks):
+    the space keeps what it has found and its size stays ``keep + p b``. ``U`` ``(B, N, m)``,
+    ``H`` ``(B, m, m)`` and ``eig = eigh(H)``, all without gradients: which vectors are kept
+    depends on ``W``, so a gradient through a restart that holds that choice fixed is wrong
+    (off by 0.5 on a test graph); :func:`diffusion` restarts only when no gradient is taken.
+    """
+    theta, Y = eig
+    top = theta.abs().topk(keep, dim=-1).indices
+    Y_k = Y.gather(-1, top.unsqueeze(-2).expand(*Y.shape[:-1], keep)).to(H.dtype)  # (B, m, k)
+    b = state.residual.shape[-2]
+    rows = (U @ Y_k).transpose(-1, -2)  # V as rows, (B, k, N)
+    return _KrylovState([rows], [Y_k.transpose(-1, -2) @ H @ Y_k], state.residual, Y_k[..., -b:, :])
 
 
 def block_krylov(
@@ -1469,8 +1507,11 @@ def diffusion(
       more (see the README). Each Ritz pair's residual is known at no cost from the last
       Krylov block; while the residuals weighted by the slope of ``f`` exceed
       :data:`KRYLOV_TOLERANCE` the space is made deeper, going on from the last one (8, 12,
-      18, 27, ... blocks; not when ``n_blocks`` is given).
-      ``n_iter`` and ``n_power`` are not used. On a graph too small for the space
+      18, 27, ... blocks; not when ``n_blocks`` is given). On a large graph, where the deeper
+      space would hold more than :data:`KRYLOV_MAX_BASIS` entries, and when no gradient is
+      taken, the space is restarted instead from its ``Ne + 2 b`` best Ritz vectors plus
+      :data:`KRYLOV_RESTART_BLOCKS` new blocks (:func:`_thick_restart`), so memory stays
+      bounded. ``n_iter`` and ``n_power`` are not used. On a graph too small for the space
       (``2 m > N`` at 16 blocks) the exact spectrum is used, truncated to ``Ne``. If the top of the
       spectrum is a cluster the block cannot hold (``b`` Ritz values at 1 within rounding:
       disconnected regions, or nearly disconnected ones in float32), it falls back to
@@ -1601,6 +1642,7 @@ def diffusion(
             # The space depends on W (and U0) only: with no gradient to them, build it without
             # autograd, so its blocks go into one buffer (no concatenation per step).
             track = torch.is_grad_enabled() and (d.requires_grad or start.requires_grad)
+            keep, restarts = n_eigs + 2 * size[0], 0
             while True:  # a deeper space goes on from the last one: only its new products are paid
                 with torch.set_grad_enabled(track):
                     U, H, tail, state = _block_krylov(op, start.expand(batch, n, size[0]), blocks, state)
@@ -1610,9 +1652,24 @@ def diffusion(
                     solver, eig, n_power, U0 = "subspace", None, max(default_power(t), blocks), None
                     break
                 more = min(_next_depth(blocks), n // size[0])  # a space of at most N dimensions
-                if n_blocks is not None or more == blocks or _ritz_error(eig, tail, n_eigs, t, times) <= KRYLOV_TOLERANCE:
+                if n_blocks is not None or more == blocks:
                     break
-                blocks = more  # not accurate enough yet: a deeper space
+                error = _ritz_error(eig, tail, n_eigs, t, times)
+                if error <= KRYLOV_TOLERANCE:
+                    break
+                restart_size = keep + KRYLOV_RESTART_BLOCKS * size[0]
+                # Only without a gradient: the restart's choice of kept vectors depends on W, and
+                # treating it as a constant left the gradient off by 0.5 on a test graph.
+                large = more * size[0] * n > KRYLOV_MAX_BASIS and restart_size < min(more * size[0], n)
+                if restarts or (large and not track):
+                    if restarts == KRYLOV_MAX_RESTARTS:
+                        warnings.warn(f"diffusion: the Krylov error bound is {error:.1e} after {restarts} restarts, "
+                                      f"above KRYLOV_TOLERANCE = {KRYLOV_TOLERANCE:g}; D may be off by about that much")
+                        break
+                    state = _thick_restart(U, H, eig, state, keep)  # a large graph: from the best Ritz vectors
+                    blocks, restarts = 1 + KRYLOV_RESTART_BLOCKS, restarts + 1
+                else:
+                    blocks = more  # not accurate enough yet: a deeper space
         if solver == "subspace":
             start = initial_subspace(n, n_eigs, grid, d.dtype, d.device) if U0 is None else U0.to(d)
             power = default_power(t) if n_power is None else n_power
