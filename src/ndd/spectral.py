@@ -1001,6 +1001,7 @@ class _KrylovState(NamedTuple):
     pieces: list[Tensor]  # column j of H down to its last non-zero block, (B, rows so far, b_j)
     residual: Tensor  # (S Q_q)^T after the last projections, (B, b, N)
     coupling: Tensor | None = None  # (B, b, b_q): the next block's row of H is R @ coupling (None: R)
+    buffer: Tensor | None = None  # the last run's block buffer, reused by a restart of the same size
 
 
 def _block_krylov(op, U0: Tensor | None, n_blocks: int,
@@ -1039,7 +1040,10 @@ def _block_krylov(op, U0: Tensor | None, n_blocks: int,
     # writing into a buffer that earlier products saved for backward is not allowed.
     buffer = None
     if not torch.is_grad_enabled():
-        buffer = Qt.new_empty(batch, m, n)
+        # a restart of the same size writes over the last run's buffer (its Ritz vectors are
+        # copied out already): no fresh tens of MB to fault in per cycle on a large graph
+        spare = None if state is None else state.buffer
+        buffer = spare if spare is not None and spare.shape == (batch, m, n) else Qt.new_empty(batch, m, n)
         if first:
             buffer[:, : starts[-1]] = torch.cat(rows[:-1], -2)
     for j in range(first, n_blocks):
@@ -1072,7 +1076,7 @@ def _block_krylov(op, U0: Tensor | None, n_blocks: int,
     Q = buffer if buffer is not None else torch.cat(rows, -2)
     residual = Zt.detach()
     return (Q.transpose(-1, -2), 0.5 * (H + H.transpose(-1, -2)), residual @ residual.transpose(-1, -2),
-            _KrylovState(rows, pieces, Zt))
+            _KrylovState(rows, pieces, Zt, buffer=buffer))
 
 
 #: Largest Krylov basis, in entries per graph (``m N``), that :func:`diffusion` builds without
@@ -1102,8 +1106,8 @@ def _thick_restart(U: Tensor, H: Tensor, eig: tuple[Tensor, Tensor], state: _Kry
     top = theta.abs().topk(keep, dim=-1).indices
     Y_k = Y.gather(-1, top.unsqueeze(-2).expand(*Y.shape[:-1], keep)).to(H.dtype)  # (B, m, k)
     b = state.residual.shape[-2]
-    rows = (U @ Y_k).transpose(-1, -2)  # V as rows, (B, k, N)
-    return _KrylovState([rows], [Y_k.transpose(-1, -2) @ H @ Y_k], state.residual, Y_k[..., -b:, :])
+    rows = Y_k.transpose(-1, -2) @ U.transpose(-1, -2)  # V as rows, (B, k, N): U is a view of Krylov rows
+    return _KrylovState([rows], [Y_k.transpose(-1, -2) @ H @ Y_k], state.residual, Y_k[..., -b:, :], state.buffer)
 
 
 def block_krylov(
