@@ -1478,6 +1478,47 @@ def _check_sparse_symmetric(pattern: _DensePattern, values: Tensor) -> None:
         raise ValueError("W must be symmetric (every stored entry (i, j) needs an equal entry (j, i))")
 
 
+def _krylov_ritz(op, start: Tensor, blocks: int, n_eigs: int, t: Tensor, times: tuple[float, float] | None,
+                 deepen: bool, track: bool) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None, int]:
+    """The default solver's space: ``(U, H, eigh(H), blocks)`` of :func:`diffusion`'s ``"krylov"``.
+
+    Block Lanczos from ``start`` ``(B, N, b)`` on ``blocks`` blocks, with autograd if ``track``.
+    While ``deepen`` and the error bound of the ``n_eigs`` kept pairs (:func:`_ritz_error`, at
+    ``t`` or over ``times``) exceeds :data:`KRYLOV_TOLERANCE`, the space goes on from the last run:
+    deeper (:func:`_next_depth`, up to ``N`` dimensions) or, on a large graph without autograd,
+    restarted from its best Ritz vectors (:func:`_thick_restart`). ``eigh(H)`` is ``None`` when the
+    top of the spectrum is a cluster the block cannot hold (:func:`_degenerate_top`): the caller
+    falls back to the subspace iteration; ``blocks`` is then the depth reached.
+    """
+    batch, n, b = start.shape
+    keep, restarts, state = n_eigs + 2 * b, 0, None
+    while True:  # a deeper space goes on from the last one: only its new products are paid
+        with torch.set_grad_enabled(track):
+            U, H, tail, state = _block_krylov(op, start, blocks, state)
+        eig = _ritz_eigh(H.detach())
+        if _degenerate_top(eig[0], b):
+            return U, H, None, blocks
+        more = min(_next_depth(blocks), n // b)  # a space of at most N dimensions
+        if not deepen or more == blocks:
+            return U, H, eig, blocks
+        error = _ritz_error(eig, tail, n_eigs, t, times)
+        if error <= KRYLOV_TOLERANCE:
+            return U, H, eig, blocks
+        restart_size = keep + KRYLOV_RESTART_BLOCKS * b
+        # Only without autograd: which vectors a restart keeps depends on W, and holding that
+        # choice fixed left the gradient off by 0.5 on a test graph.
+        large = more * b * n > KRYLOV_MAX_BASIS and restart_size < min(more * b, n)
+        if restarts or (large and not track):
+            if restarts == KRYLOV_MAX_RESTARTS:
+                warnings.warn(f"diffusion: the Krylov error bound is {error:.1e} after {restarts} restarts, "
+                              f"above KRYLOV_TOLERANCE = {KRYLOV_TOLERANCE:g}; D may be off by about that much")
+                return U, H, eig, blocks
+            state = _thick_restart(U, H, eig, state, keep)  # a large graph: from the best Ritz vectors
+            blocks, restarts = 1 + KRYLOV_RESTART_BLOCKS, restarts + 1
+        else:
+            blocks = more  # not accurate enough yet: a deeper space
+
+
 def diffusion(
     W: Tensor | BandedAffinity,
     t: Tensor | float,
@@ -1642,38 +1683,13 @@ def diffusion(
         eig = None
         if solver == "krylov":
             start = _default_start(op, size[0], grid, d.dtype) if U0 is None else U0.to(d)
-            blocks, state = size[1], None
             # The space depends on W (and U0) only: with no gradient to them, build it without
             # autograd, so its blocks go into one buffer (no concatenation per step).
             track = torch.is_grad_enabled() and (d.requires_grad or start.requires_grad)
-            keep, restarts = n_eigs + 2 * size[0], 0
-            while True:  # a deeper space goes on from the last one: only its new products are paid
-                with torch.set_grad_enabled(track):
-                    U, H, tail, state = _block_krylov(op, start.expand(batch, n, size[0]), blocks, state)
-                eig = _ritz_eigh(H.detach())
-                if _degenerate_top(eig[0], size[0]):
-                    # as many products per QR step as the Krylov run made, at least the paper's
-                    solver, eig, n_power, U0 = "subspace", None, max(default_power(t), blocks), None
-                    break
-                more = min(_next_depth(blocks), n // size[0])  # a space of at most N dimensions
-                if n_blocks is not None or more == blocks:
-                    break
-                error = _ritz_error(eig, tail, n_eigs, t, times)
-                if error <= KRYLOV_TOLERANCE:
-                    break
-                restart_size = keep + KRYLOV_RESTART_BLOCKS * size[0]
-                # Only without a gradient: the restart's choice of kept vectors depends on W, and
-                # treating it as a constant left the gradient off by 0.5 on a test graph.
-                large = more * size[0] * n > KRYLOV_MAX_BASIS and restart_size < min(more * size[0], n)
-                if restarts or (large and not track):
-                    if restarts == KRYLOV_MAX_RESTARTS:
-                        warnings.warn(f"diffusion: the Krylov error bound is {error:.1e} after {restarts} restarts, "
-                                      f"above KRYLOV_TOLERANCE = {KRYLOV_TOLERANCE:g}; D may be off by about that much")
-                        break
-                    state = _thick_restart(U, H, eig, state, keep)  # a large graph: from the best Ritz vectors
-                    blocks, restarts = 1 + KRYLOV_RESTART_BLOCKS, restarts + 1
-                else:
-                    blocks = more  # not accurate enough yet: a deeper space
+            U, H, eig, blocks = _krylov_ritz(op, start.expand(batch, n, size[0]), size[1], n_eigs, t, times,
+                                             deepen=n_blocks is None, track=track)
+            if eig is None:  # as many products per QR step as the Krylov run made, at least the paper's
+                solver, n_power, U0 = "subspace", max(default_power(t), blocks), None
         if solver == "subspace":
             start = initial_subspace(n, n_eigs, grid, d.dtype, d.device) if U0 is None else U0.to(d)
             power = default_power(t) if n_power is None else n_power
