@@ -769,6 +769,14 @@ def test_grid_affinity_given_dense_or_sparse_is_recognised_as_its_band(h, w, win
             pattern, stored = spectral._sparse_input(sparse)
             assert torch.equal(spectral._sparse_as_banded(pattern, stored, h * w).weights, band.weights)
             assert rel(spectral.diffusion_distance(sparse, 5.0, n_eigs=12), want.distance[0]) < 1e-12
+        # a CSR W storing every entry twice, in random shares: repeated entries add up (as COO's
+        # coalesce() makes them), on the band path and on the exact one of a small graph alike
+        csr = dense[0].to_sparse_csr()
+        share = torch.rand(csr.values().shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        parts = torch.stack([share, 1 - share], -1).mul(csr.values()[:, None]).reshape(-1)
+        twice = torch.sparse_csr_tensor(2 * csr.crow_indices(), csr.col_indices().repeat_interleave(2), parts, csr.shape,
+                                        check_invariants=False)  # repeated columns, on purpose
+        assert rel(spectral.diffusion_distance(twice, 5.0, n_eigs=12), want.distance[0]) < 1e-12
     if h > window:  # column-major node order: the same graph on the transposed (w x h) grid
         order = torch.arange(h * w).view(h, w).T.reshape(-1)
         transposed = spectral._as_banded(dense[:, order][:, :, order])

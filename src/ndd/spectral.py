@@ -1453,9 +1453,14 @@ def _sparse_input(W: Tensor) -> tuple[_DensePattern, Tensor]:
         raise ValueError("a sparse W must have scalar entries (no dense dimensions)")
     _check_entries(values)
     index = rows * n + cols
-    if index.numel() > 1 and not bool((index[1:] > index[:-1]).all()):  # CSR with unsorted columns
+    if index.numel() > 1 and not bool((index[1:] > index[:-1]).all()):  # CSR with unsorted or repeated columns
         order = torch.argsort(index)
         index, rows, cols, values = index[order], rows[order], cols[order], values.index_select(0, order)
+        if bool((index[1:] == index[:-1]).any()):  # repeated entries add up, as coalesce() makes them for COO
+            index, inverse = torch.unique_consecutive(index, return_inverse=True)
+            values = values.new_zeros(index.numel()).index_add(0, inverse, values)
+            rows, cols = index // n, index % n
+            counts = torch.bincount(rows, minlength=n)
     transpose = cols * n + rows
     offsets = torch.zeros(n + 1, dtype=torch.int64, device=cols.device)
     offsets[1:] = counts.cumsum(0)
