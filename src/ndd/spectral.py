@@ -1103,6 +1103,7 @@ def _thick_restart(U: Tensor, H: Tensor, eig: tuple[Tensor, Tensor], state: _Kry
     (off by 0.5 on a test graph); :func:`diffusion` restarts only when no gradient is taken.
     """
     theta, Y = eig
+    keep = min(keep, theta.shape[-1])  # a narrow user-given block: its whole first space
     top = theta.abs().topk(keep, dim=-1).indices
     Y_k = Y.gather(-1, top.unsqueeze(-2).expand(*Y.shape[:-1], keep)).to(H.dtype)  # (B, m, k)
     b = state.residual.shape[-2]
