@@ -36,9 +36,11 @@ that degree applied to its start, ``S^(q-1) U0`` and the Chebyshev filters inclu
 per product it converges much faster: on the benchmark graph and on the shipped model's
 affinities it is as accurate or more at a tenth of the column products. The residuals of
 its Ritz pairs come free from the last block; while they are large the space is made
-deeper, going on from the last one. A dense ``W`` that is mostly zeros (a banded
-affinity given densely) is multiplied through its non-zeros (CSR), with the full dense
-gradient; a torch sparse ``W`` is used as it is.
+deeper, going on from the last one (on a large graph without gradients: restarted from its
+best Ritz vectors, so memory stays bounded). A dense or torch sparse ``W`` whose non-zeros lie
+in the windows of an image grid is recognised as that band (checked on every entry); another
+dense ``W`` that is mostly zeros is multiplied through its non-zeros (CSR), with the full
+dense gradient; a torch sparse ``W`` is used as it is.
 
 Precision. :func:`diffusion` (and :func:`diffusion_distance`,
 :func:`diffusion_embedding`, :func:`legacy_diffusion_distance`) take a
