@@ -926,6 +926,14 @@ def test_krylov_restarts_a_large_space_from_its_best_ritz_vectors(monkeypatch):
     assert sizes[:2] == [64, 96] and len(sizes) > 3 and set(sizes[2:]) == {36 + 8 * 8}  # measured 4 restarts
     assert rel(result.distance, reference.distance) < 1e-4  # measured 2.9e-6 (unrestarted: 2.3e-6)
     assert torch.allclose(result.eigenvalues, reference.eigenvalues, atol=1e-7)  # measured 4.5e-9
+    # it gives up after KRYLOV_MAX_RESTARTS cycles, saying so, with what it has
+    monkeypatch.setattr(spectral, "KRYLOV_MAX_RESTARTS", 2)
+    monkeypatch.setattr(spectral, "KRYLOV_TOLERANCE", 1e-30)
+    with pytest.warns(UserWarning, match="after 2 restarts"):
+        capped = spectral.diffusion(W, 5.0, 20)
+    assert rel(capped.distance, reference.distance) < 1e-2  # measured 2.9e-3 after 2 cycles (4 to converge)
+    monkeypatch.undo()
+    monkeypatch.setattr(spectral, "_block_krylov", spy)
     sizes.clear()
     p = points.clone().requires_grad_()
     Wg = torch.where(mask, torch.exp(-(p[:, None] - p[None]).square().sum(-1)), torch.zeros((), dtype=torch.float64))
