@@ -1439,8 +1439,10 @@ def _is_sparse(W: object) -> bool:
 
 
 def _sparse_input(W: Tensor) -> tuple[_DensePattern, Tensor]:
-    """The CSR structure and the stored values (CSR order, differentiable) of a torch sparse
-    ``(N, N)`` affinity, after the checks :func:`_validate_affinity` makes for a dense one."""
+    """The CSR structure and the stored values (CSR order, differentiable, repeated entries added
+    up) of a torch sparse ``(N, N)`` affinity, after the checks :func:`_validate_affinity` makes
+    for a dense one except symmetry: :func:`_sparse_as_banded` checks it on the band of a grid
+    affinity, :func:`_check_sparse_symmetric` on any other."""
     if W.dim() != 2 or W.shape[0] != W.shape[1]:
         raise ValueError(f"a sparse W must be square (N, N) (batches: one call each), got shape {tuple(W.shape)}")
     n = W.shape[0]
