@@ -560,6 +560,57 @@ def isolated_node_graph(nodes: tuple[int, ...], eps: float = 6e-4) -> torch.Tens
     return W
 
 
+def test_symmetric_normalize_in_a_wider_dtype_equals_normalising_the_cast_affinity():
+    """``symmetric_normalize(W, dtype)`` (no cast copy; in place without a gradient) equals the
+    definition on ``W`` cast first, for a band and a dense ``W``, with and without autograd, and
+    the gradient reaches the float32 weights as through the cast."""
+    band32 = spectral.local_affinity(grid_features(7, 9, seed=5, dtype=torch.float32), 0.5, window=5)
+    dense = band32.to_dense()
+    exact = spectral.BandedAffinity(band32.weights.double(), band32.grid_shape, band32.window)
+    d = exact.weights.sum(-1)
+    index, valid = spectral._neighbour_index(7, 9, 5, torch.device("cpu"))
+    definition = exact.weights * d.rsqrt().unsqueeze(-1) * d.rsqrt()[:, index] * valid
+    with torch.no_grad():
+        S = spectral.symmetric_normalize(band32, torch.float64)
+    assert S.weights.dtype == torch.float64 and band32.weights.dtype == torch.float32
+    torch.testing.assert_close(S.weights, definition, rtol=1e-14, atol=0)
+    S_dense = spectral.symmetric_normalize(dense, torch.float64)
+    torch.testing.assert_close(S_dense, S.to_dense(), rtol=1e-14, atol=0)
+    assert torch.equal(S_dense, S_dense.transpose(-1, -2))  # d_j^-1/2 d_i^-1/2 W_ij: symmetric to the bit
+    weights = band32.weights.clone().requires_grad_(True)
+    probe = torch.randn(definition.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    ours = spectral.symmetric_normalize(spectral.BandedAffinity(weights, (7, 9), 5), torch.float64)
+    torch.testing.assert_close(ours.weights, definition, rtol=1e-14, atol=0)
+    (grad,) = torch.autograd.grad((ours.weights * probe).sum(), weights)
+    cast = weights.detach().double().requires_grad_(True)
+    (reference,) = torch.autograd.grad((spectral.symmetric_normalize(spectral.BandedAffinity(cast, (7, 9), 5)).weights
+                                        * probe).sum(), cast)
+    assert grad.dtype == torch.float32
+    torch.testing.assert_close(grad, reference.float(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("n, rows", [(300, 64), (37, 128), (256, 64)])
+def test_distance_assembly_equals_its_definition(n, rows):
+    """``_assemble_distance`` (upper triangle by strips, the lower one copied) equals
+    ``|g_i|^2 + |g_j|^2 - 2 g_i.g_j`` clamped at 0, for every dtype pair, a batch, and N not a
+    multiple of the strip (or below it)."""
+    G = torch.randn(2, n, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
+    G[:, : n // 3] = G[:1, :1]  # a group of equal rows: D = 0 there, which rounding must not turn negative
+    sq = G.square().sum(-1)
+    definition = (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2 * G @ G.transpose(-1, -2)).clamp_min(0)
+    pairs = ((torch.float64, torch.float32), (torch.float32, torch.float32), (torch.float64, torch.float64))
+    strip = torch.arange(n) // rows
+    below = torch.ones(n, n, dtype=torch.bool).tril(-1) & (strip[:, None] != strip)  # under the diagonal blocks
+    for compute, out in pairs:
+        D = spectral._assemble_distance(G.to(compute), out, rows=rows)
+        assert D.dtype == out and D.shape == (2, n, n) and bool((D >= 0).all())
+        tol = 1e-12 if compute == torch.float64 else 1e-5
+        atol = tol * float(definition.max())
+        torch.testing.assert_close(D.double(), definition, rtol=torch.finfo(out).eps, atol=atol)
+        # everything below the diagonal blocks is the mirror of the part above them
+        assert torch.equal(D[:, below], D.transpose(-1, -2)[:, below])
+
+
 def test_spike_columns_sit_at_the_most_isolated_nodes():
     """(S^2)_ii from each operator equals the definition, and the one-hot start columns go to the
     nodes that carry localised leading eigenvectors."""
