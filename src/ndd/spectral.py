@@ -450,9 +450,9 @@ def symmetric_normalize(W: Tensor | BandedAffinity, dtype: torch.dtype | None = 
 
     Entry ``(i, j)`` is ``(d_j^-1/2 d_i^-1/2) W_ij``, so a symmetric ``W`` gives an ``S``
     symmetric to the last bit. Without a gradient to ``W`` a band is built in one new
-    ``(B, N, K)`` tensor, not three: on this project's CPU VM each fresh tensor of that size
-    costs more in page faults than its arithmetic (2.4 ms for a product into 5.8 MB, N = 2501,
-    K = 289, float64, against 0.5 ms into memory already touched).
+    ``(B, N, K)`` tensor, not three: on this project's CPU VM a fresh tensor of that size can
+    cost more in page faults than its arithmetic (N = 2501, K = 289, float64: one product into
+    a new 5.8 MB tensor took 2.4 ms inside the solver's run, 0.3 ms in a loop that reuses memory).
     """
     d_isqrt = degree(W, dtype).rsqrt()
     if isinstance(W, BandedAffinity):
@@ -1233,8 +1233,8 @@ def _assemble_distance(G: Tensor, out_dtype: torch.dtype, rows: int = 256) -> Te
     wider compute dtype. Only the upper triangle is computed (each strip from its diagonal
     block on) and the lower one is copied from it, transposed: half the products, which is
     what the time is in. Measured on N = 2501, r = 50, one thread: float64 computed, float32
-    out 15.8 ms, against 21.0 ms for whole strips and 5.5x that for ``baddbmm`` + ``clamp`` +
-    cast; float32 10.6 ms (10.8 for whole strips: there the transposed copy eats the gain).
+    out, 15.6 ms against 21.0 ms for whole strips (which were 5.5x faster than ``baddbmm`` +
+    ``clamp`` + cast); float32 9.9 against 10.8 ms (there the transposed copy eats most of the gain).
     """
     sq = G.square().sum(-1)
     if G.device.type != "cpu":  # large GPU kernels beat a Python loop of small ones
