@@ -660,13 +660,26 @@ def _as_banded(W: Tensor) -> BandedAffinity | None:
     return BandedAffinity(band, (h, w), window)
 
 
+@functools.lru_cache(maxsize=32)
+def _band_mirror(h: int, w: int, window: int, batch: int, device: torch.device) -> Tensor:
+    """For every slot of a ``(B, N, K)`` band, the flat position of its mirror entry
+    ``[b, i + offset_o, K - 1 - o]``; a slot outside the grid (weight 0) maps to itself."""
+    n, k = h * w, window * window
+    index, valid = _neighbour_index(h, w, window, device)
+    first = torch.arange(batch, device=device).view(batch, 1, 1) * n
+    mirror = (first + index) * k + (k - 1 - torch.arange(k, device=device))
+    own = torch.arange(batch * n * k, device=device).view(batch, n, k)
+    return torch.where(valid, mirror, own).reshape(-1)
+
+
 def _check_band_symmetric(band: Tensor, grid: tuple[int, int], window: int, message: str) -> None:
     """Raises ``ValueError(message)`` unless every ``band[b, i, o]`` equals its mirror
-    ``band[b, i + offset_o, K - 1 - o]``."""
-    _, _, take, transpose = _csr_pattern(*grid, window, band.shape[0], band.device)
+    ``band[b, i + offset_o, K - 1 - o]`` (the slots outside the grid must hold 0)."""
     flat = band.detach().reshape(-1)
     _check_entries(flat)  # NaN would pass the comparison below unseen
-    if not _close(flat.index_select(0, take), flat.index_select(0, transpose)):
+    # the whole band against its mirror image: one gathered copy (the slots outside the grid
+    # compare with themselves)
+    if not _close(flat, flat.index_select(0, _band_mirror(*grid, window, band.shape[0], band.device))):
         raise ValueError(message)
 
 
