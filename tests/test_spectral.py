@@ -513,6 +513,41 @@ def test_krylov_is_the_default_and_paper_solver_stays_available(solver_calls):
         spectral.diffusion(W, 4.0, n_eigs=8, block_size=2, n_blocks=3)  # a 6-dimensional space for 8 pairs
 
 
+def test_second_gram_schmidt_pass_subtracts_only_what_is_above_rounding(monkeypatch):
+    """Without a gradient the pass after each Lanczos step skips subtracting coefficients below
+    eps^0.8 |z|: the basis stays orthonormal and H = Q^T S Q to 1e-12, and the Ritz values and D
+    are those of the always-subtracting run; with a gradient it always subtracts."""
+    W = spectral.local_affinity(piecewise_constant_features(16, 18, regions=6, channels=3, seed=2), 1.0, window=3)
+    S = spectral.symmetric_normalize(W)
+    op = spectral._Operator(S)
+    start = spectral.krylov_start(288, 8, (16, 18), torch.float64)[None]
+    decide = spectral._needs_second_pass
+    calls = []
+    monkeypatch.setattr(spectral, "_needs_second_pass", lambda c, z: calls.append(decide(c, z)) or calls[-1])
+    with torch.no_grad():
+        Q, H, _, _ = spectral._block_krylov(op, start, 12)
+        D = spectral.diffusion_distance(W, 5.0, n_eigs=12)
+    assert calls.count(False) >= 10  # measured: all but the first step of each space skip
+    assert torch.allclose(Q.mT @ Q, torch.eye(96, dtype=Q.dtype), atol=1e-12)
+    assert torch.allclose(H, Q.mT @ spectral.apply_operator(S, Q), atol=1e-12)
+    monkeypatch.setattr(spectral, "_needs_second_pass", lambda c, z: True)
+    with torch.no_grad():
+        _, H_always, _, _ = spectral._block_krylov(op, start, 12)
+        D_always = spectral.diffusion_distance(W, 5.0, n_eigs=12)
+    assert torch.allclose(torch.linalg.eigvalsh(H), torch.linalg.eigvalsh(H_always), atol=1e-12)
+    assert rel(D, D_always) < 1e-10
+    # with a gradient, every step subtracts (the skip would change the gradient)
+    calls.clear()
+    monkeypatch.setattr(spectral, "_needs_second_pass", lambda c, z: calls.append(decide(c, z)) or calls[-1])
+    weights = W.weights.clone().requires_grad_(True)
+    spectral.diffusion_distance(spectral.BandedAffinity(weights, W.grid_shape, W.window), 5.0, n_eigs=12).sum().backward()
+    assert calls and all(calls)
+    coefficients = torch.full((1, 2, 5), 1e-14, dtype=torch.float64)
+    block = torch.ones(1, 2, 7, dtype=torch.float64)
+    assert not decide(coefficients, block) and decide(coefficients * 1e3, block)
+    assert decide(coefficients.float() * 1e9, block.float()) and not decide(coefficients.float() * 1e7, block.float())
+
+
 def test_krylov_deepens_its_space_until_the_ritz_residuals_are_small(solver_calls, monkeypatch):
     """The residual of every Ritz pair comes free from the last Krylov block; while the residuals
     weighted by the slope of f are above the tolerance the space is made deeper, unless n_blocks

@@ -1034,6 +1034,26 @@ class _KrylovState(NamedTuple):
     buffer: Tensor | None = None  # the last run's block buffer, reused by a restart of the same size
 
 
+def _needs_second_pass(column: Tensor, Zt: Tensor) -> bool:
+    """Whether the Gram-Schmidt pass that follows a Lanczos step must subtract its coefficients
+    ``column`` ``(B, b, m)`` from the block ``Zt`` ``(B, b, N)``: yes if one exceeds
+    ``eps^0.8 |z|`` of its row (3.1e-13 in float64, 2.9e-6 in float32), if a gradient is
+    tracked (the subtraction's backward projects the gradient, whatever the size of the
+    coefficients: skipping it moved a test's gradient by 5e-3), and on a GPU (no host sync
+    per step there).
+
+    After the Lanczos step the coefficients are rounding: up to 4.3e-14 |z| (float64) and
+    1.1e-5 |z| (float32) on the README's 41x61 grid, 5e-15 to 1.6e-13 |z| on the 20,000-point
+    k-nearest-neighbour graph (float64). Below the threshold the blocks stay orthogonal to
+    about that level, far inside the 1e-3 the solver aims at, and the subtraction, half of the
+    pass, is saved: 13 % of ``diffusion_embedding`` on that graph (1.71 against 1.97 s).
+    """
+    if Zt.device.type != "cpu" or (torch.is_grad_enabled() and Zt.requires_grad):
+        return True
+    limit = torch.finfo(Zt.dtype).eps ** 0.8
+    return bool((column.abs().amax(-1) > limit * Zt.norm(dim=-1)).any())
+
+
 def _block_krylov(op, U0: Tensor | None, n_blocks: int,
                   state: _KrylovState | None = None) -> tuple[Tensor, Tensor, Tensor, _KrylovState]:
     """Block Lanczos with full reorthogonalisation; see :func:`block_krylov`.
@@ -1086,14 +1106,16 @@ def _block_krylov(op, U0: Tensor | None, n_blocks: int,
         Zt = op(Qt.transpose(-1, -2)).transpose(-1, -2)  # (S Q_j)^T
         # The Lanczos step proper (in exact arithmetic S Q_j only has components along
         # Q_(j-1) and Q_j), then one classical Gram-Schmidt pass against every block, which
-        # removes the rounding the first pass left in all directions: the blocks stay
-        # orthogonal to working precision, so H is Q^T S Q (checked by a test).
+        # removes the rounding the first pass left in all directions (when it is above
+        # eps^0.8, see _needs_second_pass): the blocks stay orthogonal to working precision,
+        # so H is Q^T S Q (checked by a test).
         lo = starts[-2] if j else 0
         near = basis[:, lo:]
         c_near = Zt @ near.transpose(-1, -2)
         Zt = torch.baddbmm(Zt, c_near, near, alpha=-1)
         column = Zt @ basis.transpose(-1, -2)
-        Zt = torch.baddbmm(Zt, column, basis, alpha=-1)
+        if _needs_second_pass(column, Zt):
+            Zt = torch.baddbmm(Zt, column, basis, alpha=-1)
         column = torch.cat([column[..., :lo], column[..., lo:] + c_near], -1).transpose(-1, -2)
         if j < n_blocks - 1:
             Q, R = torch.linalg.qr(Zt.transpose(-1, -2))
