@@ -771,6 +771,13 @@ class _SparseOperator:
             self._transposed = (crow.int(), p.rows[order].int(), self.values.detach()[order])
         return self._transposed
 
+    def to_dense(self) -> Tensor:
+        """``A`` as a dense ``(B, N, N)`` tensor (the gradient reaches what ``A`` came from)."""
+        if self.dense is not None:
+            return self.dense
+        size = self.batch * self.n * self.n
+        return self.values.new_zeros(size).scatter(0, self.pattern.index, self.values).view(self.batch, self.n, self.n)
+
     def squared_row_norms(self) -> Tensor:
         """``(A^2)_ii = sum_j A_ij^2`` ``(B, N)``, see :func:`_spike_columns`."""
         sums = torch.segment_reduce(self.values.detach().square(), "sum", offsets=self.pattern.offsets)
@@ -795,6 +802,10 @@ class _Operator:
             self.batch, self.n = A.shape[0], A.shape[1]
             self.banded = None
             self.dense = A
+
+    def to_dense(self) -> Tensor:
+        """``A`` as a dense ``(B, N, N)`` tensor (differentiable)."""
+        return self.dense if self.banded is None else self.banded.to_dense()
 
     def squared_row_norms(self) -> Tensor:
         """``(A^2)_ii = sum_j A_ij^2`` ``(B, N)`` of a symmetric ``A``, see :func:`_spike_columns`."""
@@ -1410,20 +1421,35 @@ class DiffusionResult(NamedTuple):
 SOLVERS = ("auto", "krylov", "subspace", "eigh")
 
 
-def _degenerate_top(theta: Tensor, block_size: int) -> bool:
-    """Whether the top of a Krylov spectrum ``theta`` ``(B, m)`` may be a cluster wider than the block.
+def _degenerate_top(theta: Tensor, block_size: int, n_eigs: int, residual: Tensor | None = None) -> bool:
+    """Whether a Krylov space with Ritz values ``theta`` ``(B, m)`` may have missed copies of the
+    eigenvalue 1 that belong among the top ``Ne``.
 
-    A block Krylov space holds at most ``b`` vectors of one eigenspace. The top eigenvalue
-    of ``S`` is exactly 1, and nearly disconnected regions put one eigenvalue per region
-    within ~1e-9 of it: float64 resolves them (they differ), but where the precision cannot
-    (float32), or the graph is disconnected, the cluster is a multiple eigenvalue and
-    regions past the ``b``-th are missed (measured: relative error 1.2e-3 of ``D`` on 20
-    regions with ``b = 16`` in float32). When ``b`` Ritz values or more lie within
-    ``100 eps`` of 1, the caller falls back to the subspace iteration, whose ``Ne``
-    columns hold up to ``Ne`` regions.
+    A block Krylov space holds at most ``b`` vectors of one eigenspace (in exact arithmetic).
+    The top eigenvalue of ``S`` is exactly 1, once for each disconnected part of the graph, and
+    nearly disconnected regions put one eigenvalue per region within ~1e-9 of it: float64
+    resolves those (they differ), float32 cannot, so there they are one multiple eigenvalue
+    too. When ``b`` Ritz values or more lie within ``100 eps`` of 1 (or, given the
+    ``residual`` of each, ``(B, m)``, within their residual of 1: an eigenvalue lies within
+    ``r`` of a Ritz value), and fewer than ``Ne``, copies past the ``b``-th may be missing and
+    no residual shows it (measured: D off by 1.2e-3 on 20 regions with ``b = 16`` in float32;
+    eigenvalues off by 0.14 on a k-nearest-neighbour graph of 30 parts): the caller widens the
+    block. With ``Ne`` of them or more the top ``Ne`` are all 1 and none is missing from them.
     """
-    tol = 100 * torch.finfo(theta.dtype).eps
-    return bool(((theta.abs() >= 1 - tol).sum(-1) >= block_size).any())
+    slack = 100 * torch.finfo(theta.dtype).eps + (0 if residual is None else residual)
+    count = ((1 - theta.abs()).abs() <= slack).sum(-1)
+    return bool(((count >= block_size) & (count < n_eigs)).any())
+
+
+def _widened(start: Tensor) -> Tensor:
+    """``start`` ``(B, N, b)`` and ``b`` more seeded Gaussian columns: a block twice as wide.
+
+    Gaussian columns have a component along every eigenvector, so the wider space holds up to
+    ``2 b`` copies of a multiple eigenvalue (the seed differs from :func:`krylov_start`'s, whose
+    Gaussian columns the block may hold already)."""
+    batch, n, b = start.shape
+    extra = torch.randn(n, b, generator=torch.Generator().manual_seed(1000 + b), dtype=torch.float64)
+    return torch.cat([start, extra.to(start).expand(batch, n, b)], -1)
 
 
 def _sparse_operator(W: Tensor, pattern: _DensePattern, dtype: torch.dtype) -> tuple[_SparseOperator, Tensor]:
@@ -1466,19 +1492,23 @@ def _largest_slope(theta: Tensor, t_min: float, t_max: float) -> Tensor:
     return 2 * peak * a.pow(2 * peak - 1)
 
 
-def _ritz_error(eig: tuple[Tensor, Tensor], tail: Tensor, k: int, t: Tensor,
-                times: tuple[float, float] | None = None) -> float:
-    """Largest ``|f'(theta)|``-weighted residual of the ``k`` kept Ritz pairs, ``f(x) = (x^2)^t``
-    (no product by ``S``: from the last residual block of the Krylov run, :func:`_block_krylov`);
-    with ``times = (t_min, t_max)`` the largest slope over that range of ``t`` instead."""
+def _ritz_residuals(eig: tuple[Tensor, Tensor], tail: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` Ritz values of largest modulus ``(B, k)`` and their residuals ``|S v - theta v|``
+    ``(B, k)``, from the last residual block of the Krylov run (no product by ``S``,
+    :func:`_block_krylov`)."""
     theta, Y = eig
     top = theta.abs().topk(k, dim=-1).indices
     Y_k = Y.gather(-1, top.unsqueeze(-2).expand(*Y.shape[:-1], k))[..., -tail.shape[-1]:, :]  # (B, b, k)
-    residual = torch.einsum("bik,bij,bjk->bk", Y_k, tail, Y_k).clamp_min(0).sqrt()
+    return theta.gather(-1, top), torch.einsum("bik,bij,bjk->bk", Y_k, tail, Y_k).clamp_min(0).sqrt()
+
+
+def _ritz_error(theta: Tensor, residual: Tensor, t: Tensor, times: tuple[float, float] | None = None) -> float:
+    """Largest ``|f'(theta)|``-weighted residual of Ritz pairs (:func:`_ritz_residuals`),
+    ``f(x) = (x^2)^t``; with ``times = (t_min, t_max)`` the largest slope over that range of ``t``."""
     if times is None:
-        _, slope, _ = _power_and_derivatives(theta.gather(-1, top), t.detach())
+        _, slope, _ = _power_and_derivatives(theta, t.detach())
     else:
-        slope = _largest_slope(theta.gather(-1, top), *times)
+        slope = _largest_slope(theta, *times)
     return float((slope.abs() * residual).max())
 
 
@@ -1543,17 +1573,29 @@ def _check_sparse_symmetric(pattern: _DensePattern, values: Tensor) -> None:
         raise ValueError("W must be symmetric (every stored entry (i, j) needs an equal entry (j, i))")
 
 
+class _KrylovRun(NamedTuple):
+    """What :func:`_krylov_ritz` leaves: the space ``U`` ``(B, N, m)``, ``H`` ``(B, m, m)``,
+    ``eigh(H)`` and the depth in blocks, with how it ended (``status``): ``"done"`` (the error
+    bound holds, or the depth was given), ``"degenerate"`` (:func:`_degenerate_top`: a wider
+    block is needed) or ``"full"`` (the next space would hold more than half the graph: the
+    exact spectrum is cheaper there, and a space that close to ``N`` loses orthogonality)."""
+
+    U: Tensor
+    H: Tensor
+    eig: tuple[Tensor, Tensor]
+    blocks: int
+    status: str
+
+
 def _krylov_ritz(op, start: Tensor, blocks: int, n_eigs: int, t: Tensor, times: tuple[float, float] | None,
-                 deepen: bool, track: bool) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None, int]:
-    """The default solver's space: ``(U, H, eigh(H), blocks)`` of :func:`diffusion`'s ``"krylov"``.
+                 deepen: bool, track: bool) -> _KrylovRun:
+    """The default solver's space (:func:`diffusion`'s ``"krylov"``), see :class:`_KrylovRun`.
 
     Block Lanczos from ``start`` ``(B, N, b)`` on ``blocks`` blocks, with autograd if ``track``.
     While ``deepen`` and the error bound of the ``n_eigs`` kept pairs (:func:`_ritz_error`, at
     ``t`` or over ``times``) exceeds :data:`KRYLOV_TOLERANCE`, the space goes on from the last run:
-    deeper (:func:`_next_depth`, up to ``N`` dimensions) or, on a large graph without autograd,
-    restarted from its best Ritz vectors (:func:`_thick_restart`). ``eigh(H)`` is ``None`` when the
-    top of the spectrum is a cluster the block cannot hold (:func:`_degenerate_top`): the caller
-    falls back to the subspace iteration; ``blocks`` is then the depth reached.
+    deeper (:func:`_next_depth`, up to half the graph) or, on a large graph without autograd,
+    restarted from its best Ritz vectors (:func:`_thick_restart`).
     """
     batch, n, b = start.shape
     keep, restarts, state = n_eigs + 2 * b, 0, None
@@ -1561,14 +1603,16 @@ def _krylov_ritz(op, start: Tensor, blocks: int, n_eigs: int, t: Tensor, times: 
         with torch.set_grad_enabled(track):
             U, H, tail, state = _block_krylov(op, start, blocks, state)
         eig = _ritz_eigh(H.detach())
-        if _degenerate_top(eig[0], b):
-            return U, H, None, blocks
-        more = min(_next_depth(blocks), n // b)  # a space of at most N dimensions
-        if not deepen or more == blocks:
-            return U, H, eig, blocks
-        error = _ritz_error(eig, tail, n_eigs, t, times)
-        if error <= KRYLOV_TOLERANCE:
-            return U, H, eig, blocks
+        if _degenerate_top(eig[0], b, n_eigs):
+            return _KrylovRun(U, H, eig, blocks, "degenerate")
+        theta_k, residual = _ritz_residuals(eig, tail, n_eigs)
+        error = _ritz_error(theta_k, residual, t, times)
+        if not deepen or error <= KRYLOV_TOLERANCE:
+            # converged: now a Ritz value counts as a copy of 1 if 1 is within its residual
+            # (the copies a block holds converge at different rates: 2e-11 from 1 against 3e-15)
+            degenerate = _degenerate_top(theta_k, b, n_eigs, residual)
+            return _KrylovRun(U, H, eig, blocks, "degenerate" if degenerate else "done")
+        more = _next_depth(blocks)
         restart_size = keep + KRYLOV_RESTART_BLOCKS * b
         # Only without autograd: which vectors a restart keeps depends on W, and holding that
         # choice fixed left the gradient off by 0.5 on a test graph.
@@ -1577,11 +1621,18 @@ def _krylov_ritz(op, start: Tensor, blocks: int, n_eigs: int, t: Tensor, times: 
             if restarts == KRYLOV_MAX_RESTARTS:
                 warnings.warn(f"diffusion: the Krylov error bound is {error:.1e} after {restarts} restarts, "
                               f"above KRYLOV_TOLERANCE = {KRYLOV_TOLERANCE:g}; D may be off by about that much")
-                return U, H, eig, blocks
+                return _KrylovRun(U, H, eig, blocks, "done")
             state = _thick_restart(U, H, eig, state, keep)  # a large graph: from the best Ritz vectors
             blocks, restarts = 1 + KRYLOV_RESTART_BLOCKS, restarts + 1
+        elif 2 * more * b > n:
+            return _KrylovRun(U, H, eig, blocks, "full")
         else:
             blocks = more  # not accurate enough yet: a deeper space
+
+
+#: Largest graph (nodes) whose exact spectrum :func:`diffusion` computes when its Krylov space
+#: would need more than half the graph (``eigh`` of a dense ``N x N`` matrix: 0.5 GB in float64).
+EXACT_MAX_NODES = 8192
 
 
 def diffusion(
@@ -1621,11 +1672,14 @@ def diffusion(
       space would hold more than :data:`KRYLOV_MAX_BASIS` entries, and when no gradient is
       taken, the space is restarted instead from its ``Ne + 2 b`` best Ritz vectors plus
       :data:`KRYLOV_RESTART_BLOCKS` new blocks (:func:`_thick_restart`), so memory stays
-      bounded. ``n_iter`` and ``n_power`` are not used. On a graph too small for the space
-      (``2 m > N`` at 16 blocks) the exact spectrum is used, truncated to ``Ne``. If the top of the
-      spectrum is a cluster the block cannot hold (``b`` Ritz values at 1 within rounding:
-      disconnected regions, or nearly disconnected ones in float32), it falls back to
-      ``"subspace"`` with ``max(round(2t), n_blocks)`` products per QR step.
+      bounded. ``n_iter`` and ``n_power`` are not used. If the top of the spectrum is a
+      cluster the block may not hold (``b`` Ritz values at 1: disconnected parts of the graph,
+      or nearly disconnected regions in float32, :func:`_degenerate_top`), the space is built
+      again with a block twice as wide (:func:`_widened`; 16, 32, 64 ... columns). On a graph
+      too small for the space (``2 m > N`` at 16 blocks), or where the space would have to
+      grow past half the graph, or a wider block would not fit, the exact spectrum is used,
+      truncated to ``Ne`` (up to :data:`EXACT_MAX_NODES` nodes; above, with a warning, the
+      last Krylov result).
     * ``"subspace"``: the paper's accelerated simultaneous iteration, ``n_iter`` QR steps
       ``T`` each after ``n_power`` (default ``round(2t)``) products by ``S`` on ``Ne``
       columns, then Rayleigh-Ritz.
@@ -1750,10 +1804,22 @@ def diffusion(
             # The space depends on W (and U0) only: with no gradient to them, build it without
             # autograd, so its blocks go into one buffer (no concatenation per step).
             track = torch.is_grad_enabled() and (d.requires_grad or start.requires_grad)
-            U, H, eig, blocks = _krylov_ritz(op, start.expand(batch, n, size[0]), size[1], n_eigs, t, times,
-                                             deepen=n_blocks is None, track=track)
-            if eig is None:  # as many products per QR step as the Krylov run made, at least the paper's
-                solver, n_power, U0 = "subspace", max(default_power(t), blocks), None
+            start = start.expand(batch, n, start.shape[-1])
+            while True:
+                run = _krylov_ritz(op, start, size[1], n_eigs, t, times, deepen=n_blocks is None, track=track)
+                if run.status != "degenerate" or 4 * start.shape[-1] * size[1] > n:
+                    break
+                # more eigenvalues at 1 than the block holds (disconnected parts, or nearly
+                # disconnected ones in float32): again, with a block twice as wide
+                start = _widened(start)
+            U, H, eig = run.U, run.H, run.eig
+            if run.status != "done":
+                if n <= EXACT_MAX_NODES:  # the exact spectrum, truncated to Ne (a small graph)
+                    U, H, eig = torch.eye(n, dtype=d.dtype, device=d.device).expand(batch, n, n), op.to_dense(), None
+                else:
+                    warnings.warn(f"diffusion: the Krylov space of this {n}-node graph did not converge ("
+                                  f"{run.status}) and the graph is too large for the exact spectrum; "
+                                  "D may be inaccurate")
         if solver == "subspace":
             start = initial_subspace(n, n_eigs, grid, d.dtype, d.device) if U0 is None else U0.to(d)
             power = default_power(t) if n_power is None else n_power
