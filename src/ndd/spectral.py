@@ -1430,8 +1430,8 @@ def _degenerate_top(theta: Tensor, block_size: int, n_eigs: int, residual: Tenso
     nearly disconnected regions put one eigenvalue per region within ~1e-9 of it: float64
     resolves those (they differ), float32 cannot, so there they are one multiple eigenvalue
     too. When ``b`` Ritz values or more lie within ``100 eps`` of 1 (or, given the
-    ``residual`` of each, ``(B, m)``, within their residual of 1: an eigenvalue lies within
-    ``r`` of a Ritz value), and fewer than ``Ne``, copies past the ``b``-th may be missing and
+    ``residual`` of each, shaped as ``theta``, within their residual of 1: an eigenvalue lies
+    within ``r`` of a Ritz value; for a converged space), and fewer than ``Ne``, copies past the ``b``-th may be missing and
     no residual shows it (measured: D off by 1.2e-3 on 20 regions with ``b = 16`` in float32;
     eigenvalues off by 0.14 on a k-nearest-neighbour graph of 30 parts): the caller widens the
     block. With ``Ne`` of them or more the top ``Ne`` are all 1 and none is missing from them.
@@ -1607,11 +1607,12 @@ def _krylov_ritz(op, start: Tensor, blocks: int, n_eigs: int, t: Tensor, times: 
             return _KrylovRun(U, H, eig, blocks, "degenerate")
         theta_k, residual = _ritz_residuals(eig, tail, n_eigs)
         error = _ritz_error(theta_k, residual, t, times)
+        # converged: now a Ritz value counts as a copy of 1 if 1 is within its residual (the
+        # copies a block holds converge at different rates: 2e-11 from 1 against 3e-15)
+        if error <= KRYLOV_TOLERANCE and _degenerate_top(theta_k, b, n_eigs, residual):
+            return _KrylovRun(U, H, eig, blocks, "degenerate")
         if not deepen or error <= KRYLOV_TOLERANCE:
-            # converged: now a Ritz value counts as a copy of 1 if 1 is within its residual
-            # (the copies a block holds converge at different rates: 2e-11 from 1 against 3e-15)
-            degenerate = _degenerate_top(theta_k, b, n_eigs, residual)
-            return _KrylovRun(U, H, eig, blocks, "degenerate" if degenerate else "done")
+            return _KrylovRun(U, H, eig, blocks, "done")
         more = _next_depth(blocks)
         restart_size = keep + KRYLOV_RESTART_BLOCKS * b
         # Only without autograd: which vectors a restart keeps depends on W, and holding that
