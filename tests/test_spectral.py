@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import numpy as np
 import torch
@@ -1069,10 +1071,15 @@ def test_krylov_falls_back_to_the_exact_spectrum_on_a_wide_degenerate_cluster(so
     g = torch.Generator().manual_seed(10)
     blocks = [torch.rand(12, 12, generator=g, dtype=torch.float64) for _ in range(10)]
     W = torch.block_diag(*[0.5 * (b + b.T) for b in blocks])
-    result = spectral.diffusion(W, 2.0, n_eigs=10, block_size=4, n_blocks=12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # ten parts, ten pairs: nothing to warn about
+        result = spectral.diffusion(W, 2.0, n_eigs=10, block_size=4, n_blocks=12)
     assert solver_calls == {"krylov": 1, "subspace": 0}
     assert torch.allclose(result.eigenvalues, torch.ones(10, dtype=torch.float64), atol=1e-10)
     assert rel(result.distance, spectral.diffusion_distance(W, 2.0, n_eigs=10, solver="eigh")) < 1e-10
+    # fewer pairs than parts: which copies of 1 are kept is a choice, and the user is told
+    with pytest.warns(UserWarning, match="at least 10 eigenvalues have modulus 1.*n_eigs > 10"):
+        spectral.diffusion(W, 2.0, n_eigs=6)
 
 
 def region_graph(window: int) -> spectral.BandedAffinity:

@@ -1631,6 +1631,17 @@ def _krylov_ritz(op, start: Tensor, blocks: int, n_eigs: int, t: Tensor, times: 
             blocks = more  # not accurate enough yet: a deeper space
 
 
+def _warn_if_ones_are_split(theta: Tensor, n_eigs: int) -> None:
+    """Warns when more than ``Ne`` eigenvalues ``theta`` ``(B, m)`` have modulus 1 (as many
+    disconnected parts, or bipartite ones): the top ``Ne`` pairs are then a choice among them,
+    and D truncated to ``Ne`` depends on it (the exact spectrum's too)."""
+    count = int(((1 - theta.abs()).abs() <= 100 * torch.finfo(theta.dtype).eps).sum(-1).max())
+    if count > n_eigs:
+        warnings.warn(f"diffusion: at least {count} eigenvalues have modulus 1 (the graph has that many "
+                      f"disconnected parts) but n_eigs = {n_eigs}: D from the top {n_eigs} pairs depends on which "
+                      f"of them are kept; give n_eigs > {count}")
+
+
 #: Largest graph (nodes) whose exact spectrum :func:`diffusion` computes when its Krylov space
 #: would need more than half the graph (``eigh`` of a dense ``N x N`` matrix: 0.5 GB in float64).
 EXACT_MAX_NODES = 8192
@@ -1816,11 +1827,13 @@ def diffusion(
             U, H, eig = run.U, run.H, run.eig
             if run.status != "done":
                 if n <= EXACT_MAX_NODES:  # the exact spectrum, truncated to Ne (a small graph)
-                    U, H, eig = torch.eye(n, dtype=d.dtype, device=d.device).expand(batch, n, n), op.to_dense(), None
+                    U, H = torch.eye(n, dtype=d.dtype, device=d.device).expand(batch, n, n), op.to_dense()
+                    eig = _ritz_eigh(H.detach())
                 else:
                     warnings.warn(f"diffusion: the Krylov space of this {n}-node graph did not converge ("
                                   f"{run.status}) and the graph is too large for the exact spectrum; "
                                   "D may be inaccurate")
+            _warn_if_ones_are_split(eig[0], n_eigs)
         if solver == "subspace":
             start = initial_subspace(n, n_eigs, grid, d.dtype, d.device) if U0 is None else U0.to(d)
             power = default_power(t) if n_power is None else n_power
@@ -1837,7 +1850,9 @@ def diffusion(
     elif n_eigs is not None and solver == "krylov":  # a small graph: exact, truncated to Ne
         dense = S.to_dense() if isinstance(S, BandedAffinity) else S
         eye = torch.eye(n, dtype=d.dtype, device=d.device)
-        D, lam, psi = _RitzDistance.apply(scale.unsqueeze(-1) * eye, dense, t, n_eigs, out_dtype)
+        eig = _ritz_eigh(dense.detach())
+        _warn_if_ones_are_split(eig[0], n_eigs)
+        D, lam, psi = _RitzDistance.apply(scale.unsqueeze(-1) * eye, dense, t, n_eigs, out_dtype, eig)
     else:
         dense = S.to_dense() if isinstance(S, BandedAffinity) else S
         if n_eigs is None:
