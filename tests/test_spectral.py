@@ -1091,6 +1091,26 @@ def region_graph(window: int) -> spectral.BandedAffinity:
     return spectral.local_affinity(features, 1.0, window=window)
 
 
+def test_a_graph_whose_space_will_restart_gets_a_narrower_block(monkeypatch):
+    """Without a gradient, where the third space would pass KRYLOV_MAX_BASIS (so the space will be
+    restarted), the default block is three quarters as wide (at least 8; faster there, README);
+    with a gradient, or a block given, it stays. D is right either way."""
+    assert spectral._restarted_block(16) == 12 and spectral._restarted_block(8) == 8
+    widths = []
+    krylov_ritz = spectral._krylov_ritz
+    monkeypatch.setattr(spectral, "_krylov_ritz", lambda *a, **k: widths.append(a[1].shape[-1]) or krylov_ritz(*a, **k))
+    monkeypatch.setattr(spectral, "KRYLOV_MAX_BASIS", 1200 * 16 * 18 - 1)  # just below the third space of 16
+    W = spectral.local_affinity(grid_features(30, 40, seed=4), 0.5, window=5)
+    reference = spectral.diffusion_distance(W, 4.0, n_eigs=50, solver="eigh")
+    with torch.no_grad():
+        D = spectral.diffusion_distance(W, 4.0, n_eigs=50)
+        spectral.diffusion_distance(W, 4.0, n_eigs=50, block_size=16)
+    weights = W.weights.clone().requires_grad_(True)
+    D_grad = spectral.diffusion_distance(spectral.BandedAffinity(weights, W.grid_shape, W.window), 4.0, n_eigs=50)
+    assert widths == [12, 16, 16]
+    assert rel(D, reference) < spectral.KRYLOV_TOLERANCE and rel(D_grad.detach(), reference) < spectral.KRYLOV_TOLERANCE
+
+
 def test_krylov_widens_its_block_when_the_graph_has_more_parts_than_it_holds(monkeypatch):
     """Twenty disconnected regions, Ne = 30, a 10-column block: the space holds 10 copies of the
     eigenvalue 1 and would miss the rest unseen; the solver sees 10 Ritz values at 1 and goes
