@@ -1827,12 +1827,12 @@ def diffusion(
     if iterative:
         eig = None
         if solver == "krylov":
-            track = torch.is_grad_enabled() and (d.requires_grad or (U0 is not None and U0.requires_grad))
-            if block_size is None and not track and n * size[0] * _next_depth(_next_depth(size[1])) > KRYLOV_MAX_BASIS:
-                size = (_restarted_block(size[0]), size[1])
-            start = _default_start(op, size[0], grid, d.dtype) if U0 is None else U0.to(d)
             # The space depends on W (and U0) only: with no gradient to them, build it without
             # autograd, so its blocks go into one buffer (no concatenation per step).
+            track = torch.is_grad_enabled() and (d.requires_grad or (U0 is not None and U0.requires_grad))
+            if block_size is None and not track and n * size[0] * _next_depth(_next_depth(size[1])) > KRYLOV_MAX_BASIS:
+                size = (_restarted_block(size[0]), size[1])  # a space that will be restarted
+            start = _default_start(op, size[0], grid, d.dtype) if U0 is None else U0.to(d)
             start = start.expand(batch, n, start.shape[-1])
             while True:
                 run = _krylov_ritz(op, start, size[1], n_eigs, t, times, deepen=n_blocks is None, track=track)
@@ -1843,7 +1843,7 @@ def diffusion(
                 start = _widened(start)
             U, H, eig = run.U, run.H, run.eig
             if run.status != "done":
-                if n <= EXACT_MAX_NODES:  # the exact spectrum, truncated to Ne (a small graph)
+                if n <= EXACT_MAX_NODES:  # no room for the space or a wider block: exact, truncated to Ne
                     U, H = torch.eye(n, dtype=d.dtype, device=d.device).expand(batch, n, n), op.to_dense()
                     eig = _ritz_eigh(H.detach())
                 else:
