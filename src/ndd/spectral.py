@@ -1446,14 +1446,20 @@ def _degenerate_top(theta: Tensor, block_size: int, n_eigs: int, residual: Tenso
     resolves those (they differ), float32 cannot, so there they are one multiple eigenvalue
     too. When ``b`` Ritz values or more lie within ``100 eps`` of 1 (or, given the
     ``residual`` of each, shaped as ``theta``, within their residual of 1: an eigenvalue lies
-    within ``r`` of a Ritz value; for a converged space), and fewer than ``Ne``, copies past the ``b``-th may be missing and
-    no residual shows it (measured: D off by 1.2e-3 on 20 regions with ``b = 16`` in float32;
-    eigenvalues off by 0.14 on a k-nearest-neighbour graph of 30 parts): the caller widens the
-    block. With ``Ne`` of them or more the top ``Ne`` are all 1 and none is missing from them.
+    within ``r`` of a Ritz value; for a converged space), and fewer than ``Ne``, copies past
+    the ``b``-th may be missing and no residual shows it (measured: D off by 1.2e-3 on 20
+    regions with ``b = 16`` in float32; eigenvalues off by 0.14 on a k-nearest-neighbour graph
+    of 30 parts): the caller widens the block. With ``Ne`` of them or more the top ``Ne`` are
+    all 1 and none is missing from them.
     """
-    slack = 100 * torch.finfo(theta.dtype).eps + (0 if residual is None else residual)
-    count = ((1 - theta.abs()).abs() <= slack).sum(-1)
+    count = _count_at_one(theta, 0 if residual is None else residual)
     return bool(((count >= block_size) & (count < n_eigs)).any())
+
+
+def _count_at_one(theta: Tensor, slack: Tensor | float = 0) -> Tensor:
+    """How many of the eigenvalues ``theta`` ``(B, m)`` have modulus 1, ``(B,)``: within
+    ``100 eps`` of it, plus ``slack`` (a number, or one per entry of ``theta``)."""
+    return ((1 - theta.abs()).abs() <= 100 * torch.finfo(theta.dtype).eps + slack).sum(-1)
 
 
 def _widened(start: Tensor) -> Tensor:
@@ -1671,7 +1677,7 @@ def _warn_if_ones_are_split(theta: Tensor, n_eigs: int) -> None:
     """Warns when more than ``Ne`` eigenvalues ``theta`` ``(B, m)`` have modulus 1 (as many
     disconnected parts, or bipartite ones): the top ``Ne`` pairs are then a choice among them,
     and D truncated to ``Ne`` depends on it (the exact spectrum's too)."""
-    count = int(((1 - theta.abs()).abs() <= 100 * torch.finfo(theta.dtype).eps).sum(-1).max())
+    count = int(_count_at_one(theta).max())
     if count > n_eigs:
         warnings.warn(f"diffusion: at least {count} eigenvalues have modulus 1 (the graph has that many "
                       f"disconnected parts) but n_eigs = {n_eigs}: D from the top {n_eigs} pairs depends on which "
