@@ -879,6 +879,27 @@ def test_grid_affinity_given_dense_or_sparse_is_recognised_as_its_band(h, w, win
         assert transposed.grid_shape == (w, h) and transposed.window == window
 
 
+def test_negative_zeros_do_not_fool_the_band_recognition():
+    """The non-zeros are counted by their bits (``_count_set``), so ``-0.0`` counts as set: inside
+    the windows it is counted on both sides of the check (still the band, same result), outside
+    them it sends W to the general path, which treats it as the zero it is (same result again)."""
+    band = spectral.local_affinity(piecewise_constant_features(16, 18, regions=6, channels=3, seed=1), 1.0, window=5)
+    dense = band.to_dense()
+    x = torch.tensor([[0.0, -0.0, 1.5], [-0.0, 0.0, 0.0]])
+    for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
+        assert spectral._count_set(x.to(dtype)) == 3 and spectral._count_set(x.to(dtype).T) == 3
+    reference = spectral.diffusion(band, 5.0, n_eigs=12).distance
+    inside, outside = dense.clone(), dense.clone()
+    inside[0, 0, 0] = -0.0 * inside[0, 0, 0]  # a window slot of node 0 (itself), now -0.0
+    outside[0, 0, 200] = outside[0, 200, 0] = -0.0
+    assert torch.equal(spectral._as_banded(inside).weights.abs(), band.weights.abs().index_put((
+        torch.tensor([0]), torch.tensor([0]), torch.tensor([12])), torch.tensor(0.0, dtype=torch.float64)))
+    assert spectral._as_banded(outside) is None
+    for W in (inside, outside):
+        assert torch.isfinite(spectral.diffusion(W, 5.0, n_eigs=12).distance).all()
+    assert rel(spectral.diffusion(outside, 5.0, n_eigs=12).distance, reference) < spectral.KRYLOV_TOLERANCE
+
+
 def test_affinities_off_a_grid_stay_csr_matrices():
     """Recognition is checked on every entry: one non-zero outside the windows, a 1-D band, a
     k-nearest-neighbour graph or a wide window of few entries are multiplied as CSR matrices,
