@@ -1701,6 +1701,50 @@ def _warn_if_ones_are_split(theta: Tensor, n_eigs: int) -> None:
 EXACT_MAX_NODES = 8192
 
 
+def _will_restart(n: int, size: tuple[int, int]) -> bool:
+    """Whether a space of ``size = (b, depth)`` blocks on an ``n``-node graph would be restarted if
+    it had to go deeper twice (:func:`_krylov_ritz`): the third space holds more than
+    :data:`KRYLOV_MAX_BASIS` entries. :func:`diffusion` then starts from :func:`_restarted_block`."""
+    return n * size[0] * _next_depth(_next_depth(size[1])) > KRYLOV_MAX_BASIS
+
+
+def _exact_space(S: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
+    """The whole space for a dense ``S`` ``(B, N, N)``: basis ``I`` (expanded, no copy), ``H = S``
+    and ``eigh(S)``, so that Rayleigh-Ritz on it is the exact spectrum."""
+    batch, n, _ = S.shape
+    return torch.eye(n, dtype=S.dtype, device=S.device).expand(batch, n, n), S, _ritz_eigh(S.detach())
+
+
+def _krylov_space(op, start: Tensor, blocks: int, n_eigs: int, t: Tensor, times: tuple[float, float] | None,
+                  deepen: bool, track: bool) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
+    """The default solver's space ``U`` ``(B, N, m)``, ``H = U^T S U`` and ``eigh(H)``, from ``start``
+    ``(B, N, b)`` and ``blocks`` blocks (:func:`_krylov_ritz`, deeper while ``deepen``).
+
+    If the top of the spectrum holds more copies of 1 than the block (:func:`_degenerate_top`)
+    the space is built again from a block twice as wide (:func:`_widened`), while that fits in
+    the graph; where it does not, or the space would pass half the graph, the exact spectrum
+    (:func:`_exact_space`, up to :data:`EXACT_MAX_NODES` nodes; above, the last Krylov result
+    with a warning). Warns if more eigenvalues have modulus 1 than ``n_eigs``.
+    """
+    n = start.shape[-2]
+    while True:
+        run = _krylov_ritz(op, start, blocks, n_eigs, t, times, deepen=deepen, track=track)
+        if run.status != "degenerate" or 4 * start.shape[-1] * blocks > n:
+            break
+        # more eigenvalues at 1 than the block holds (disconnected parts, or nearly
+        # disconnected ones in float32): again, with a block twice as wide
+        start = _widened(start)
+    U, H, eig = run.U, run.H, run.eig
+    if run.status != "done":
+        if n <= EXACT_MAX_NODES:  # no room for the space or a wider block: exact, truncated to Ne
+            U, H, eig = _exact_space(op.to_dense())
+        else:
+            warnings.warn(f"diffusion: the Krylov space of this {n}-node graph did not converge ("
+                          f"{run.status}) and the graph is too large for the exact spectrum; D may be inaccurate")
+    _warn_if_ones_are_split(eig[0], n_eigs)
+    return U, H, eig
+
+
 def diffusion(
     W: Tensor | BandedAffinity,
     t: Tensor | float,
@@ -1863,33 +1907,20 @@ def diffusion(
     scale = (d.sum(-1, keepdim=True) / d).sqrt()  # sqrt(vol) D^-1/2 as a (B, N) vector
     t = torch.as_tensor(t, dtype=d.dtype, device=d.device)
 
-    if iterative:
+    if iterative or (n_eigs is not None and solver == "krylov"):  # Rayleigh-Ritz on a space U
         eig = None
-        if solver == "krylov":
+        if not iterative:  # a graph too small for the Krylov space: the exact spectrum, truncated to Ne
+            U, H, eig = _exact_space(S.to_dense() if isinstance(S, BandedAffinity) else S)
+            _warn_if_ones_are_split(eig[0], n_eigs)
+        elif solver == "krylov":
             # The space depends on W (and U0) only: with no gradient to them, build it without
             # autograd, so its blocks go into one buffer (no concatenation per step).
             track = torch.is_grad_enabled() and (d.requires_grad or (U0 is not None and U0.requires_grad))
-            if block_size is None and not track and n * size[0] * _next_depth(_next_depth(size[1])) > KRYLOV_MAX_BASIS:
-                size = (_restarted_block(size[0]), size[1])  # a space that will be restarted
+            if block_size is None and not track and _will_restart(n, size):
+                size = (_restarted_block(size[0]), size[1])
             start = _default_start(op, size[0], grid, d.dtype) if U0 is None else U0.to(d)
-            start = start.expand(batch, n, start.shape[-1])
-            while True:
-                run = _krylov_ritz(op, start, size[1], n_eigs, t, times, deepen=n_blocks is None, track=track)
-                if run.status != "degenerate" or 4 * start.shape[-1] * size[1] > n:
-                    break
-                # more eigenvalues at 1 than the block holds (disconnected parts, or nearly
-                # disconnected ones in float32): again, with a block twice as wide
-                start = _widened(start)
-            U, H, eig = run.U, run.H, run.eig
-            if run.status != "done":
-                if n <= EXACT_MAX_NODES:  # no room for the space or a wider block: exact, truncated to Ne
-                    U, H = torch.eye(n, dtype=d.dtype, device=d.device).expand(batch, n, n), op.to_dense()
-                    eig = _ritz_eigh(H.detach())
-                else:
-                    warnings.warn(f"diffusion: the Krylov space of this {n}-node graph did not converge ("
-                                  f"{run.status}) and the graph is too large for the exact spectrum; "
-                                  "D may be inaccurate")
-            _warn_if_ones_are_split(eig[0], n_eigs)
+            U, H, eig = _krylov_space(op, start.expand(batch, n, start.shape[-1]), size[1], n_eigs, t, times,
+                                      deepen=n_blocks is None, track=track)
         if solver == "subspace":
             start = initial_subspace(n, n_eigs, grid, d.dtype, d.device) if U0 is None else U0.to(d)
             power = default_power(t) if n_power is None else n_power
@@ -1905,12 +1936,6 @@ def diffusion(
                 lam = theta.gather(-1, top)
                 psi = (scale.unsqueeze(-1) * U) @ Y.gather(-1, top.unsqueeze(-2).expand(*Y.shape[:-1], n_eigs))
             D = None
-    elif n_eigs is not None and solver == "krylov":  # a small graph: exact, truncated to Ne
-        dense = S.to_dense() if isinstance(S, BandedAffinity) else S
-        eye = torch.eye(n, dtype=d.dtype, device=d.device)
-        eig = _ritz_eigh(dense.detach())
-        _warn_if_ones_are_split(eig[0], n_eigs)
-        D, lam, psi = _RitzDistance.apply(scale.unsqueeze(-1) * eye, dense, t, n_eigs, out_dtype, eig)
     else:
         dense = S.to_dense() if isinstance(S, BandedAffinity) else S
         if n_eigs is None:
