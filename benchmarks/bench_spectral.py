@@ -23,7 +23,7 @@ CUDA memory.
     python benchmarks/bench_spectral.py --skip-model --knn-points 20000
 
 The dense ``W`` is also timed as a torch sparse CSR tensor (taken as it is). Both are
-recognised as the band of their 41x61 grid (``spectral._as_banded``), so the default solver
+recognised as the band of their 41x61 grid (``spectral.sparsity._as_banded``), so the default solver
 starts from the grid's cosines there too; the printed depths show it. ``--knn-points``
 adds the eigenpairs of a large k-nearest-neighbour graph given as a torch sparse ``W``
 (``diffusion_embedding``, nothing ``N x N``) against ARPACK. The second command checks the shipped default model on real photos (``examples/coffee.jpg`` and the
@@ -138,7 +138,7 @@ def arpack_then_assembly(S_scipy, scale: torch.Tensor, t: float, n_eigs: int, ou
     lam, V = scipy.sparse.linalg.eigsh(S_scipy, k=n_eigs, which="LM")
     lam, V = torch.from_numpy(lam).to(scale.dtype), torch.from_numpy(V).to(scale.dtype)
     G = scale.unsqueeze(-1) * V * lam.square().pow(t / 2)  # sqrt(vol) D^-1/2 v |lambda|^t
-    return spectral._assemble_distance(G.unsqueeze(0), out_dtype)
+    return spectral.distance._assemble_distance(G.unsqueeze(0), out_dtype)
 
 
 def krylov_eigenpairs(W, t: float, n_eigs: int, dtype: torch.dtype):
@@ -152,17 +152,17 @@ def krylov_depth(W, t: float, n_eigs: int, dtype: torch.dtype) -> int:
     """Krylov blocks (products by ``S``) the default solver used on ``W``: it starts with
     ``KRYLOV_FIRST_DEPTH`` and goes deeper while its error bound exceeds ``KRYLOV_TOLERANCE``."""
     depths = []
-    build = spectral._block_krylov
+    build = spectral.krylov._block_krylov
 
     def spy(op, U0, n_blocks, state=None):
         depths.append(n_blocks)
         return build(op, U0, n_blocks, state)
 
-    spectral._block_krylov = spy
+    spectral.krylov._block_krylov = spy
     try:
         spectral.diffusion(W, t, n_eigs, spectral_dtype=dtype, distance=False)
     finally:
-        spectral._block_krylov = build
+        spectral.krylov._block_krylov = build
     return depths[-1]
 
 

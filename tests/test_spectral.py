@@ -139,7 +139,7 @@ def test_rayleigh_ritz_beats_literal_reading():
     d = spectral.degree(W)
     psi = (d.sum() / d).sqrt().unsqueeze(-1) * U
     M = (psi * R.diagonal(dim1=-2, dim2=-1).abs().unsqueeze(-2)) @ psi.transpose(-1, -2)
-    literal = spectral._pairwise_from_gram(M)
+    literal = spectral.distance._pairwise_from_gram(M)
     assert rel(ours, reference) < 0.3 * rel(literal, reference)
 
 
@@ -291,7 +291,7 @@ def test_banded_operator_matches_dense_and_gradchecks():
     """The hand-written backward of the banded product, on a non-symmetric band."""
     g = torch.Generator().manual_seed(8)
     band = torch.rand(2, 4 * 5, 9, dtype=torch.float64, generator=g)
-    _, valid = spectral._neighbour_index(4, 5, 3, torch.device("cpu"))
+    _, valid = spectral.affinity._neighbour_index(4, 5, 3, torch.device("cpu"))
     band = (band * valid).requires_grad_()
     X = torch.randn(2, 20, 3, dtype=torch.float64, generator=g, requires_grad=True)
     A = spectral.BandedAffinity(band, (4, 5), 3)
@@ -313,7 +313,8 @@ def test_float32_gradient_of_accelerated_iteration_is_accurate(orth_every, ok, m
     original = spectral.subspace_iteration
 
     def grad_of(feats, orth):
-        monkeypatch.setattr(spectral, "subspace_iteration", lambda *a, **k: original(*a, **{**k, "orth_every": orth}))
+        monkeypatch.setattr(spectral.distance, "subspace_iteration",
+                            lambda *a, **k: original(*a, **{**k, "orth_every": orth}))
         feats = feats.clone().requires_grad_()
         # spectral_dtype=None: the iteration in the features' dtype (float32 here), as this test is about.
         D = spectral.diffusion_distance(spectral.local_affinity(feats, 0.5, 9), 10.0, n_eigs=50, n_iter=2,
@@ -494,7 +495,7 @@ def community_graph(n: int, communities: int, p_in: float, p_out: float, seed: i
 def solver_calls(monkeypatch):
     """Counts calls of the Krylov and subspace iterations made through :func:`spectral.diffusion`."""
     calls = {"krylov": 0, "subspace": 0}
-    krylov, subspace = spectral._block_krylov, spectral.subspace_iteration
+    krylov, subspace = spectral.krylov._block_krylov, spectral.subspace_iteration
 
     def count(name, fn):
         def wrapped(*args, **kwargs):
@@ -502,8 +503,8 @@ def solver_calls(monkeypatch):
             return fn(*args, **kwargs)
         return wrapped
 
-    monkeypatch.setattr(spectral, "_block_krylov", count("krylov", krylov))
-    monkeypatch.setattr(spectral, "subspace_iteration", count("subspace", subspace))
+    monkeypatch.setattr(spectral.krylov, "_block_krylov", count("krylov", krylov))
+    monkeypatch.setattr(spectral.distance, "subspace_iteration", count("subspace", subspace))
     return calls
 
 
@@ -528,26 +529,26 @@ def test_second_gram_schmidt_pass_subtracts_only_what_is_above_rounding(monkeypa
     are those of the always-subtracting run; with a gradient it always subtracts."""
     W = spectral.local_affinity(piecewise_constant_features(16, 18, regions=6, channels=3, seed=2), 1.0, window=3)
     S = spectral.symmetric_normalize(W)
-    op = spectral._Operator(S)
+    op = spectral.operators._Operator(S)
     start = spectral.krylov_start(288, 8, (16, 18), torch.float64)[None]
-    decide = spectral._needs_second_pass
+    decide = spectral.krylov._needs_second_pass
     calls = []
-    monkeypatch.setattr(spectral, "_needs_second_pass", lambda c, z: calls.append(decide(c, z)) or calls[-1])
+    monkeypatch.setattr(spectral.krylov, "_needs_second_pass", lambda c, z: calls.append(decide(c, z)) or calls[-1])
     with torch.no_grad():
-        Q, H, _, _ = spectral._block_krylov(op, start, 12)
+        Q, H, _, _ = spectral.krylov._block_krylov(op, start, 12)
         D = spectral.diffusion_distance(W, 5.0, n_eigs=12)
     assert calls.count(False) >= 10  # measured: all but the first step of each space skip
     assert torch.allclose(Q.mT @ Q, torch.eye(96, dtype=Q.dtype), atol=1e-12)
     assert torch.allclose(H, Q.mT @ spectral.apply_operator(S, Q), atol=1e-12)
-    monkeypatch.setattr(spectral, "_needs_second_pass", lambda c, z: True)
+    monkeypatch.setattr(spectral.krylov, "_needs_second_pass", lambda c, z: True)
     with torch.no_grad():
-        _, H_always, _, _ = spectral._block_krylov(op, start, 12)
+        _, H_always, _, _ = spectral.krylov._block_krylov(op, start, 12)
         D_always = spectral.diffusion_distance(W, 5.0, n_eigs=12)
     assert torch.allclose(torch.linalg.eigvalsh(H), torch.linalg.eigvalsh(H_always), atol=1e-12)
     assert rel(D, D_always) < 1e-10
     # with a gradient, every step subtracts (the skip would change the gradient)
     calls.clear()
-    monkeypatch.setattr(spectral, "_needs_second_pass", lambda c, z: calls.append(decide(c, z)) or calls[-1])
+    monkeypatch.setattr(spectral.krylov, "_needs_second_pass", lambda c, z: calls.append(decide(c, z)) or calls[-1])
     weights = W.weights.clone().requires_grad_(True)
     banded = spectral.BandedAffinity(weights, W.grid_shape, W.window)
     spectral.diffusion_distance(banded, 5.0, n_eigs=12).sum().backward()
@@ -562,7 +563,7 @@ def test_krylov_deepens_its_space_until_the_ritz_residuals_are_small(solver_call
     """The residual of every Ritz pair comes free from the last Krylov block; while the residuals
     weighted by the slope of f are above the tolerance the space is made deeper, unless n_blocks
     is given; the error of D is then below the tolerance."""
-    monkeypatch.setattr(spectral, "_krylov_default", lambda n_eigs: (8, 12))  # start shallow
+    monkeypatch.setattr(spectral.krylov, "_krylov_default", lambda n_eigs: (8, 12))  # start shallow
     W = spectral.local_affinity(piecewise_constant_features(16, 18, regions=6, channels=3, seed=2), 1.0, window=3)
     reference = spectral.diffusion_distance(W, 5.0, n_eigs=12, solver="eigh")
     fixed = spectral.diffusion_distance(W, 5.0, n_eigs=12, n_blocks=12)
@@ -572,21 +573,20 @@ def test_krylov_deepens_its_space_until_the_ritz_residuals_are_small(solver_call
     assert rel(adaptive, reference) < 0.1 * spectral.KRYLOV_TOLERANCE  # measured 1.2e-5
     # the free residuals are the explicit ones
     S = spectral.symmetric_normalize(W)
-    Q, H, tail, _ = spectral._block_krylov(spectral._Operator(S), spectral.krylov_start(288, 8, (16, 18),
-                                                                                     torch.float64)[None], 12)
+    start = spectral.krylov_start(288, 8, (16, 18), torch.float64)[None]
+    Q, H, tail, _ = spectral.krylov._block_krylov(spectral.operators._Operator(S), start, 12)
     theta, Y = torch.linalg.eigh(H)
     explicit = (spectral.apply_operator(S, Q @ Y) - (Q @ Y) * theta.unsqueeze(-2)).norm(dim=-2)
     free = torch.einsum("bik,bij,bjk->bk", Y[:, -8:], tail, Y[:, -8:]).sqrt()
     assert torch.allclose(free, explicit, rtol=1e-6, atol=1e-12)
     # a deeper space goes on from the last one: H = Q^T S Q, orthonormal Q, the Ritz values
     # and residuals of the space built at that depth at once (with and without autograd)
-    start = spectral.krylov_start(288, 8, (16, 18), torch.float64)[None]
-    op = spectral._Operator(S)
+    op = spectral.operators._Operator(S)
     for grad in (False, True):
         with torch.set_grad_enabled(grad):
-            state = spectral._block_krylov(op, start, 6)[3]
-            Q, H, tail, _ = spectral._block_krylov(op, start, 12, state)
-        once = spectral._block_krylov(op, start, 12)
+            state = spectral.krylov._block_krylov(op, start, 6)[3]
+            Q, H, tail, _ = spectral.krylov._block_krylov(op, start, 12, state)
+        once = spectral.krylov._block_krylov(op, start, 12)
         assert Q.shape == (1, 288, 96) and torch.allclose(Q.mT @ Q, torch.eye(96, dtype=Q.dtype), atol=1e-12)
         assert torch.allclose(H, Q.mT @ spectral.apply_operator(S, Q), atol=1e-12)
         assert torch.allclose(torch.linalg.eigvalsh(H), torch.linalg.eigvalsh(once[1]), atol=1e-10)
@@ -613,7 +613,7 @@ def test_symmetric_normalize_in_a_wider_dtype_equals_normalising_the_cast_affini
     dense = band32.to_dense()
     exact = spectral.BandedAffinity(band32.weights.double(), band32.grid_shape, band32.window)
     d = exact.weights.sum(-1)
-    index, valid = spectral._neighbour_index(7, 9, 5, torch.device("cpu"))
+    index, valid = spectral.affinity._neighbour_index(7, 9, 5, torch.device("cpu"))
     definition = exact.weights * d.rsqrt().unsqueeze(-1) * d.rsqrt()[:, index] * valid
     with torch.no_grad():
         S = spectral.symmetric_normalize(band32, torch.float64)
@@ -647,7 +647,7 @@ def test_distance_assembly_equals_its_definition(n, rows):
     strip = torch.arange(n) // rows
     below = torch.ones(n, n, dtype=torch.bool).tril(-1) & (strip[:, None] != strip)  # under the diagonal blocks
     for compute, out in pairs:
-        D = spectral._assemble_distance(G.to(compute), out, rows=rows)
+        D = spectral.distance._assemble_distance(G.to(compute), out, rows=rows)
         assert D.dtype == out and D.shape == (2, n, n) and bool((D >= 0).all())
         tol = 1e-12 if compute == torch.float64 else 1e-5
         atol = tol * float(definition.max())
@@ -665,14 +665,14 @@ def test_spike_columns_sit_at_the_most_isolated_nodes():
     definition = (S @ S).diagonal(dim1=-2, dim2=-1)
     band = spectral.local_affinity(grid_features(6, 7, seed=3), 0.5, window=3)
     S_band = spectral.symmetric_normalize(band)
-    pattern = spectral._dense_pattern(W[None])
-    sparse_op, _ = spectral._sparse_operator(W[None], pattern, torch.float64)
-    assert torch.allclose(spectral._Operator(S).squared_row_norms(), definition, atol=1e-12)
+    pattern = spectral.sparsity._dense_pattern(W[None])
+    sparse_op, _ = spectral.sparsity._sparse_operator(W[None], pattern, torch.float64)
+    assert torch.allclose(spectral.operators._Operator(S).squared_row_norms(), definition, atol=1e-12)
     assert torch.allclose(sparse_op.squared_row_norms(), definition, atol=1e-12)
     dense_band = S_band.to_dense()
-    assert torch.allclose(spectral._Operator(S_band).squared_row_norms(),
+    assert torch.allclose(spectral.operators._Operator(S_band).squared_row_norms(),
                           (dense_band @ dense_band).diagonal(dim1=-2, dim2=-1), atol=1e-12)
-    spikes = spectral._spike_columns(definition, 2)
+    spikes = spectral.krylov._spike_columns(definition, 2)
     assert spikes.shape == (1, 1200, 2) and torch.equal(spikes.sum(1), torch.ones(1, 2, dtype=spikes.dtype))
     assert set(spikes[0].argmax(0).tolist()) == set(nodes)
     # each of those nodes carries one of the five leading eigenvectors (0.980 and 0.974 among
@@ -682,7 +682,7 @@ def test_spike_columns_sit_at_the_most_isolated_nodes():
     localised = {int(leading[:, k].argmax()) for k in range(5) if float(leading[:, k].max()) > 0.99}
     assert localised == set(nodes)
     # and the default start holds 12 cosines and 4 of these columns for Ne = 50
-    start = spectral._default_start(spectral._Operator(S), 16, None, torch.float64)
+    start = spectral.krylov._default_start(spectral.operators._Operator(S), 16, None, torch.float64)
     assert start.shape == (1, 1200, 16) and torch.equal(start[..., 12:].sum(1), torch.ones(1, 4, dtype=start.dtype))
     assert set(nodes) <= set(start[0, :, 12:].argmax(0).tolist())
 
@@ -733,7 +733,7 @@ def test_krylov_matches_truncated_spectrum_on_a_grid_graph(solver_calls):
 @pytest.mark.parametrize("p_in, p_out, n_eigs", [(0.6, 0.1, 10), (0.2, 0.01, 6)])  # dense products, then sparse
 def test_krylov_matches_truncated_spectrum_on_a_random_graph(p_in, p_out, n_eigs, solver_calls):
     W = community_graph(300, 6, p_in, p_out)
-    assert (spectral._dense_pattern(W[None]) is not None) == (p_in < 0.5)
+    assert (spectral.sparsity._dense_pattern(W[None]) is not None) == (p_in < 0.5)
     reference = spectral.diffusion_distance(W, 5.0, n_eigs=n_eigs, solver="eigh")
     error = rel(spectral.diffusion_distance(W, 5.0, n_eigs=n_eigs), reference)
     assert solver_calls["krylov"] >= 1 and solver_calls["subspace"] == 0
@@ -797,11 +797,11 @@ def test_ritz_distance_truncation_gradcheck():
 
     def fn(C, B, t):
         H = H0 + 0.5 * (B + B.transpose(-1, -2))
-        return spectral._RitzDistance.apply(C, H, t, 4, torch.float64)[0]
+        return spectral.distance._RitzDistance.apply(C, H, t, 4, torch.float64)[0]
 
     assert torch.autograd.gradcheck(fn, (C, B, t))
     # k = 4 keeps 0.9, 0.9, -0.7, 0.5: D is the Eq. 4 sum over exactly those
-    D, theta, X = spectral._RitzDistance.apply(C, H0[None], t, 4, torch.float64)
+    D, theta, X = spectral.distance._RitzDistance.apply(C, H0[None], t, 4, torch.float64)
     assert torch.allclose(theta.abs().sort().values, torch.tensor([[0.5, 0.7, 0.9, 0.9]], dtype=torch.float64))
     weights = theta.square() ** t
     assert torch.allclose(D[0], ((X[0, :, None] - X[0, None]).square() * weights[0]).sum(-1), atol=1e-12)
@@ -810,14 +810,14 @@ def test_ritz_distance_truncation_gradcheck():
 def test_dense_banded_W_gives_the_banded_result_without_dense_products(monkeypatch):
     band = spectral.local_affinity(piecewise_constant_features(16, 18, regions=6, channels=3, seed=1), 1.0, window=5)
     dense = band.to_dense()
-    assert spectral._dense_pattern(dense) is not None  # at most 25 of 288 entries per row
-    product = spectral._Operator.__call__
+    assert spectral.sparsity._dense_pattern(dense) is not None  # at most 25 of 288 entries per row
+    product = spectral.operators._Operator.__call__
 
     def no_dense_products(self, X):
         assert self.banded is not None, "a dense N x N product was used"
         return product(self, X)
 
-    monkeypatch.setattr(spectral._Operator, "__call__", no_dense_products)
+    monkeypatch.setattr(spectral.operators._Operator, "__call__", no_dense_products)
     # recognised as its band: the same result as given banded, default start included
     from_band = spectral.diffusion(band, 5.0, n_eigs=12)
     from_dense = spectral.diffusion(dense, 5.0, n_eigs=12)
@@ -827,7 +827,7 @@ def test_dense_banded_W_gives_the_banded_result_without_dense_products(monkeypat
     # through its non-zeros as a CSR matrix when no grid is read (here: recognition off): the
     # same operator, so with the same start the same result, and from its default start (no
     # grid: Gaussian columns) the same distance to the solver's accuracy
-    monkeypatch.setattr(spectral, "_as_banded", lambda W: None)
+    monkeypatch.setattr(spectral.distance, "_as_banded", lambda W: None)
     start = spectral.krylov_start(288, 8, (16, 18), torch.float64)
     from_csr = spectral.diffusion(dense, 5.0, n_eigs=12, U0=start)
     assert rel(from_csr.distance, spectral.diffusion(band, 5.0, n_eigs=12, U0=start).distance) < 1e-12
@@ -838,7 +838,7 @@ def test_dense_banded_W_gives_the_banded_result_without_dense_products(monkeypat
     # batched, with a different pattern per graph (window 5 and 3): one band of the wider window,
     # each graph to the solver's accuracy (the batch shares one Krylov depth)
     narrow = spectral.local_affinity(piecewise_constant_features(16, 18, regions=6, channels=3, seed=2), 1.0, 3).to_dense()
-    assert spectral._as_banded(torch.cat([dense, narrow])).window == 5
+    assert spectral.sparsity._as_banded(torch.cat([dense, narrow])).window == 5
     both = spectral.diffusion_distance(torch.cat([dense, narrow]), 5.0, n_eigs=12)
     for b, W in enumerate((dense, narrow)):
         assert rel(both[b], spectral.diffusion_distance(W, 5.0, n_eigs=12, solver="eigh")[0]) < 1e-4  # 1.2e-5
@@ -854,7 +854,7 @@ def test_grid_affinity_given_dense_or_sparse_is_recognised_as_its_band(h, w, win
     band = spectral.local_affinity(f, 1.0, window=window)
     band = spectral.BandedAffinity(band.weights.expand(batch, -1, -1), band.grid_shape, window)
     dense = band.to_dense()
-    found = spectral._as_banded(dense)
+    found = spectral.sparsity._as_banded(dense)
     assert found.grid_shape == (h, w) and found.window == window and torch.equal(found.weights, band.weights)
     want = spectral.diffusion(band, 5.0, n_eigs=12)
     for W in (dense, dense[0]) if batch == 1 else (dense,):
@@ -862,8 +862,8 @@ def test_grid_affinity_given_dense_or_sparse_is_recognised_as_its_band(h, w, win
         assert got.distance.shape == W.shape and rel(got.distance, want.distance.view(W.shape)) < 1e-12
     if batch == 1:
         for sparse in (dense[0].to_sparse(), dense[0].to_sparse_csr()):
-            pattern, stored = spectral._sparse_input(sparse)
-            assert torch.equal(spectral._sparse_as_banded(pattern, stored, h * w).weights, band.weights)
+            pattern, stored = spectral.sparsity._sparse_input(sparse)
+            assert torch.equal(spectral.sparsity._sparse_as_banded(pattern, stored, h * w).weights, band.weights)
             assert rel(spectral.diffusion_distance(sparse, 5.0, n_eigs=12), want.distance[0]) < 1e-12
         # a CSR W storing every entry twice, in random shares: repeated entries add up (as COO's
         # coalesce() makes them), on the band path and on the exact one of a small graph alike
@@ -875,7 +875,7 @@ def test_grid_affinity_given_dense_or_sparse_is_recognised_as_its_band(h, w, win
         assert rel(spectral.diffusion_distance(twice, 5.0, n_eigs=12), want.distance[0]) < 1e-12
     if h > window:  # column-major node order: the same graph on the transposed (w x h) grid
         order = torch.arange(h * w).view(h, w).T.reshape(-1)
-        transposed = spectral._as_banded(dense[:, order][:, :, order])
+        transposed = spectral.sparsity._as_banded(dense[:, order][:, :, order])
         assert transposed.grid_shape == (w, h) and transposed.window == window
 
 
@@ -887,14 +887,14 @@ def test_negative_zeros_do_not_fool_the_band_recognition():
     dense = band.to_dense()
     x = torch.tensor([[0.0, -0.0, 1.5], [-0.0, 0.0, 0.0]])
     for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
-        assert spectral._count_set(x.to(dtype)) == 3 and spectral._count_set(x.to(dtype).T) == 3
+        assert spectral.sparsity._count_set(x.to(dtype)) == 3 and spectral.sparsity._count_set(x.to(dtype).T) == 3
     reference = spectral.diffusion(band, 5.0, n_eigs=12).distance
     inside, outside = dense.clone(), dense.clone()
     inside[0, 0, 0] = -0.0 * inside[0, 0, 0]  # a window slot of node 0 (itself), now -0.0
     outside[0, 0, 200] = outside[0, 200, 0] = -0.0
-    assert torch.equal(spectral._as_banded(inside).weights.abs(), band.weights.abs().index_put((
+    assert torch.equal(spectral.sparsity._as_banded(inside).weights.abs(), band.weights.abs().index_put((
         torch.tensor([0]), torch.tensor([0]), torch.tensor([12])), torch.tensor(0.0, dtype=torch.float64)))
-    assert spectral._as_banded(outside) is None
+    assert spectral.sparsity._as_banded(outside) is None
     for W in (inside, outside):
         assert torch.isfinite(spectral.diffusion(W, 5.0, n_eigs=12).distance).all()
     assert rel(spectral.diffusion(outside, 5.0, n_eigs=12).distance, reference) < spectral.KRYLOV_TOLERANCE
@@ -923,14 +923,15 @@ def test_affinities_off_a_grid_stay_csr_matrices():
             if 0 <= x + d < 18:
                 cross[node, y * 18 + x + d] = 1.0
     for W in (far[0], chain, knn, cross):
-        assert spectral._as_banded(W[None]) is None
-        pattern, stored = spectral._sparse_input(W.to_sparse())
-        assert spectral._sparse_as_banded(pattern, stored, 288) is None
+        assert spectral.sparsity._as_banded(W[None]) is None
+        pattern, stored = spectral.sparsity._sparse_input(W.to_sparse())
+        assert spectral.sparsity._sparse_as_banded(pattern, stored, 288) is None
         reference = spectral.diffusion_distance(W, 5.0, n_eigs=12, solver="eigh")
         assert rel(spectral.diffusion_distance(W, 5.0, n_eigs=12), reference) < spectral.KRYLOV_TOLERANCE
-    assert spectral._grid_from_offsets([0, 1, 17, 18, 19], 288) == (16, 18, 3)  # dy w + dx, |dx|, |dy| <= 1
-    assert spectral._grid_from_offsets([1, 2, 16, 17, 18, 19, 20, 34, 35, 36, 37, 38], 288) == (16, 18, 5)
-    assert spectral._grid_from_offsets([1, 2, 17, 18, 19], 288) is None  # |dx| = 2 next to the node, 1 a row away
+    assert spectral.sparsity._grid_from_offsets([0, 1, 17, 18, 19], 288) == (16, 18, 3)  # dy w + dx, |dx|, |dy| <= 1
+    assert spectral.sparsity._grid_from_offsets([1, 2, 16, 17, 18, 19, 20, 34, 35, 36, 37, 38], 288) == (16, 18, 5)
+    # |dx| = 2 next to the node, 1 a row away
+    assert spectral.sparsity._grid_from_offsets([1, 2, 17, 18, 19], 288) is None
     lopsided = dense.clone()
     lopsided[0, 130, 131] *= 2  # inside the band, in no sampled row's mirror
     with pytest.raises(ValueError, match="symmetric"):
@@ -948,8 +949,8 @@ def test_sparse_dense_W_gradient_is_the_dense_one(monkeypatch):
         return torch.autograd.grad((D * probe).sum(), Wg)[0]
 
     sparse = grad()
-    monkeypatch.setattr(spectral, "SPARSE_DENSITY", -1.0)  # every W multiplied densely
-    assert spectral._dense_pattern(W[None]) is None
+    monkeypatch.setattr(spectral.sparsity, "SPARSE_DENSITY", -1.0)  # every W multiplied densely
+    assert spectral.sparsity._dense_pattern(W[None]) is None
     dense = grad()
     assert (sparse[W == 0] != 0).any()  # the entries outside the pattern get their gradient
     assert rel(sparse, dense) < 1e-9
@@ -961,13 +962,13 @@ def test_sparse_W_is_used_as_given_with_the_dense_result_and_gradient(monkeypatc
     non-zeros, without reading N x N entries; its gradient is the dense one on the stored entries."""
     dense = spectral.local_affinity(piecewise_constant_features(16, 18, regions=6, channels=3, seed=1), 1.0,
                                     window=5).to_dense()[0]
-    monkeypatch.setattr(spectral, "_dense_pattern", lambda *a, **k: pytest.fail("an N x N scan for non-zeros"))
+    monkeypatch.setattr(spectral.distance, "_dense_pattern", lambda *a, **k: pytest.fail("an N x N scan for non-zeros"))
     for sparse in (dense.to_sparse(), dense.to_sparse_csr()):
         for kw in ({"n_eigs": 12}, {"n_eigs": 12, "solver": "subspace", "n_power": 40}, {}):
             got = spectral.diffusion(sparse, 5.0, **kw)
             monkeypatch.undo()
             want = spectral.diffusion(dense, 5.0, **kw)
-            monkeypatch.setattr(spectral, "_dense_pattern", lambda *a, **k: pytest.fail("an N x N scan"))
+            monkeypatch.setattr(spectral.distance, "_dense_pattern", lambda *a, **k: pytest.fail("an N x N scan"))
             assert got.distance.shape == (288, 288) and got.distance.dtype == torch.float64
             assert rel(got.distance, want.distance) < 1e-12, (sparse.layout, kw)
     as_float32 = spectral.diffusion_distance(dense.float().to_sparse(), 5.0, n_eigs=12)
@@ -978,7 +979,7 @@ def test_sparse_W_is_used_as_given_with_the_dense_result_and_gradient(monkeypatc
     (spectral.diffusion_distance(Ws, 5.0, n_eigs=12) * probe).sum().backward()
     grad = Ws.grad.coalesce()
     rows, cols = grad.indices()
-    weights = spectral._as_banded(dense[None]).weights.clone().requires_grad_()
+    weights = spectral.sparsity._as_banded(dense[None]).weights.clone().requires_grad_()
     (spectral.diffusion_distance(spectral.BandedAffinity(weights, (16, 18), 5), 5.0, n_eigs=12) * probe).sum().backward()
     slots = rows * 25 + (cols // 18 - rows // 18 + 2) * 5 + (cols % 18 - rows % 18 + 2)
     assert rel(grad.values(), weights.grad.reshape(-1)[slots]) < 1e-10
@@ -1008,7 +1009,7 @@ def test_embedding_pairs_serve_every_diffusion_time_in_their_range():
     theta = torch.linspace(-1, 1, 201, dtype=torch.float64)
     ts = torch.linspace(1, 100, 20001, dtype=torch.float64)[:, None]
     brute = (2 * ts * theta.abs().clamp_min(1e-300) ** (2 * ts - 1)).amax(0)
-    largest = spectral._largest_slope(theta, 1.0, 100.0)
+    largest = spectral.krylov._largest_slope(theta, 1.0, 100.0)
     assert torch.allclose(largest, brute, rtol=1e-5) and bool((largest >= brute * (1 - 1e-12)).all())
     for bad in ((2.0, 1.0), (0.0, 1.0), (1.0,), (1.0, float("inf"))):
         with pytest.raises(ValueError, match="times must be"):
@@ -1030,27 +1031,27 @@ def test_krylov_restarts_a_large_space_from_its_best_ritz_vectors(monkeypatch):
     W = torch.where(mask, torch.exp(-dist.square()), torch.zeros((), dtype=torch.float64))
     reference = spectral.diffusion(W, 5.0, 20, solver="eigh")
     sizes = []
-    build = spectral._block_krylov
+    build = spectral.krylov._block_krylov
 
     def spy(op, U0, n_blocks, state=None):
         out = build(op, U0, n_blocks, state)
         sizes.append(out[0].shape[-1])
         return out
 
-    monkeypatch.setattr(spectral, "_block_krylov", spy)
-    monkeypatch.setattr(spectral, "KRYLOV_MAX_BASIS", 800 * 8 * 12)  # restart past 12 blocks of 8
+    monkeypatch.setattr(spectral.krylov, "_block_krylov", spy)
+    monkeypatch.setattr(spectral.krylov, "KRYLOV_MAX_BASIS", 800 * 8 * 12)  # restart past 12 blocks of 8
     result = spectral.diffusion(W, 5.0, 20)
     assert sizes[:2] == [64, 96] and len(sizes) > 3 and set(sizes[2:]) == {36 + 8 * 8}  # measured 4 restarts
     assert rel(result.distance, reference.distance) < 1e-4  # measured 2.9e-6 (unrestarted: 2.3e-6)
     assert torch.allclose(result.eigenvalues, reference.eigenvalues, atol=1e-7)  # measured 4.5e-9
     # it gives up after KRYLOV_MAX_RESTARTS cycles, saying so, with what it has
-    monkeypatch.setattr(spectral, "KRYLOV_MAX_RESTARTS", 2)
-    monkeypatch.setattr(spectral, "KRYLOV_TOLERANCE", 1e-30)
+    monkeypatch.setattr(spectral.krylov, "KRYLOV_MAX_RESTARTS", 2)
+    monkeypatch.setattr(spectral.krylov, "KRYLOV_TOLERANCE", 1e-30)
     with pytest.warns(UserWarning, match="after 2 restarts"):
         capped = spectral.diffusion(W, 5.0, 20)
     assert rel(capped.distance, reference.distance) < 1e-2  # measured 2.9e-3 after 2 cycles (4 to converge)
     monkeypatch.undo()
-    monkeypatch.setattr(spectral, "_block_krylov", spy)
+    monkeypatch.setattr(spectral.krylov, "_block_krylov", spy)
     sizes.clear()
     p = points.clone().requires_grad_()
     Wg = torch.where(mask, torch.exp(-(p[:, None] - p[None]).square().sum(-1)), torch.zeros((), dtype=torch.float64))
@@ -1066,7 +1067,7 @@ def test_embedding_of_a_sparse_graph_forms_nothing_n_by_n(monkeypatch):
     knn = dist <= dist.topk(8, largest=False).values[:, -1:]  # each point and its 7 nearest
     W = torch.where(knn | knn.T, torch.exp(-dist.square()), torch.zeros((), dtype=torch.float64))
     want = spectral.diffusion(W, 10.0, n_eigs=12)
-    monkeypatch.setattr(spectral, "_assemble_distance", lambda *a, **k: pytest.fail("D was assembled"))
+    monkeypatch.setattr(spectral.distance, "_assemble_distance", lambda *a, **k: pytest.fail("D was assembled"))
     lam, psi = spectral.diffusion_embedding(W.to_sparse(), n_eigs=12)
     assert torch.allclose(lam, want.eigenvalues, atol=1e-12)
     # Eq. 4 from the returned pairs is the distance diffusion() assembled
@@ -1119,11 +1120,12 @@ def test_a_graph_whose_space_will_restart_gets_a_narrower_block(monkeypatch):
     """Without a gradient, where the third space would pass KRYLOV_MAX_BASIS (so the space will be
     restarted), the default block is three quarters as wide (at least 8; faster there, README);
     with a gradient, or a block given, it stays. D is right either way."""
-    assert spectral._restarted_block(16) == 12 and spectral._restarted_block(8) == 8
+    assert spectral.krylov._restarted_block(16) == 12 and spectral.krylov._restarted_block(8) == 8
     widths = []
-    krylov_ritz = spectral._krylov_ritz
-    monkeypatch.setattr(spectral, "_krylov_ritz", lambda *a, **k: widths.append(a[1].shape[-1]) or krylov_ritz(*a, **k))
-    monkeypatch.setattr(spectral, "KRYLOV_MAX_BASIS", 1200 * 16 * 18 - 1)  # just below the third space of 16
+    krylov_ritz = spectral.krylov._krylov_ritz
+    monkeypatch.setattr(spectral.krylov, "_krylov_ritz",
+                        lambda *a, **k: widths.append(a[1].shape[-1]) or krylov_ritz(*a, **k))
+    monkeypatch.setattr(spectral.krylov, "KRYLOV_MAX_BASIS", 1200 * 16 * 18 - 1)  # just below the third space of 16
     W = spectral.local_affinity(grid_features(30, 40, seed=4), 0.5, window=5)
     reference = spectral.diffusion_distance(W, 4.0, n_eigs=50, solver="eigh")
     with torch.no_grad():
@@ -1158,8 +1160,8 @@ def test_krylov_widens_its_block_when_the_graph_has_more_parts_than_it_holds(mon
     missing), and gets the truncated spectrum to the solver's accuracy. The 10-column space's
     top 30 Ritz values were off by 0.25 (measured)."""
     runs = []
-    krylov_ritz = spectral._krylov_ritz
-    monkeypatch.setattr(spectral, "_krylov_ritz", lambda *a, **k: runs.append(krylov_ritz(*a, **k)) or runs[-1])
+    krylov_ritz = spectral.krylov._krylov_ritz
+    monkeypatch.setattr(spectral.krylov, "_krylov_ritz", lambda *a, **k: runs.append(krylov_ritz(*a, **k)) or runs[-1])
     W = region_graph(window=7)
     result = spectral.diffusion(W, 3.0, n_eigs=30)
     reference = spectral.diffusion(W, 3.0, n_eigs=30, solver="eigh")

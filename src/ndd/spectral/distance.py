@@ -1,0 +1,494 @@
+"""The diffusion distance (paper Eqs. 3-4) from any of the solvers, the eigenpairs behind it, and
+the similarity ``K_D = exp(-tau D)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .affinity import BandedAffinity, _affinity_values, _validate_affinity, degree, symmetric_normalize
+from .krylov import (
+    _default_start, _exact_space, _krylov_default, _krylov_space, _restarted_block, _ritz_eigh,
+    _warn_if_ones_are_split, _will_restart, krylov_size,
+)
+from .matrix_function import _power_and_derivatives, _spectral_power_eig
+from .operators import _Operator, _SparseOperator
+from .sparsity import (
+    _as_banded, _check_sparse_symmetric, _dense_pattern, _is_sparse, _normalized_values, _sparse_as_banded,
+    _sparse_input, _sparse_operator,
+)
+from .subspace import _warn_if_unconverged, initial_subspace, subspace_iteration
+
+
+def _check_spectral_dtype(dtype: torch.dtype | None) -> None:
+    if dtype is not None and dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"spectral_dtype must be torch.float32, torch.float64 or None, got {dtype!r}")
+
+
+def _assemble_distance(G: Tensor, out_dtype: torch.dtype, rows: int = 256) -> Tensor:
+    """``D_ij = |g_i|^2 + |g_j|^2 - 2 g_i.g_j`` clamped at 0, from ``G`` ``(B, N, r)``; ``(B, N, N)``.
+
+    On the CPU, in strips of ``rows`` rows, each finished (``+ |g_i|^2``, clamp) while in
+    cache and written straight in ``out_dtype``: no ``N x N`` temporaries, and none in the
+    wider compute dtype. Only the upper triangle is computed (each strip from its diagonal
+    block on) and the lower one is copied from it, transposed: half the products, which is
+    what the time is in. Measured on N = 2501, r = 50, one thread: float64 computed, float32
+    out, 15.6 ms against 21.0 ms for whole strips (which were 5.5x faster than ``baddbmm`` +
+    ``clamp`` + cast); float32 9.3 against 10.8 ms (there the transposed copy eats most of the gain).
+    """
+    sq = G.square().sum(-1)
+    if G.device.type != "cpu":  # large GPU kernels beat a Python loop of small ones
+        D = torch.baddbmm(sq.unsqueeze(-1) + sq.unsqueeze(-2), G, G.transpose(-1, -2), alpha=-2)
+        return D.clamp_min_(0).to(out_dtype)
+    batch, n, _ = G.shape
+    D = torch.empty(batch, n, n, dtype=out_dtype)
+    for b in range(batch):
+        g, s = G[b], sq[b]
+        for start in range(0, n, rows):
+            end = min(n, start + rows)
+            out = D[b, start:end, start:] if out_dtype == G.dtype else None  # written in place (0.9 ms less)
+            strip = torch.addmm(s[start:].unsqueeze(0).expand(end - start, n - start), g[start:end], g[start:].T,
+                                alpha=-2, out=out)
+            strip.add_(s[start:end, None]).clamp_min_(0)
+            if out is None:
+                D[b, start:end, start:] = strip
+            D[b, end:, start:end] = D[b, start:end, end:].transpose(0, 1)
+    return D
+
+
+class _RitzDistance(torch.autograd.Function):
+    """Eq. 4 from a Rayleigh-Ritz step, keeping the ``k`` Ritz pairs of largest ``|theta|``.
+
+    With ``C = sqrt(vol) D^-1/2 Q`` ``(B, N, m)`` and ``H = Q^T S Q`` ``(B, m, m)``:
+    ``M = C f_k(H) C^T`` and ``D_ij = M_ii + M_jj - 2 M_ij``, where ``f_k(x) = (x^2)^t`` on
+    the top ``k`` eigenvalues of ``H`` and 0 on the others (``k = m``: no truncation).
+    Forward: ``D`` from the ``(B, N, k)`` factor ``G = C Y_k |theta_k|^t``.
+    Backward: Daleckii-Krein divided differences of ``f_k``, so gradients stay finite
+    for clustered eigenvalues (the nearly disconnected regions training leads to):
+    ``dL/dM = diag(r) - (dD + dD^T)`` with ``r`` its row sums, ``dC = 2 dM C f_k(H)``,
+    ``dH = Y (L o Y^T C^T dM C Y) Y^T`` with ``L_ij = (f_i - f_j) / (theta_i - theta_j)``;
+    only the rows and columns of kept pairs of ``Y^T C^T dM C Y`` meet a non-zero ``L``, so
+    the backward costs one ``N x N x k`` product more than the forward. The clamp at 0 is
+    ignored by the gradient (it only removes rounding below 0).
+
+    ``eig``: ``eigh(H)`` if the caller already has it. Returns ``D`` (in ``out_dtype``), the
+    kept ``theta`` ``(B, k)`` and ``C Y_k`` ``(B, N, k)`` (the eigenvectors ``psi`` of
+    Eq. 4), the last two without gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, C: Tensor, H: Tensor, t: Tensor, k: int, out_dtype: torch.dtype,
+                eig: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        theta, Y = _ritz_eigh(H) if eig is None else eig
+        top = theta.abs().topk(k, dim=-1).indices
+        theta_k = theta.gather(-1, top)
+        X = C @ Y.gather(-1, top.unsqueeze(-2).expand(*Y.shape[:-1], k))
+        log_sq = torch.log(theta_k.square().clamp_min(torch.finfo(theta.dtype).tiny))
+        D = _assemble_distance(X * torch.exp(0.5 * t * log_sq).unsqueeze(-2), out_dtype)
+        ctx.save_for_backward(C, theta, Y, top, t, X)
+        ctx.mark_non_differentiable(theta_k, X)
+        return D, theta_k, X
+
+    @staticmethod
+    def backward(ctx, grad: Tensor, _grad_theta: Tensor, _grad_X: Tensor) -> tuple[Tensor | None, ...]:
+        C, theta, Y, top, t, X = ctx.saved_tensors
+        grad = grad.to(C.dtype)
+        keep = torch.zeros_like(theta, dtype=torch.bool).scatter_(-1, top, True)
+        f, df, dft = _power_and_derivatives(theta, t)
+        f, df, dft = f * keep, df * keep, dft * keep
+        # P = dL/dM @ X without forming dD + dD^T (a transposed N x N read is slow).
+        r = (grad.sum(-1) + grad.sum(-2)).unsqueeze(-1)
+        P = r * X - grad @ X - grad.transpose(-1, -2) @ X
+        Y_k = Y.gather(-1, top.unsqueeze(-2).expand(*Y.shape[:-1], top.shape[-1]))
+        grad_C = grad_H = grad_t = None
+        if ctx.needs_input_grad[0]:
+            grad_C = 2 * (P * f.gather(-1, top).unsqueeze(-2)) @ Y_k.transpose(-1, -2)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            # G = Y^T C^T dM C Y on the kept rows (and, by symmetry, columns).
+            rows_k = P.transpose(-1, -2) @ (C @ Y)  # (B, k, m)
+            G = torch.zeros_like(Y).scatter_(-2, top.unsqueeze(-1).expand_as(rows_k), rows_k)
+            G = torch.where(keep.unsqueeze(-2) & ~keep.unsqueeze(-1), G.transpose(-1, -2), G)
+            if ctx.needs_input_grad[1]:
+                diff = theta.unsqueeze(-1) - theta.unsqueeze(-2)
+                scale = theta.abs().amax(-1, keepdim=True).unsqueeze(-1).clamp_min(1.0)
+                close = diff.abs() <= 1e3 * torch.finfo(theta.dtype).eps * scale
+                # Where eigenvalues (nearly) coincide the divided difference becomes the derivative.
+                L = torch.where(close, 0.5 * (df.unsqueeze(-1) + df.unsqueeze(-2)),
+                                (f.unsqueeze(-1) - f.unsqueeze(-2)) / torch.where(close, torch.ones_like(diff), diff))
+                grad_H = Y @ (L * G) @ Y.transpose(-1, -2)
+            if ctx.needs_input_grad[2]:
+                grad_t = (G.diagonal(dim1=-2, dim2=-1) * dft).sum().reshape(t.shape)
+        return grad_C, grad_H, grad_t, None, None, None
+
+
+def _check_time(t: Tensor | float) -> None:
+    value = torch.as_tensor(t)
+    if value.numel() != 1 or not torch.isfinite(value).all() or not bool(value > 0):
+        raise ValueError(f"t must be a positive finite scalar, got {t}")
+
+
+def _pairwise_from_gram(M: Tensor) -> Tensor:
+    """``D_ij = M_ii + M_jj - 2 M_ij`` clamped at 0 (rounding can make it slightly negative)."""
+    diag = M.diagonal(dim1=-2, dim2=-1)
+    return (diag.unsqueeze(-1) + diag.unsqueeze(-2) - 2 * M).clamp_min(0)
+
+
+def default_power(t: Tensor | float) -> int:
+    """Multiplications per QR step used when none is given: ``round(2t)`` (paper §4.2), at least 1."""
+    return max(1, int(round(2 * float(torch.as_tensor(t).detach()))))
+
+
+class DiffusionResult(NamedTuple):
+    """Output of :func:`diffusion`.
+
+    Attributes:
+        distance: ``(B, N, N)`` diffusion distance (Eq. 3), differentiable; ``None`` when
+            :func:`diffusion` was asked for the eigenpairs alone (``distance=False``).
+        eigenvalues: ``(B, Ne)`` eigenvalues of ``P`` (decreasing), no gradient
+            (``Ne = N`` for the exact path).
+        eigenvectors: ``(B, N, Ne)`` right eigenvectors ``psi_m`` of ``P`` scaled so
+            that ``D_t(i, j) = sum_m lambda_m^(2t) (psi_m(i) - psi_m(j))^2``; no gradient.
+    """
+
+    distance: Tensor | None
+    eigenvalues: Tensor
+    eigenvectors: Tensor
+
+
+SOLVERS = ("auto", "krylov", "subspace", "eigh")
+
+
+def diffusion(
+    W: Tensor | BandedAffinity,
+    t: Tensor | float,
+    n_eigs: int | None = None,
+    n_iter: int = 2,
+    *,
+    n_power: int | None = None,
+    solver: str = "auto",
+    spectral_dtype: torch.dtype | None = torch.float64,
+    block_size: int | None = None,
+    n_blocks: int | None = None,
+    U0: Tensor | None = None,
+    distance: bool = True,
+    times: tuple[float, float] | None = None,
+) -> DiffusionResult:
+    """Diffusion distance of paper Eq. (3) and the eigenpairs behind it.
+
+    ``D`` is assembled as ``D_ij = M_ii + M_jj - 2 M_ij`` with
+    ``M = C f(H) C^T``: ``C = sqrt(vol) D^-1/2 U`` and ``H = U^T S U`` for a subspace
+    basis ``U`` (``U = I`` for the exact path), ``f(x) = (x^2)^t`` on the ``Ne`` eigenvalues
+    of ``H`` of largest modulus.
+
+    Solvers (with ``n_eigs``; ``"auto"`` picks ``"subspace"`` when ``n_power`` is given, the
+    paper's procedure with its knobs, else ``"krylov"``):
+
+    * ``"krylov"``: block Lanczos (:func:`block_krylov`, ``n_blocks`` products on
+      ``block_size`` columns, default :func:`krylov_size`: 16 columns for ``Ne = 50``, 8 to
+      27 products on the shipped models' graphs, against 2 x 20 x 50 for the paper's
+      settings) from smooth start columns and one-hot columns at the most isolated nodes,
+      then Rayleigh-Ritz keeping the ``Ne`` Ritz pairs of largest modulus; as accurate or
+      more (see the README). Each Ritz pair's residual is known at no cost from the last
+      Krylov block; while the residuals weighted by the slope of ``f`` exceed
+      :data:`KRYLOV_TOLERANCE` the space is made deeper, going on from the last one (8, 12,
+      18, 27, ... blocks; not when ``n_blocks`` is given). On a large graph, where the deeper
+      space would hold more than :data:`KRYLOV_MAX_BASIS` entries, and when no gradient is
+      taken, the space is restarted instead from its ``Ne + 2 b`` best Ritz vectors plus
+      :data:`KRYLOV_RESTART_BLOCKS` new blocks (:func:`_thick_restart`), so memory stays
+      bounded. ``n_iter`` and ``n_power`` are not used. If the top of the spectrum is a
+      cluster the block may not hold (``b`` Ritz values at 1: disconnected parts of the graph,
+      or nearly disconnected regions in float32, :func:`_degenerate_top`), the space is built
+      again with a block twice as wide (:func:`_widened`; 16, 32, 64 ... columns). On a graph
+      too small for the space (``2 m > N`` at 16 blocks), or where the space would have to
+      grow past half the graph, or a wider block would not fit, the exact spectrum is used,
+      truncated to ``Ne`` (up to :data:`EXACT_MAX_NODES` nodes; above, with a warning, the
+      last Krylov result).
+    * ``"subspace"``: the paper's accelerated simultaneous iteration, ``n_iter`` QR steps
+      ``T`` each after ``n_power`` (default ``round(2t)``) products by ``S`` on ``Ne``
+      columns, then Rayleigh-Ritz.
+    * ``"eigh"``: the exact spectrum truncated to ``Ne``, a reference (its gradient goes
+      through ``eigh``'s eigenvectors).
+
+    A dense ``W`` whose non-zeros are at most :data:`SPARSE_DENSITY` of its entries (a
+    banded or sparse affinity given densely) is multiplied through its non-zeros; its
+    gradient is still the full dense one. A torch sparse ``W`` (COO or CSR, ``(N, N)``: a
+    k-nearest-neighbour graph, say) is used as it is, with no pass over ``N x N`` entries to
+    find its non-zeros; its gradient reaches the stored entries. Either whose non-zeros all
+    lie in the square windows of a row-major ``h x w`` grid (a local affinity of an image,
+    given densely or sparse; found from a few rows, then checked on every entry) is solved
+    as that :class:`BandedAffinity`, cosine start included: the same result as given banded
+    (a dense ``W`` only when it needs no gradient, which must reach its zeros too).
+
+    Precision: everything after the affinity (degrees, ``S``, the products, QR,
+    Rayleigh-Ritz, ``f(H)`` and ``D``) runs in ``spectral_dtype``; the outputs come back in
+    ``W``'s dtype and gradients reach ``W``'s values and ``t`` in their own dtypes. Why
+    float64 by default: with nearly disconnected regions (near piecewise-constant features,
+    where training leads) the top eigenvalues cluster at 1 within float32 rounding and
+    ``M_ii + M_jj - 2 M_ij`` cancels, so float32 loses most of the gradient (see the module
+    docstring); the float64 spectral part costs little next to the network.
+
+    Args:
+        W: symmetric non-negative affinity, dense ``(N, N)`` / ``(B, N, N)``, torch sparse
+            ``(N, N)`` (COO or CSR), or a :class:`BandedAffinity` (neither is densified by the
+            iterative solvers).
+        t: diffusion time, a positive real (tensor for a learnable ``t``).
+        n_eigs: ``None`` for the exact distance (full spectrum by ``eigh`` of the
+            symmetric conjugate); ``Ne`` to keep the top ``Ne`` eigenpairs.
+        n_iter: QR steps ``T`` of the ``"subspace"`` solver.
+        n_power: multiplications by ``S`` per QR step of the ``"subspace"`` solver;
+            default ``round(2t)``. Giving it selects that solver under ``"auto"``.
+        solver: ``"auto"`` (default), ``"krylov"``, ``"subspace"`` or ``"eigh"``.
+        spectral_dtype: ``torch.float64`` (default), ``torch.float32``, or ``None``
+            for ``W``'s own dtype (no cast).
+        block_size, n_blocks: the ``"krylov"`` space (default :func:`krylov_size`).
+        U0: start block, ``(N, b)`` for ``"krylov"`` (default :func:`krylov_start`: cosines
+            on the grid of a banded ``W`` or of one recognised as banded, else seeded Gaussian columns) or
+            ``(N, Ne)`` for ``"subspace"`` (default :func:`initial_subspace`); e.g. the
+            previous training step's eigenvectors.
+        distance: ``False``: the eigenpairs alone, no gradient, ``distance`` ``None``; with
+            ``n_eigs`` nothing of size ``N x N`` is formed (a large sparse graph fits).
+        times: ``(t_min, t_max)``: make the ``"krylov"`` space deep enough for ``D_t`` at every
+            ``t`` in that range, not only at ``t`` (the error bound takes the largest slope of
+            ``f`` over the range). For eigenpairs meant for several diffusion times
+            (:func:`diffusion_embedding`): at small ``t`` the lower pairs weigh more.
+
+    Returns:
+        :class:`DiffusionResult` in ``W``'s dtype; tensors keep ``W``'s batching (no
+        batch dimension for an unbatched dense ``W``).
+    """
+    _check_time(t)
+    if times is not None:
+        if len(times) != 2 or not all(math.isfinite(x) and x > 0 for x in times) or times[0] > times[1]:
+            raise ValueError(f"times must be (t_min, t_max) with 0 < t_min <= t_max, finite, got {times}")
+        times = (float(times[0]), float(times[1]))
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if solver == "auto":
+        solver = "subspace" if n_power is not None else "krylov"
+    _check_spectral_dtype(spectral_dtype)
+    num_nodes = W.num_nodes if isinstance(W, BandedAffinity) else W.shape[-1]
+    if n_eigs is not None and not 0 < n_eigs <= num_nodes:
+        raise ValueError(f"n_eigs must be in [1, N={num_nodes}], got {n_eigs}")
+    size = None
+    if n_eigs is not None and solver == "krylov":
+        size = krylov_size(n_eigs, num_nodes)
+        if U0 is not None and block_size is None:
+            block_size = U0.shape[-1]
+        if block_size is not None or n_blocks is not None:
+            default = _krylov_default(n_eigs)
+            size = (block_size or default[0], n_blocks or default[1])
+            if size[0] < 1 or size[1] < 1 or not n_eigs <= size[0] * size[1] <= num_nodes:
+                raise ValueError(f"need 1 <= n_eigs <= block_size * n_blocks <= N={num_nodes}, "
+                                 f"got {size[0]} x {size[1]}")
+    iterative = n_eigs is not None and (solver == "subspace" or size is not None)
+    unbatched = False
+    if _is_sparse(W):  # its non-zeros are given: no N x N pass to find them
+        pattern, stored = _sparse_input(W)
+        banded = _sparse_as_banded(pattern, stored, num_nodes) if iterative else None
+        if banded is not None:  # on a grid: the banded path below (symmetry checked on the band)
+            W, unbatched = banded, True
+        else:
+            _check_sparse_symmetric(pattern, stored)
+    if _is_sparse(W):
+        batched, out_dtype, grid = False, stored.dtype, None
+        values, d = _normalized_values(stored.to(spectral_dtype or out_dtype), pattern)
+        op, d = _SparseOperator(values, pattern, 1, num_nodes), d.view(1, num_nodes)
+        if not iterative:  # the exact spectrum needs S densely
+            S = torch.sparse_coo_tensor(torch.stack([pattern.rows, pattern.cols]), values, (num_nodes, num_nodes),
+                                        check_invariants=False).to_dense().unsqueeze(0)
+    else:
+        pattern = None
+        if iterative and isinstance(W, Tensor) and W.dim() in (2, 3) and W.shape[-1] == W.shape[-2]:
+            unbatched, W3 = W.dim() == 2, W if W.dim() == 3 else W.unsqueeze(0)
+            banded = None if torch.is_grad_enabled() and W.requires_grad else _as_banded(W3)
+            if banded is not None:
+                W = banded
+            else:
+                pattern = _dense_pattern(W3)
+        W, batched = _validate_affinity(W, pattern)
+        batched = batched and not unbatched  # a dense (N, N) W recast as a band comes back unbatched
+        out_dtype = _affinity_values(W).dtype
+        if pattern is not None:
+            op, d = _sparse_operator(W, pattern, spectral_dtype or out_dtype)
+            grid = None
+        else:
+            d = degree(W, spectral_dtype)
+            S = symmetric_normalize(W, spectral_dtype)
+            op = _Operator(S) if iterative else None
+            grid = W.grid_shape if isinstance(W, BandedAffinity) else None
+    batch, n = d.shape
+    scale = (d.sum(-1, keepdim=True) / d).sqrt()  # sqrt(vol) D^-1/2 as a (B, N) vector
+    t = torch.as_tensor(t, dtype=d.dtype, device=d.device)
+
+    if iterative or (n_eigs is not None and solver == "krylov"):  # Rayleigh-Ritz on a space U
+        eig = None
+        if not iterative:  # a graph too small for the Krylov space: the exact spectrum, truncated to Ne
+            U, H, eig = _exact_space(S.to_dense() if isinstance(S, BandedAffinity) else S)
+            _warn_if_ones_are_split(eig[0], n_eigs)
+        elif solver == "krylov":
+            # The space depends on W (and U0) only: with no gradient to them, build it without
+            # autograd, so its blocks go into one buffer (no concatenation per step).
+            track = torch.is_grad_enabled() and (d.requires_grad or (U0 is not None and U0.requires_grad))
+            if block_size is None and not track and _will_restart(n, size):
+                size = (_restarted_block(size[0]), size[1])
+            start = _default_start(op, size[0], grid, d.dtype) if U0 is None else U0.to(d)
+            U, H, eig = _krylov_space(op, start.expand(batch, n, start.shape[-1]), size[1], n_eigs, t, times,
+                                      deepen=n_blocks is None, track=track)
+        if solver == "subspace":
+            start = initial_subspace(n, n_eigs, grid, d.dtype, d.device) if U0 is None else U0.to(d)
+            power = default_power(t) if n_power is None else n_power
+            U, H = subspace_iteration(op, n_eigs, n_iter=n_iter, n_power=power, U0=start)
+            eig = _ritz_eigh(H.detach())
+            _warn_if_unconverged(op, U, eig, t, times)
+        if distance:
+            D, lam, psi = _RitzDistance.apply(scale.unsqueeze(-1) * U, H, t, n_eigs, out_dtype, eig)
+        else:  # the Ritz pairs alone: what _RitzDistance keeps, without assembling D
+            with torch.no_grad():
+                theta, Y = _ritz_eigh(H) if eig is None else eig
+                top = theta.abs().topk(n_eigs, dim=-1).indices
+                lam = theta.gather(-1, top)
+                psi = (scale.unsqueeze(-1) * U) @ Y.gather(-1, top.unsqueeze(-2).expand(*Y.shape[:-1], n_eigs))
+            D = None
+    else:
+        dense = S.to_dense() if isinstance(S, BandedAffinity) else S
+        if n_eigs is None:
+            fS, lam, V = _spectral_power_eig(dense, t)
+            M = scale.unsqueeze(-1) * fS * scale.unsqueeze(-2)
+        else:
+            # Reference only: its gradient goes through eigh's eigenvectors.
+            lam, V = torch.linalg.eigh(dense)
+            top = lam.abs().topk(n_eigs, dim=-1).indices
+            lam = lam.gather(-1, top)
+            V = V.gather(-1, top.unsqueeze(-2).expand(*V.shape[:-1], n_eigs))
+            weight = torch.exp(t * torch.log(lam.square().clamp_min(torch.finfo(lam.dtype).tiny)))
+            C = scale.unsqueeze(-1) * V
+            M = (C * weight.unsqueeze(-2)) @ C.transpose(-1, -2)
+        D = _pairwise_from_gram(M)
+        psi = scale.unsqueeze(-1) * V.detach()
+    with torch.no_grad():
+        order = lam.argsort(-1, descending=True)
+        lam = lam.gather(-1, order).detach()
+        psi = psi.gather(-1, order.unsqueeze(-2).expand_as(psi))
+    lam, psi = lam.to(out_dtype), psi.to(out_dtype)
+    D = D.to(out_dtype) if distance else None
+    if not batched:
+        return DiffusionResult(None if D is None else D.squeeze(0), lam.squeeze(0), psi.squeeze(0))
+    return DiffusionResult(D, lam, psi)
+
+
+def diffusion_distance(
+    W: Tensor | BandedAffinity,
+    t: Tensor | float,
+    n_eigs: int | None = None,
+    n_iter: int = 2,
+    *,
+    n_power: int | None = None,
+    solver: str = "auto",
+    spectral_dtype: torch.dtype | None = torch.float64,
+    block_size: int | None = None,
+    n_blocks: int | None = None,
+    U0: Tensor | None = None,
+) -> Tensor:
+    """Diffusion distance of paper Eq. (3) between all pairs of nodes.
+
+    See :func:`diffusion` for the arguments (``solver``: block Krylov by default, the
+    paper's subspace iteration when ``n_power`` is given or ``solver="subspace"``;
+    ``spectral_dtype``: the precision of everything after the affinity, float64 by
+    default; the result has ``W``'s dtype).
+
+    Returns:
+        ``(N, N)`` or ``(B, N, N)`` distances (``W``'s batching and dtype), ``>= 0``,
+        zero diagonal.
+    """
+    return diffusion(W, t, n_eigs, n_iter, n_power=n_power, solver=solver, spectral_dtype=spectral_dtype,
+                     block_size=block_size, n_blocks=n_blocks, U0=U0).distance
+
+
+def diffusion_embedding(
+    W: Tensor | BandedAffinity,
+    n_eigs: int | None = None,
+    n_iter: int = 2,
+    *,
+    n_power: int | None = None,
+    solver: str = "auto",
+    spectral_dtype: torch.dtype | None = torch.float64,
+    times: tuple[float, float] = (1.0, 100.0),
+) -> tuple[Tensor, Tensor]:
+    """Eigenpairs ``(lambda_m, psi_m)`` of ``P`` normalised for Eq. (4).
+
+    ``D_t(i, j) = sum_m lambda_m^(2t) (psi_m(i) - psi_m(j))^2`` for every ``t``.
+    With ``n_eigs`` the pairs are Ritz pairs of :func:`diffusion`'s solver (block Krylov by
+    default; with ``n_power`` the subspace iteration, ``n_power`` multiplications per QR
+    step), accurate enough for ``D_t`` at every ``t`` in ``times`` (the Krylov space is made
+    deeper until its error bound holds over the whole range; pass a smaller ``t_min`` for
+    smaller times, where the lower pairs weigh more). Not differentiable: train through
+    :func:`diffusion_distance`, whose gradient stays finite for clustered eigenvalues.
+    ``spectral_dtype`` as in :func:`diffusion` (computed in float64 by default, returned in
+    ``W``'s dtype). With ``n_eigs`` no ``N x N`` array is formed, so with a banded or torch
+    sparse ``W`` (a k-nearest-neighbour graph of many points, say) memory grows with ``N``,
+    not ``N^2``.
+
+    Example:
+        >>> import torch
+        >>> from ndd import spectral
+        >>> features = torch.rand(1, 3, 24, 30, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        >>> W = spectral.local_affinity(features, 1.0, window=5)
+        >>> lam, psi = spectral.diffusion_embedding(W, n_eigs=12)
+        >>> D = spectral.distance_from_embedding(lam, psi, t=1.0)  # (1, 720, 720)
+        >>> exact = spectral.diffusion_distance(W, 1.0, n_eigs=12, solver="eigh")
+        >>> bool((D - exact).norm() < 1e-3 * exact.norm())
+        True
+
+    Returns:
+        eigenvalues ``(B, Ne)`` in decreasing order and eigenvectors ``(B, N, Ne)``
+        (unbatched input gives unbatched output).
+    """
+    t = (20 if n_power is None else n_power) / 2  # only sets the subspace solver's default power
+    with torch.no_grad():
+        result = diffusion(W, t, n_eigs, n_iter, n_power=n_power, solver=solver, spectral_dtype=spectral_dtype,
+                           distance=False, times=times)
+    return result.eigenvalues, result.eigenvectors
+
+
+def distance_from_embedding(eigenvalues: Tensor, eigenvectors: Tensor, t: float) -> Tensor:
+    """Eq. (4) from the pairs of :func:`diffusion_embedding` (or :func:`diffusion`):
+    ``D_t(i, j) = sum_m lambda_m^(2t) (psi_m(i) - psi_m(j))^2``, for any ``t`` without solving again.
+
+    Args:
+        eigenvalues: ``(B, Ne)`` or ``(Ne,)``.
+        eigenvectors: ``(B, N, Ne)`` or ``(N, Ne)``.
+        t: diffusion time, positive.
+
+    Returns:
+        ``D`` ``(B, N, N)`` (``(N, N)`` for unbatched pairs) in the eigenvectors' dtype, no gradient
+        (train through :func:`diffusion_distance`).
+
+    Example:
+        >>> lam, psi = torch.tensor([1.0, 0.5]), torch.tensor([[1.0, 1.0], [1.0, -1.0]])
+        >>> distance_from_embedding(lam, psi, 1.0)  # (0.5^2)^1 * (1 - (-1))^2 = 1
+        tensor([[0., 1.],
+                [1., 0.]])
+    """
+    _check_time(t)
+    batched = eigenvectors.dim() == 3
+    lam = eigenvalues if batched else eigenvalues.unsqueeze(0)
+    psi = eigenvectors if batched else eigenvectors.unsqueeze(0)
+    if psi.dim() != 3 or lam.shape != (psi.shape[0], psi.shape[2]):
+        raise ValueError(f"eigenvalues (B, Ne) and eigenvectors (B, N, Ne) do not fit: "
+                         f"{tuple(eigenvalues.shape)} and {tuple(eigenvectors.shape)}")
+    with torch.no_grad():
+        weight = torch.exp(t * torch.log(lam.square().clamp_min(torch.finfo(lam.dtype).tiny)))
+        D = _assemble_distance(psi * weight.sqrt().unsqueeze(-2), psi.dtype)
+    return D if batched else D.squeeze(0)
+
+
+def diffusion_similarity(D: Tensor, tau: Tensor | float) -> Tensor:
+    """Neural diffusion similarity ``K_D = exp(-tau D)`` (paper §5), same shape as ``D``."""
+    tau = torch.as_tensor(tau, dtype=D.dtype, device=D.device)
+    if tau.numel() != 1 or not bool(tau > 0):
+        raise ValueError(f"tau must be a positive scalar, got {tau}")
+    return torch.exp(-tau * D)
