@@ -110,6 +110,14 @@ def _restarted_block(block_size: int) -> int:
     return max(8, (3 * block_size) // 4)
 
 
+def _past_half(num_nodes: int, block_size: int, blocks: int) -> bool:
+    """Whether a space of ``blocks`` blocks of ``block_size`` columns holds more than half the graph's
+    ``num_nodes`` dimensions: there the exact spectrum is cheaper, and a space that close to ``N``
+    loses orthogonality. The one rule for the first space (:func:`krylov_size`), a deeper one
+    (:func:`_krylov_ritz`) and a wider block (:func:`_krylov_space`)."""
+    return 2 * block_size * blocks > num_nodes
+
+
 def krylov_size(n_eigs: int, num_nodes: int) -> tuple[int, int] | None:
     """Default ``(block_size, n_blocks)`` of the first block Krylov space for ``Ne`` eigenpairs.
 
@@ -130,7 +138,7 @@ def krylov_size(n_eigs: int, num_nodes: int) -> tuple[int, int] | None:
     the graph: solve exactly instead (cheap there).
     """
     block, blocks = _krylov_default(n_eigs)
-    return None if 2 * block * 16 > num_nodes else (block, blocks)
+    return None if _past_half(num_nodes, block, 16) else (block, blocks)
 
 
 def _krylov_default(n_eigs: int) -> tuple[int, int]:
@@ -461,7 +469,7 @@ def _krylov_ritz(op, start: Tensor, blocks: int, n_eigs: int, t: Tensor, times: 
                 return _KrylovRun(U, H, eig, blocks, "done")
             state = _thick_restart(U, H, eig, state, keep)  # a large graph: from the best Ritz vectors
             blocks, restarts = 1 + KRYLOV_RESTART_BLOCKS, restarts + 1
-        elif 2 * more * b > n:
+        elif _past_half(n, b, more):
             return _KrylovRun(U, H, eig, blocks, "full")
         else:
             blocks = more  # not accurate enough yet: a deeper space
@@ -511,7 +519,7 @@ def _krylov_space(op, start: Tensor, blocks: int, n_eigs: int, t: Tensor, times:
     n = start.shape[-2]
     while True:
         run = _krylov_ritz(op, start, blocks, n_eigs, t, times, deepen=deepen, track=track)
-        if run.status != "degenerate" or 4 * start.shape[-1] * blocks > n:
+        if run.status != "degenerate" or _past_half(n, 2 * start.shape[-1], blocks):
             break
         # more eigenvalues at 1 than the block holds (disconnected parts, or nearly
         # disconnected ones in float32): again, with a block twice as wide
