@@ -87,13 +87,14 @@ class _DensePattern(NamedTuple):
 
     Attributes:
         index: ``(nnz,)`` positions in ``W.reshape(-1)``, row-major (CSR order).
-        transpose: ``(nnz,)`` positions of the mirrored entries ``W[b, j, i]``.
+        transpose: ``(nnz,)`` positions of the mirrored entries ``W[b, j, i]`` (``None`` for a torch
+            sparse ``W``, whose symmetry is checked without them).
         rows, cols: ``(nnz,)`` int64 row and column in the block-diagonal matrix.
         offsets: ``(B N + 1,)`` int64 row starts; ``crow``, ``col``: the int32 CSR structure.
     """
 
     index: Tensor
-    transpose: Tensor
+    transpose: Tensor | None
     rows: Tensor
     cols: Tensor
     offsets: Tensor

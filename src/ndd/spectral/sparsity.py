@@ -244,10 +244,11 @@ def _sparse_input(W: Tensor) -> tuple[_DensePattern, Tensor]:
             values = values.new_zeros(index.numel()).index_add(0, inverse, values)
             rows, cols = index // n, index % n
             counts = torch.bincount(rows, minlength=n)
-    transpose = cols * n + rows
     offsets = torch.zeros(n + 1, dtype=torch.int64, device=cols.device)
     offsets[1:] = counts.cumsum(0)
-    pattern = _DensePattern(index, transpose, rows, cols, offsets, offsets.int(), cols.int())
+    # no positions of mirrored entries (a pass over them): a sparse W's symmetry is checked by a
+    # sort (_check_sparse_symmetric) or on its band
+    pattern = _DensePattern(index, None, rows, cols, offsets, offsets.int(), cols.int())
     if bool((torch.segment_reduce(values.detach(), "sum", offsets=offsets) <= 0).any()):
         raise ValueError("every node needs a positive degree (an isolated node has no random walk)")
     return pattern, values
