@@ -33,7 +33,7 @@ def test_dense_banded_W_gives_the_banded_result_without_dense_products(monkeypat
     # through its non-zeros as a CSR matrix when no grid is read (here: recognition off): the
     # same operator, so with the same start the same result, and from its default start (no
     # grid: Gaussian columns) the same distance to the solver's accuracy
-    monkeypatch.setattr(spectral.distance, "_as_banded", lambda W: None)
+    monkeypatch.setattr(spectral.sparsity, "_as_banded", lambda W: None)
     start = spectral.krylov_start(288, 8, (16, 18), torch.float64)
     from_csr = spectral.diffusion(dense, 5.0, n_eigs=12, U0=start)
     assert rel(from_csr.distance, spectral.diffusion(band, 5.0, n_eigs=12, U0=start).distance) < 1e-12
@@ -168,13 +168,13 @@ def test_sparse_W_is_used_as_given_with_the_dense_result_and_gradient(monkeypatc
     non-zeros, without reading N x N entries; its gradient is the dense one on the stored entries."""
     dense = spectral.local_affinity(piecewise_constant_features(16, 18, regions=6, channels=3, seed=1), 1.0,
                                     window=5).to_dense()[0]
-    monkeypatch.setattr(spectral.distance, "_dense_pattern", lambda *a, **k: pytest.fail("an N x N scan for non-zeros"))
+    monkeypatch.setattr(spectral.sparsity, "_dense_pattern", lambda *a, **k: pytest.fail("an N x N scan for non-zeros"))
     for sparse in (dense.to_sparse(), dense.to_sparse_csr()):
         for kw in ({"n_eigs": 12}, {"n_eigs": 12, "solver": "subspace", "n_power": 40}, {}):
             got = spectral.diffusion(sparse, 5.0, **kw)
             monkeypatch.undo()
             want = spectral.diffusion(dense, 5.0, **kw)
-            monkeypatch.setattr(spectral.distance, "_dense_pattern", lambda *a, **k: pytest.fail("an N x N scan"))
+            monkeypatch.setattr(spectral.sparsity, "_dense_pattern", lambda *a, **k: pytest.fail("an N x N scan"))
             assert got.distance.shape == (288, 288) and got.distance.dtype == torch.float64
             assert rel(got.distance, want.distance) < 1e-12, (sparse.layout, kw)
     as_float32 = spectral.diffusion_distance(dense.float().to_sparse(), 5.0, n_eigs=12)

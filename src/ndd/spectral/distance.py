@@ -10,17 +10,13 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .affinity import BandedAffinity, _affinity_values, _validate_affinity, degree, symmetric_normalize
+from .affinity import BandedAffinity
 from .krylov import (
     _default_start, _exact_space, _krylov_default, _krylov_space, _restarted_block, _ritz_eigh,
     _warn_if_ones_are_split, _will_restart, krylov_size,
 )
 from .matrix_function import _power_and_derivatives, _spectral_power_eig
-from .operators import _Operator, _SparseOperator
-from .sparsity import (
-    _as_banded, _check_sparse_symmetric, _dense_pattern, _is_sparse, _normalized_values, _sparse_as_banded,
-    _sparse_input, _sparse_operator,
-)
+from .sparsity import _prepare
 from .subspace import _warn_if_unconverged, initial_subspace, subspace_iteration
 
 
@@ -285,41 +281,7 @@ def diffusion(
                 raise ValueError(f"need 1 <= n_eigs <= block_size * n_blocks <= N={num_nodes}, "
                                  f"got {size[0]} x {size[1]}")
     iterative = n_eigs is not None and (solver == "subspace" or size is not None)
-    unbatched = False
-    if _is_sparse(W):  # its non-zeros are given: no N x N pass to find them
-        pattern, stored = _sparse_input(W)
-        banded = _sparse_as_banded(pattern, stored, num_nodes) if iterative else None
-        if banded is not None:  # on a grid: the banded path below (symmetry checked on the band)
-            W, unbatched = banded, True
-        else:
-            _check_sparse_symmetric(pattern, stored)
-    if _is_sparse(W):
-        batched, out_dtype, grid = False, stored.dtype, None
-        values, d = _normalized_values(stored.to(spectral_dtype or out_dtype), pattern)
-        op, d = _SparseOperator(values, pattern, 1, num_nodes), d.view(1, num_nodes)
-        if not iterative:  # the exact spectrum needs S densely
-            S = torch.sparse_coo_tensor(torch.stack([pattern.rows, pattern.cols]), values, (num_nodes, num_nodes),
-                                        check_invariants=False).to_dense().unsqueeze(0)
-    else:
-        pattern = None
-        if iterative and isinstance(W, Tensor) and W.dim() in (2, 3) and W.shape[-1] == W.shape[-2]:
-            unbatched, W3 = W.dim() == 2, W if W.dim() == 3 else W.unsqueeze(0)
-            banded = None if torch.is_grad_enabled() and W.requires_grad else _as_banded(W3)
-            if banded is not None:
-                W = banded
-            else:
-                pattern = _dense_pattern(W3)
-        W, batched = _validate_affinity(W, pattern)
-        batched = batched and not unbatched  # a dense (N, N) W recast as a band comes back unbatched
-        out_dtype = _affinity_values(W).dtype
-        if pattern is not None:
-            op, d = _sparse_operator(W, pattern, spectral_dtype or out_dtype)
-            grid = None
-        else:
-            d = degree(W, spectral_dtype)
-            S = symmetric_normalize(W, spectral_dtype)
-            op = _Operator(S) if iterative else None
-            grid = W.grid_shape if isinstance(W, BandedAffinity) else None
+    op, S, d, grid, out_dtype, batched = _prepare(W, num_nodes, iterative, spectral_dtype)
     batch, n = d.shape
     scale = (d.sum(-1, keepdim=True) / d).sqrt()  # sqrt(vol) D^-1/2 as a (B, N) vector
     t = torch.as_tensor(t, dtype=d.dtype, device=d.device)

@@ -1,18 +1,23 @@
 """Which structure a given affinity has: the non-zeros of a dense ``W``, the stored entries of a
 torch sparse ``W``, and a grid band found in either (checked on every entry), so each is
-multiplied through its non-zeros.
+multiplied through its non-zeros; :func:`_prepare` turns any input of :func:`diffusion` into
+the operator its solvers take.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .affinity import BandedAffinity, _check_entries, _close, _neighbour_index, degree, symmetric_normalize
-from .operators import _DensePattern, _SparseOperator
+from .affinity import (
+    BandedAffinity, _affinity_values, _check_entries, _close, _neighbour_index, _validate_affinity, degree,
+    symmetric_normalize,
+)
+from .operators import _DensePattern, _Operator, _SparseOperator
 
 
 #: Densest dense ``W`` still multiplied as a sparse matrix: above it a dense product
@@ -265,3 +270,59 @@ def _check_sparse_symmetric(pattern: _DensePattern, values: Tensor) -> None:
     mirrored = cols.index_select(0, by_column) * (pattern.offsets.numel() - 1) + rows.index_select(0, by_column)
     if not (torch.equal(pattern.index, mirrored) and _close(a, b)):
         raise ValueError("W must be symmetric (every stored entry (i, j) needs an equal entry (j, i))")
+
+
+class _Prepared(NamedTuple):
+    """An affinity made ready for :func:`diffusion`'s solvers (:func:`_prepare`)."""
+
+    op: _Operator | _SparseOperator | None  # products by S (None: the exact paths of a dense or banded W)
+    S: Tensor | BandedAffinity | None  # S itself, where an exact path needs it (None with a CSR operator)
+    d: Tensor  # degrees (B, N), in the spectral dtype
+    grid: tuple[int, int] | None  # the grid of a banded W (given or recognised): the Krylov start's cosines
+    out_dtype: torch.dtype  # W's dtype, which the results come back in
+    batched: bool  # whether W had a batch dimension
+
+
+def _prepare(W: Tensor | BandedAffinity, num_nodes: int, iterative: bool,
+             spectral_dtype: torch.dtype | None) -> _Prepared:
+    """Checks ``W`` (any of :func:`diffusion`'s inputs) and builds what its solvers need, in
+    ``spectral_dtype``: for an ``iterative`` solver a torch sparse or dense ``W`` on a grid becomes
+    its band (:func:`_sparse_as_banded`, :func:`_as_banded`), another torch sparse ``W`` or a mostly
+    zero dense one a CSR operator (:func:`_sparse_operator`); a band stays banded; otherwise ``S``
+    densely (a torch sparse ``W``) or as given."""
+    unbatched, S, op = False, None, None
+    if _is_sparse(W):  # its non-zeros are given: no N x N pass to find them
+        pattern, stored = _sparse_input(W)
+        banded = _sparse_as_banded(pattern, stored, num_nodes) if iterative else None
+        if banded is not None:  # on a grid: the banded path below (symmetry checked on the band)
+            W, unbatched = banded, True
+        else:
+            _check_sparse_symmetric(pattern, stored)
+    if _is_sparse(W):
+        batched, out_dtype, grid = False, stored.dtype, None
+        values, d = _normalized_values(stored.to(spectral_dtype or out_dtype), pattern)
+        op, d = _SparseOperator(values, pattern, 1, num_nodes), d.view(1, num_nodes)
+        if not iterative:  # the exact spectrum needs S densely
+            S = torch.sparse_coo_tensor(torch.stack([pattern.rows, pattern.cols]), values, (num_nodes, num_nodes),
+                                        check_invariants=False).to_dense().unsqueeze(0)
+    else:
+        pattern = None
+        if iterative and isinstance(W, Tensor) and W.dim() in (2, 3) and W.shape[-1] == W.shape[-2]:
+            unbatched, W3 = W.dim() == 2, W if W.dim() == 3 else W.unsqueeze(0)
+            banded = None if torch.is_grad_enabled() and W.requires_grad else _as_banded(W3)
+            if banded is not None:
+                W = banded
+            else:
+                pattern = _dense_pattern(W3)
+        W, batched = _validate_affinity(W, pattern)
+        batched = batched and not unbatched  # a dense (N, N) W recast as a band comes back unbatched
+        out_dtype = _affinity_values(W).dtype
+        if pattern is not None:
+            op, d = _sparse_operator(W, pattern, spectral_dtype or out_dtype)
+            grid = None
+        else:
+            d = degree(W, spectral_dtype)
+            S = symmetric_normalize(W, spectral_dtype)
+            op = _Operator(S) if iterative else None
+            grid = W.grid_shape if isinstance(W, BandedAffinity) else None
+    return _Prepared(op, S, d, grid, out_dtype, batched)
