@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from .affinity import (
-    BandedAffinity, _affinity_values, _check_entries, _close, _neighbour_index, _validate_affinity, degree,
-    symmetric_normalize,
+    BandedAffinity, _affinity_values, _check_entries, _close, _neighbour_index, _normalized_by, _validate_affinity,
+    degree,
 )
 from .operators import _DensePattern, _Operator, _SparseOperator
 
@@ -203,9 +203,10 @@ def _sparse_operator(W: Tensor, pattern: _DensePattern, dtype: torch.dtype) -> t
     batch, n, _ = W.shape
     if torch.is_grad_enabled() and W.requires_grad:
         W = W.to(dtype)
-        S = symmetric_normalize(W)
+        d = degree(W)
+        S = _normalized_by(W, d)
         values = S.detach().reshape(-1).index_select(0, pattern.index)
-        return _SparseOperator(values, pattern, batch, n, dense=S), degree(W)
+        return _SparseOperator(values, pattern, batch, n, dense=S), d
     values, d = _normalized_values(W.detach().reshape(-1).index_select(0, pattern.index).to(dtype), pattern)
     return _SparseOperator(values, pattern, batch, n), d.view(batch, n)
 
@@ -322,7 +323,7 @@ def _prepare(W: Tensor | BandedAffinity, num_nodes: int, iterative: bool,
             grid = None
         else:
             d = degree(W, spectral_dtype)
-            S = symmetric_normalize(W, spectral_dtype)
+            S = _normalized_by(W, d)
             op = _Operator(S) if iterative else None
             grid = W.grid_shape if isinstance(W, BandedAffinity) else None
     return _Prepared(op, S, d, grid, out_dtype, batched)
