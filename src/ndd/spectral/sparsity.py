@@ -277,7 +277,7 @@ class _Prepared(NamedTuple):
     """An affinity made ready for :func:`diffusion`'s solvers (:func:`_prepare`)."""
 
     op: _Operator | _SparseOperator | None  # products by S (None: the exact paths of a dense or banded W)
-    S: Tensor | BandedAffinity | None  # S itself, where an exact path needs it (None with a CSR operator)
+    S: Tensor | BandedAffinity | None  # S, dense or banded (the exact paths use it); None where only a CSR operator is
     d: Tensor  # degrees (B, N), in the spectral dtype
     grid: tuple[int, int] | None  # the grid of a banded W (given or recognised): the Krylov start's cosines
     out_dtype: torch.dtype  # W's dtype, which the results come back in
