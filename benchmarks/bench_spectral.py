@@ -21,6 +21,7 @@ CUDA memory.
     python benchmarks/bench_spectral.py [--threads 1] [--repeats 5] [--device cuda] [--image PATH]
     python benchmarks/bench_spectral.py --accuracy-only --model-images 13
     python benchmarks/bench_spectral.py --skip-model --knn-points 20000
+    python benchmarks/bench_spectral.py --breakdown --repeats 10
 
 The dense ``W`` is also timed as a torch sparse CSR tensor (taken as it is). Both are
 recognised as the band of their 41x61 grid (``spectral.sparsity._as_banded``), so the default solver
@@ -36,8 +37,11 @@ load, so ARPACK gets the same number as torch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 
 def _threads_from_argv(argv: list[str], default: int = 1) -> int:
@@ -166,6 +170,75 @@ def krylov_depth(W, t: float, n_eigs: int, dtype: torch.dtype) -> int:
     return depths[-1]
 
 
+@contextmanager
+def _timed(owner, name: str, log: dict[str, float], key: str, sync) -> Iterator[None]:
+    """Patches ``owner.name`` with a wrapper that adds its wall time to ``log[key]``."""
+    original = getattr(owner, name)
+
+    def wrapped(*args, **kwargs):
+        sync()
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            sync()
+            log[key] = log.get(key, 0.0) + time.perf_counter() - start
+
+    setattr(owner, name, wrapped)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+def solver_breakdown(graphs: dict[str, object], t: float, n_eigs: int, repeats: int, device: torch.device) -> None:
+    """Where the default solver's time goes: ``diffusion_distance`` with timing wrappers around its
+    stages (input checks and operator, start block, the Krylov run and inside it the products by
+    S and the QRs, ``eigh`` of H, the assembly of D); the run of smallest total is shown, its
+    remainder is Rayleigh-Ritz bookkeeping and the Ritz vectors. The wrappers add a few calls per
+    stage, so the total is a little above the untimed call's."""
+    from ndd.spectral import distance, krylov, operators
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    stages = [(distance, "_prepare", "checks, recognition, S, operator"),
+              (distance, "_default_start", "start block"),
+              (krylov, "_block_krylov", "Krylov run (all below)"),
+              (operators._Operator, "__call__", "  products by S (banded, CSR)"),
+              (operators._SparseOperator, "__call__", "  products by S (banded, CSR)"),
+              (torch.linalg, "qr", "  Householder QRs"),
+              (krylov, "_ritz_eigh", "eigh of H"),
+              (distance, "_assemble_distance", "assembly of D")]
+    print(f"\nwhere the default solver's time goes (best of {repeats} runs, stage times of the fastest):")
+    for name, dtype in DTYPES.items():
+        for form, W in graphs.items():
+            runs = []
+            for _ in range(repeats + 1):
+                log: dict[str, float] = {}
+                with contextlib.ExitStack() as stack:
+                    for owner, attr, key in stages:
+                        stack.enter_context(_timed(owner, attr, log, key, sync))
+                    sync()
+                    start = time.perf_counter()
+                    with torch.no_grad():
+                        spectral.diffusion_distance(W, t, n_eigs, spectral_dtype=dtype)
+                    sync()
+                    log["total"] = time.perf_counter() - start
+                runs.append(log)
+            log = min(runs[1:], key=lambda r: r["total"])  # the first run warms up
+            inner = log.get("  products by S (banded, CSR)", 0.0) + log.get("  Householder QRs", 0.0)
+            log["  Gram-Schmidt and the rest of the run"] = log["Krylov run (all below)"] - inner
+            log["Ritz vectors, bookkeeping"] = log["total"] - sum(
+                log.get(key, 0.0) for key in dict.fromkeys(k for _, _, k in stages) if not key.startswith("  "))
+            keys = list(dict.fromkeys(k for _, _, k in stages))
+            keys[keys.index("  Householder QRs") + 1:1 + keys.index("  Householder QRs")] = [
+                "  Gram-Schmidt and the rest of the run"]
+            parts = ", ".join(f"{key.strip()} {log.get(key, 0.0) * 1e3:.1f}" for key in keys + ["Ritz vectors, bookkeeping"])
+            print(f"  {name} {form}: total {log['total'] * 1e3:.1f} ms = {parts} ms")
+
+
 def knn_embedding(n_points: int, n_eigs: int, repeats: int, device: torch.device) -> None:
     """Eigenpairs of a large sparse graph given as a torch sparse W: ``n_points`` points in 3-D
     (20 Gaussian blobs, seed 0), each joined to its 10 nearest (scipy's cKDTree), Gaussian
@@ -239,6 +312,8 @@ def main() -> None:
     parser.add_argument("--model-images", type=int, default=0,
                         help="also check the shipped model's D on coffee.jpg and this many images in all (BSDS mini)")
     parser.add_argument("--accuracy-only", action="store_true", help="only the shipped-model accuracy check")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="only where the default solver's time goes, stage by stage (banded and dense W)")
     parser.add_argument("--knn-points", type=int, default=0,
                         help="also time the eigenpairs of a k-nearest-neighbour graph of this many points "
                              "given as a torch sparse W (e.g. 20000)")
@@ -256,6 +331,9 @@ def main() -> None:
     Wd = W.to_dense()  # the same affinity as a dense (1, N, N) tensor
     Ws = Wd[0].to_sparse_csr()  # and as a torch sparse CSR (N, N) one, built once (as ARPACK's sparse S)
     n, ne, t = W.num_nodes, args.n_eigs, args.t
+    if args.breakdown:
+        solver_breakdown({"banded": W, "dense": Wd, "sparse CSR": Ws}, t, ne, args.repeats, device)
+        return
     block, blocks = spectral.krylov_size(ne, n)
     print(f"graph: 41x61 grid (N={n}), 17x17 window, Ne={ne}, t={t}; device={device}, torch threads="
           f"{torch.get_num_threads()}, BLAS threads={os.environ['OPENBLAS_NUM_THREADS']}; "
