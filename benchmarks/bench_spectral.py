@@ -40,6 +40,7 @@ import argparse
 import contextlib
 import os
 import sys
+import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -329,7 +330,9 @@ def main() -> None:
     feats = grid_features(args.image, device)
     W = spectral.local_affinity(feats, 1.0, window=17)  # float32, banded
     Wd = W.to_dense()  # the same affinity as a dense (1, N, N) tensor
-    Ws = Wd[0].to_sparse_csr()  # and as a torch sparse CSR (N, N) one, built once (as ARPACK's sparse S)
+    with warnings.catch_warnings():  # torch's "Sparse CSR tensor support is in beta" is not ours to print
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        Ws = Wd[0].to_sparse_csr()  # and as a torch sparse CSR (N, N) one, built once (as ARPACK's sparse S)
     n, ne, t = W.num_nodes, args.n_eigs, args.t
     if args.breakdown:
         solver_breakdown({"banded": W, "dense": Wd, "sparse CSR": Ws}, t, ne, args.repeats, device)
