@@ -49,7 +49,7 @@ def _dense_pattern(W: Tensor, max_density: float | None = None) -> _DensePattern
     j = index - rows * n
     first = rows - rows % n if batch > 1 else torch.zeros_like(rows)  # b N
     cols = first + j
-    transpose = (first + j) * n + rows - first
+    transpose = cols * n + rows - first
     offsets = torch.zeros(batch * n + 1, dtype=torch.int64, device=index.device)
     offsets[1:] = counts.cumsum(0)
     return _DensePattern(index, transpose, rows, cols, offsets, offsets.int(), cols.int())
