@@ -90,6 +90,24 @@ def test_a_misspelt_model_name_or_a_folder_is_named(tmp_path, capsys):
         load_segmentation_model(str(tmp_path))
 
 
+def test_usage_mistakes_are_one_line_naming_the_command(tmp_path, capsys):
+    """A malformed option gets one stderr line (not argparse's usage block), exit code 2, no output folder."""
+    out = tmp_path / "o"
+    cases = [(["segment", "x.jpg", "--out", str(out), "--format", "png"], "ndd segment: error: argument --format"),
+             (["segment", "x.jpg", "--out", str(out), "--levels", "2,x"], "ndd segment: error: argument --levels"),
+             (["similarity", "x.jpg", "--points", "300"], "ndd similarity: error: argument --points"),
+             (["evaluate", "--results"], "ndd evaluate: error: argument --results"),
+             (["wsss", "predict", "--bogus"], "ndd wsss predict: error: the following arguments are required"),
+             (["bogus"], "ndd: error: argument COMMAND: invalid choice")]
+    for argv, start in cases:
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and err.startswith(start), (argv, err)
+        assert len(err.strip().splitlines()) == 1 and err.strip().endswith("--help)"), (argv, err)
+    assert not out.exists()
+
+
 def test_device_names_are_checked_without_torch():
     from ndd.device import check_device_name
 

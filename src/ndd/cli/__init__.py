@@ -16,12 +16,23 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 import ndd
 
 from ._commands import SUBCOMMANDS
 
 __all__ = ["build_parser", "main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage mistakes (an unknown option, a bad value) are one line on
+    stderr, naming the command and its ``--help``, exit code 2: argparse's own prints the whole
+    usage block first (14 lines for ``ndd segment``). Subcommand parsers are of this class too
+    (``add_subparsers`` builds them with the parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -31,7 +42,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         command: build only this subcommand's full parser (and importing only its
             module); the others are listed with their help. ``None``: all of them.
     """
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ndd",
         description="Neural diffusion distance for image segmentation (Sun & Xu, NeurIPS 2019).",
     )
