@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from ndd import wsss
 from ndd.cli import main
@@ -111,6 +112,14 @@ def test_cli_mistakes_get_one_line_before_any_work(shapes, tmp_path, capsys):
     assert main(["wsss", "train", "--dataset", "folder", "--print-config", "--steps", "7"]) == 0
     printed = capsys.readouterr().out
     assert "steps: 7" in printed and "preset: paper" in printed
+    # the network's keys as they would run (the preset's), and the YAML reads back to the same config
+    shown = yaml.safe_load(printed)
+    assert shown["model"]["backbone"] == "resnet101" and shown["model"]["spec_diff_net"] == "bsds500"
+    assert "variant" not in shown["model"] and "num_classes" not in shown["model"]
+    saved = tmp_path / "printed.yaml"
+    saved.write_text(printed)
+    assert main(["wsss", "train", "--config", str(saved), "--print-config"]) == 0
+    assert capsys.readouterr().out == printed
 
 
 def _chance_miou(data):

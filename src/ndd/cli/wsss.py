@@ -163,7 +163,13 @@ def _run_train(args: argparse.Namespace) -> int:
         config = config_from_args(args)
         config.validate(check_data=not args.print_config)
         if args.print_config:
-            print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+            shown = config.to_dict()
+            if args.config_cls == "wsss":  # every network key as it would run (preset, then given keys)
+                # the classes come from the data and the variant is a field of its own: giving them
+                # as model keys would override both when the printed YAML is read back
+                shown["model"] = {key: value for key, value in config.model_config().to_dict().items()
+                                  if key not in ("num_classes", "background", "variant")}
+            print(yaml.safe_dump(shown, sort_keys=False), end="")
             return 0
         from ndd.wsss.training import SegTrainer, WSSSTrainer
 
