@@ -208,5 +208,8 @@ def test_nms_radius_reaches_the_benchmark(tmp_path):
         ref = boundary_counts((thin >= x for x in t), gts, t)
         assert np.array_equal(ev.boundary.sum_p, ref.sum_p) and np.array_equal(ev.boundary.cnt_r, ref.cnt_r)
     assert np.count_nonzero(nms_edge_map(soft, r=2)) < np.count_nonzero(nms_edge_map(soft, r=1))
+    with pytest.raises(EvaluationError, match="r.npy: a soft boundary map supports the boundary benchmark only "
+                                              r"\(ndd evaluate --no-region; region=False\)"):
+        evaluate_image(tmp_path / "r.npy", tmp_path / "1.mat", nthresh=5)  # the region benchmark needs a hierarchy
     with pytest.raises(ValueError, match="nms_radius"):
         evaluate_dataset(tmp_path, tmp_path, nms=True, nms_radius=0)

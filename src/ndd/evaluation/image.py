@@ -86,7 +86,8 @@ def evaluate_image(
             raise EvaluationError(f"{res.path}: boundary map has shape {res.data.shape}, ground truth {(h, w)}")
         if region:
             raise EvaluationError(
-                f"{res.path}: a soft boundary map supports the boundary benchmark only (region=False)"
+                f"{res.path}: a soft boundary map supports the boundary benchmark only "
+                "(ndd evaluate --no-region; region=False)"
             )
         thresholds = thresholds_linspace(nthresh)
 
