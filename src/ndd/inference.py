@@ -34,8 +34,8 @@ __all__ = ["HierarchyOptions", "SegmentationResult", "working_size", "segment_im
 
 Method = Literal["auto", "superpixels", "grid"]
 MergeBy = Literal["features", "diffusion", "affinity"]
-#: ``ucm_values="auto"`` for each method, chosen on BSDS500 val (README, "ucm2 values"): raw
-#: heights for superpixel hierarchies (their scores are comparable across images; spreading them
+#: ``ucm_values="auto"`` for each method, chosen on BSDS500 val (docs/segmentation.md, "`ucm2` values,
+#: chosen again"): raw heights for superpixel hierarchies (their scores are comparable across images; spreading them
 #: to make every level reachable cost boundary F and covering ODS there), evenly spaced ranks for
 #: the grid method (whose late merges crowd above the last thresholds)
 AUTO_UCM_VALUES: dict[str, UcmValues] = {"superpixels": "height", "grid": "rank"}

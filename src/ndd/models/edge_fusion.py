@@ -7,7 +7,7 @@ it sees all ``5 x S`` side logits at once, with a little spatial context (3x3
 convolutions at dilations 1, 2, 4), and starts as the mean over scales of HED's own
 fused logit (its residual branch starts at zero). On BSDS500 val it raised the
 NMS-thinned edge map's boundary F ODS from 0.736 to 0.748 and the default hierarchy's
-from 0.712 to 0.730 (README, "A learned fusion of HED's side outputs").
+from 0.712 to 0.730 (docs/segmentation.md, "A learned fusion of HED's side outputs").
 """
 
 from __future__ import annotations

@@ -128,7 +128,7 @@ class SpecDiffNetWeights(Enum):
     BSDS500_HED = WeightsEntry(
         "specdiffnet_lite0_hed_bsds500.pt",
         sha256="14788e074a1aff6ebf2c90a1655e66a1aba6487cddec6dc27bf7dcfab7e847b2",
-        # three-scale HED edges: better on every val figure than one scale (README)
+        # three-scale HED edges: better on every val figure than one scale (docs/segmentation.md)
         config={"edge_scales": (0.5, 1.0, 1.5)},
         meta={
             **_LITE0_HED,
@@ -144,7 +144,7 @@ class SpecDiffNetWeights(Enum):
         sha256="5c5c6a116e330acb7be43e240cc4103b4bdf1c65ad51a57cfe085cb9cc5b315c",
         # BSDS500_HED's frozen VGG16-HED: the file holds only the re-trained embedding (7 MB)
         edge_detector_from="BSDS500_HED",
-        # merging kernel exp(-0.7 mu d^2): chosen on val with the train-only fine-tune (README)
+        # merging kernel exp(-0.7 mu d^2): chosen on val with the train-only fine-tune (docs/segmentation.md)
         config={"edge_scales": (0.5, 1.0, 1.5), "merge_mu_scale": 0.7},
         meta={
             **_LITE0_HED,
@@ -162,9 +162,9 @@ class SpecDiffNetWeights(Enum):
         BSDS500_HED_V2,
         config={**BSDS500_HED_V2.config, "merge_diffusion_weight": 0.1},
         # K_D = exp(-tau D(t)) re-calibrated for the kernel accuracy: grid of t x tau on BSDS500 val
-        # with the train-only fine-tune (learned 17.6, 0.305: 0.722; 40, 0.4: 0.736); README
+        # with the train-only fine-tune (learned 17.6, 0.305: 0.722; 40, 0.4: 0.736); docs/training.md
         calibration={"t": 40.0, "tau": 0.4},
-        # and that K_D as a tenth of the merging kernel (0.9 features + 0.1 K_D): chosen on val (README)
+        # and that K_D as a tenth of the merging kernel (0.9 features + 0.1 K_D): chosen on val (docs/segmentation.md)
         meta={
             **_LITE0_HED,
             "recipe": "BSDS500_HED_V2's weights with t, tau re-calibrated to 40, 0.4 and merging kernel "
@@ -178,7 +178,7 @@ class SpecDiffNetWeights(Enum):
     BSDS500_HED_V4 = replace(
         BSDS500_HED_V3,
         # V3 with the K_D share of the merging kernel at tau 0.2: 0.9 features + 0.1 exp(-0.2 D);
-        # better than V3 on each of the 8 val figures, chosen on val (README)
+        # better than V3 on each of the 8 val figures, chosen on val (docs/segmentation.md)
         config={**BSDS500_HED_V3.config, "merge_diffusion_tau": 0.2},
         meta={
             **_LITE0_HED,
@@ -192,9 +192,10 @@ class SpecDiffNetWeights(Enum):
     BSDS500_HED_V5 = replace(
         BSDS500_HED_V4,
         # V4 whose edge map is a learned fusion of HED's side outputs at the three scales
-        # (ndd train-edge-fusion on train+val); the train-only head was ahead of V4 on val (README)
+        # (ndd train-edge-fusion on train+val); the train-only head was ahead of V4 on val (docs/segmentation.md)
         edge_fusion=("hed_edge_fusion_bsds500.pt", "f02379fc02b9316b448842281fe5f831a054afc703c3c7d3a28a15deb42420a1"),
-        # on val, HED's trunk in int8 tied float32 (ahead on 6 of 12 figures, behind on 6) and segmented 1.4x faster (README)
+        # on val, HED's trunk in int8 tied float32 (ahead on 6 of 12 figures, behind on 6) and segmented 1.4x faster
+        # (docs/segmentation.md)
         cpu_int8_edges=True,
         meta={
             **_LITE0_HED,
@@ -215,7 +216,7 @@ class SpecDiffNetWeights(Enum):
     BSDS500_HED_V6 = replace(
         BSDS500_HED_V5,
         # a new embedding: the whole Lite0 network fine-tuned on whole images on a GPU; its train-only
-        # twin's kernel accuracy on val 0.761 against 0.736 (README, "A GPU fine-tune")
+        # twin's kernel accuracy on val 0.761 against 0.736 (docs/training.md, "A GPU fine-tune")
         filename="specdiffnet_lite0_bsds500_v6.pt",
         sha256="e0f1adc456aa6e3130c2621116d630291a9c0ea6970fa20f4c2f3d49f016ce12",
         # K_D = exp(-tau D(t)) at the best kernel accuracy of the train-only twin on val (grid of t x tau)

@@ -67,7 +67,7 @@ def _spike_columns(squared_row_norms: Tensor, count: int) -> Tensor:
     outright while every pair found is converged (no residual shows it). A one-hot column at
     the node is that eigenvector to a few percent from the start. On the shipped models'
     affinities the localised eigenvectors that matter peaked at the nodes ranked first by
-    this measure (README, "Speed and accuracy of the eigen-solver").
+    this measure (docs/eigensolver.md, "Start columns at isolated nodes").
     """
     batch, n = squared_row_norms.shape
     top = squared_row_norms.topk(count, dim=-1).indices  # (B, count)
@@ -377,7 +377,7 @@ def _widened(start: Tensor) -> Tensor:
 #: Largest first-order error bound ``|f'(theta)| |S v - theta v|`` (``f(x) = (x^2)^t``) over the
 #: kept Ritz pairs that the default Krylov space may leave; above it the space is made deeper
 #: (:func:`_next_depth`), up to ``N`` dimensions. It bounds the relative error of ``D`` from
-#: above in practice: over 115 spaces of 8-27 blocks on 59 graphs (README) the error was at
+#: above in practice: over 115 spaces of 8-27 blocks on 59 graphs (docs/eigensolver.md) the error was at
 #: most 0.62 of it where the error was below 1e-3 (median 0.08). The weight is the slope of
 #: ``f``, not ``f``: an eigenvector's error is its residual over a spectral gap, and the change
 #: of ``f`` across a gap is at most its slope times the gap (with ``|theta|^(2t) r`` instead,

@@ -8,7 +8,7 @@ one thread), so the whole training fits a CPU in minutes. The targets are the BS
 boundaries as the share of annotators marking each pixel (:func:`boundary_agreement`), the
 loss :func:`ndd.losses.balanced_edge_loss`.
 
-Example (what made the shipped head; README, "A learned fusion of HED's side outputs")::
+Example (what made the shipped head; docs/segmentation.md, "A learned fusion of HED's side outputs")::
 
     from ndd.models import spec_diff_net
     from ndd.train.edge_fusion import cache_side_logits, bsds_pairs, train_edge_fusion
