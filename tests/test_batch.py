@@ -257,9 +257,20 @@ def test_write_segmentation_reads_each_level_once_and_draws_as_the_picture_funct
     fine = (np.arange(300)[:, None] // 40) * 5 + np.arange(170)[None, :] // 40
     levels = _CountingLevels({2: (fine >= 20).astype(np.int64), 9: fine % 9, 35: fine})
     ucm2 = np.zeros((601, 341))
-    written = io.write_segmentation(tmp_path, "x", image, levels, lambda: ucm2, io.SEGMENTATION_FORMATS)
+    edges = rng.random((300, 170)).astype(np.float32)
+    for missing, message in ((None, "format 'edges' needs the edge map"), (edges[:-1], "the edge map is")):
+        with pytest.raises(ValueError, match=message):
+            io.write_segmentation(tmp_path / "bad", "x", image, {}, ucm2, ["edges"], edges=missing)
+    assert not list((tmp_path / "bad").glob("*.png"))  # no half-written or partial file left
+    written = io.write_segmentation(tmp_path, "x", image, levels, lambda: ucm2, io.SEGMENTATION_FORMATS,
+                                    edges=lambda: edges)
     assert levels.reads == {2: 1, 9: 1, 35: 1}  # shared by labels, overlay, mean and the strip
-    assert len(written) == 3 * 3 + 2
+    assert len(written) == 3 * 3 + 3
+    # the edge map as ndd evaluate reads a soft boundary PNG
+    from ndd.evaluation import load_result
+
+    soft = load_result(tmp_path / "x_edges.png")
+    assert soft.kind == "pb" and np.abs(soft.data - edges).max() <= 0.5 / 65535 + 1e-7
     picture = io.to_uint8_image(image)
     for k, labels in dict(levels).items():
         for fmt, mean in (("overlay", False), ("mean", True)):

@@ -209,8 +209,11 @@ def test_segment_with_shipped_model(tmp_path, capsys):
     import json
 
     photo = write_photo(tmp_path / "p.png")
-    assert main(["segment", str(photo), "--out", str(tmp_path / "o"), "--levels", "1,2"]) == 0
+    assert main(["segment", str(photo), "--out", str(tmp_path / "o"), "--levels", "1,2",
+                 "--format", "labels,overlay,strip,ucm2,edges"]) == 0
     assert io.read_ucm2(tmp_path / "o" / "p.mat").shape == (81, 113)
+    edges = np.asarray(Image.open(tmp_path / "o" / "p_edges.png"))  # the model's soft edge map, 16-bit
+    assert edges.dtype == np.uint16 and edges.shape == (40, 56) and edges.max() > 0
     # on an x86 CPU the default model runs HED's trunk in int8 unless told --no-int8-edges, and the
     # run records what it did (a float32 run into the same folder redoes the image)
     from ndd.models.vgg16_hed import int8_supported
@@ -229,6 +232,10 @@ def test_segment_superpixels_needs_an_edge_model(tmp_path, capsys):
                  "--method", "superpixels"])
     assert code == 2
     assert "needs a model with an edge map" in capsys.readouterr().err
+    code = main(["segment", str(photo), "--out", str(tmp_path / "out"), "--model", "handcrafted", "--format", "edges"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--format edges needs a model with an edge map" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
 
 
 def _tiny_bsds(root: Path, n: int = 2) -> Path:

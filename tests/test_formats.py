@@ -57,7 +57,7 @@ def test_formats_imports_no_torch() -> None:
 
 
 def test_docstring_examples() -> None:
-    for module in ("images", "labels", "bsds", "ucm"):
+    for module in ("images", "labels", "bsds", "ucm", "edges"):
         result = doctest.testmod(importlib.import_module(f"ndd.formats.{module}"), optionflags=doctest.ELLIPSIS)
         assert result.failed == 0, module
 
@@ -188,6 +188,18 @@ def _groundtruth_mat(path: Path, segmentations: list[np.ndarray], boundaries: bo
             entry["Boundaries"] = (seg != np.roll(seg, 1, axis=1)).astype(np.uint8)
         cell[0, k] = entry
     scipy.io.savemat(path, {"groundTruth": cell})
+
+
+def test_edge_maps_are_16_bit_pngs_of_round_65535_p(tmp_path: Path) -> None:
+    edges = np.array([[0.0, 1.0, 0.5], [1 / 65535, 0.49999 / 65535, 0.25]], dtype=np.float32)
+    formats.write_edge_map(tmp_path / "e.png", edges)
+    stored = np.asarray(Image.open(tmp_path / "e.png"))
+    assert stored.dtype == np.uint16 and stored.tolist() == [[0, 65535, 32768], [1, 0, 16384]]
+    for bad, message in ((np.full((2, 2), np.nan), "NaN"), (np.full((2, 2), 1.5), r"in \[0, 1\]"),
+                         (np.zeros((2, 2, 1)), r"\(H, W\)"), (np.zeros((2, 2), np.uint8), "float")):
+        with pytest.raises(ValueError, match=message):
+            formats.write_edge_map(tmp_path / "bad.png", bad)
+    assert not (tmp_path / "bad.png").exists()
 
 
 def test_read_groundtruth(tmp_path: Path) -> None:

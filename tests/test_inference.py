@@ -56,6 +56,18 @@ def test_large_image_is_processed_at_capped_size_and_mapped_back():
     result = segment_image(img, handcrafted(), max_side=64)
     assert result.working_size == (48, 64)
     assert result.hierarchy.shape == (96, 128)
+    # the edge map comes back at the image's size (bilinear); a model without one has none
+    with pytest.raises(ValueError, match="no edge map"):
+        result.edge_map()
+    ramp = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (48, 1))
+    edges = dataclasses.replace(result, edges=ramp).edge_map()
+    assert edges.shape == (96, 128) and edges.dtype == np.float32 and 0 <= edges.min() and edges.max() <= 1
+    # bilinear, pixel centres aligned (align_corners=False): output column j samples j / 2 - 0.25,
+    # clamped to the map; a linear ramp is reproduced exactly there
+    expected = np.clip(np.arange(128) / 2 - 0.25, 0, 63) / 63
+    assert np.allclose(edges, expected[None, :].repeat(96, 0), atol=1e-6)
+    full = np.tile(np.linspace(0, 1, 128, dtype=np.float32), (96, 1))
+    assert dataclasses.replace(result, edges=full).edge_map() is full  # already at the image's size
 
 
 def test_similarity_maps_shape_range_and_peak():

@@ -394,11 +394,11 @@ def segment_file(path: Path, model: Any, job: SegmentJob,
         on_stage("writing")
     try:
         written = io.write_segmentation(job.out_dir, path.stem, picture, result.level_maps(counts), result.to_ucm2,
-                                        job.formats)
+                                        job.formats, edges=result.edge_map if result.edges is not None else None)
     except OSError as err:  # a full disk, a folder removed meanwhile: this image fails, the run goes on
         return ImageOutcome(path, "failed", error=f"{path}: cannot write its outputs to {job.out_dir} "
                                                   f"({err.strerror or err})")
-    missing = sorted(set(wanted) - set(counts)) if set(job.formats) - {"ucm2"} else []
+    missing = sorted(set(wanted) - set(counts)) if set(job.formats) - {"ucm2", "edges"} else []
     return ImageOutcome(path, "done", written, seconds=time.perf_counter() - start, missing_levels=missing,
                         finest=result.hierarchy.n_segments)
 

@@ -131,12 +131,16 @@ class SegmentationResult:
         grid_hierarchy: the hierarchy on the feature grid ("Ours-LR"; grid method only).
         working_size: ``(H, W)`` the model saw.
         ucm_values: what :meth:`to_ucm2` writes (see :class:`HierarchyOptions`).
+        edges: ``working_size`` float32 soft edge map in ``[0, 1]`` of a model with an edge
+            detector (the map the superpixels came from), else ``None``; :meth:`edge_map` gives
+            it at the image's size.
     """
 
     hierarchy: Hierarchy
     grid_hierarchy: Hierarchy | None
     working_size: tuple[int, int]
     ucm_values: UcmValues = "spread"
+    edges: np.ndarray | None = None
 
     def available_levels(self, n_segments: Sequence[int]) -> list[int]:
         """The requested numbers of segments that this hierarchy has (``1 .. finest``), sorted, unique."""
@@ -156,6 +160,17 @@ class SegmentationResult:
     def to_ucm2(self) -> np.ndarray:
         """BSDS doubleSize ultrametric contour map ``(2H+1, 2W+1)`` in ``[0, 1]``."""
         return self.hierarchy.to_ucm2(values=self.ucm_values)
+
+    def edge_map(self) -> np.ndarray:
+        """The model's soft edge map ``(H, W)`` at the image's size (bilinear from
+        ``working_size``), float32 in ``[0, 1]``; ``ndd segment --format edges`` writes it."""
+        if self.edges is None:
+            raise ValueError("no edge map: the model has no edge detector (e.g. use the default model)")
+        if tuple(self.edges.shape) == tuple(self.hierarchy.shape):
+            return self.edges
+        edges = torch.from_numpy(self.edges)[None, None]
+        resized = F.interpolate(edges, size=self.hierarchy.shape, mode="bilinear", align_corners=False)
+        return resized[0, 0].clamp_(0, 1).numpy()
 
 
 class _LevelMaps(Mapping[int, np.ndarray]):
@@ -259,7 +274,8 @@ def segment_image(
     if tuple(size) != tuple(full):
         hier = hier.resized(full)
     values = opts.ucm_values if opts.ucm_values != "auto" else AUTO_UCM_VALUES[method]
-    return SegmentationResult(hier, grid, size, values)
+    edges = None if out.edges is None else out.edges[0, 0].detach().float().clamp(0, 1).cpu().numpy()
+    return SegmentationResult(hier, grid, size, values, edges)
 
 
 def _diffusion_weight(model: SpecDiffNet, opts: HierarchyOptions) -> float:

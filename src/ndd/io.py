@@ -20,6 +20,7 @@ from PIL import Image
 
 # the file formats live in ndd.formats; their names stay importable from here
 from ndd.formats.bsds import read_ucm2, write_segs, write_ucm2
+from ndd.formats.edges import write_edge_map
 from ndd.formats.images import ImageReadError, check_image, check_points, read_image
 from ndd.formats.labels import read_labels, resize_labels, write_labels
 
@@ -29,6 +30,7 @@ __all__ = [
     "check_points",
     "read_image",
     "write_labels",
+    "write_edge_map",
     "read_labels",
     "colour_overlay",
     "write_overlay",
@@ -184,7 +186,7 @@ def write_hierarchy_strip(path: PathLike, image: np.ndarray, levels: Sequence[np
 
 #: What :func:`write_segmentation` can write: label PNGs, the photo with the segment
 #: boundaries drawn on it, the mean-colour rendering, the strip of all levels, BSDS ``ucm2``.
-SEGMENTATION_FORMATS: tuple[str, ...] = ("labels", "overlay", "mean", "strip", "ucm2")
+SEGMENTATION_FORMATS: tuple[str, ...] = ("labels", "overlay", "mean", "strip", "ucm2", "edges")
 DEFAULT_SEGMENTATION_FORMATS: tuple[str, ...] = ("labels", "overlay", "strip", "ucm2")
 
 
@@ -195,14 +197,16 @@ def write_segmentation(
     levels: Mapping[int, np.ndarray],
     ucm2: np.ndarray | Callable[[], np.ndarray] | None = None,
     formats: Sequence[str] = DEFAULT_SEGMENTATION_FORMATS,
+    edges: np.ndarray | Callable[[], np.ndarray] | None = None,
 ) -> list[Path]:
     """Write the outputs of one segmented image, as ``ndd segment`` does; returns the paths written.
 
     Files, for each level with ``k`` segments: ``<stem>_labels_<k:03d>.png`` (16-bit ids),
     ``<stem>_overlay_<k:03d>.png`` (the photo with the boundaries drawn on it),
     ``<stem>_mean_<k:03d>.png`` (segments filled with their mean colour); once per image:
-    ``<stem>_hierarchy.png`` (the photo and every level, fine to coarse) and ``<stem>.mat``
-    (the ``ucm2``).
+    ``<stem>_hierarchy.png`` (the photo and every level, fine to coarse), ``<stem>.mat``
+    (the ``ucm2``) and ``<stem>_edges.png`` (the model's soft edge map, 16-bit,
+    :func:`write_edge_map`: what ``ndd evaluate --no-region`` scores).
 
     Args:
         out_dir: folder (created if needed).
@@ -212,6 +216,8 @@ def write_segmentation(
         ucm2: (2H+1, 2W+1) map, or a function giving it (called last, when the pictures are
             written and freed); needed when ``formats`` has ``"ucm2"``.
         formats: a subset of :data:`SEGMENTATION_FORMATS`.
+        edges: (H, W) soft edge map in [0, 1], or a function giving it; needed when ``formats``
+            has ``"edges"``.
 
     Example:
         >>> import numpy as np, tempfile
@@ -225,6 +231,8 @@ def write_segmentation(
         raise ValueError(f"unknown output format(s) {unknown}; choose from {', '.join(SEGMENTATION_FORMATS)}")
     if "ucm2" in formats and ucm2 is None:
         raise ValueError("format 'ucm2' needs the ucm2 map")
+    if "edges" in formats and edges is None:
+        raise ValueError("format 'edges' needs the edge map (a model with an edge detector)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -260,6 +268,14 @@ def write_segmentation(
         path = out / f"{stem}.mat"
         with _atomically(path) as tmp:
             write_ucm2(tmp, ucm2() if callable(ucm2) else ucm2)  # type: ignore[arg-type]
+        written.append(path)
+    if "edges" in formats:
+        path = out / f"{stem}_edges.png"
+        edge_map = edges() if callable(edges) else edges
+        if np.shape(edge_map) != image.shape[:2]:
+            raise ValueError(f"the edge map is {np.shape(edge_map)}, the image {image.shape[:2]}")
+        with _atomically(path) as tmp:
+            write_edge_map(tmp, edge_map)  # type: ignore[arg-type]
         written.append(path)
     return written
 

@@ -49,7 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "at each hierarchy's finest level)")
     p.add_argument("--format", type=_formats, default=list(DEFAULT_FORMATS),
                    help=f"comma-separated outputs among {','.join(FORMATS)}: label PNGs, the photo with boundaries, "
-                        f"mean-colour segments, a strip of all levels, BSDS ucm2 .mat (default {','.join(DEFAULT_FORMATS)})")
+                        "mean-colour segments, a strip of all levels, BSDS ucm2 .mat, the model's soft edge map as a "
+                        f"16-bit PNG (for ndd evaluate --no-region) (default {','.join(DEFAULT_FORMATS)})")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (default cpu)")
     p.add_argument("--int8-edges", action=argparse.BooleanOptionalAction, default=None,
                    help="run the VGG16-HED edge detector's trunk in int8 (CPU, x86): 1.4x faster, edge maps within "
@@ -208,6 +209,10 @@ def run(args: argparse.Namespace) -> int:
         if args.method == "superpixels" and not model.has_edge_map:
             print(f"ndd segment: --method superpixels needs a model with an edge map; {description} has none "
                   "(use --model default or --method grid)", file=sys.stderr)
+            return 2
+        if "edges" in args.format and not model.has_edge_map:
+            print(f"ndd segment: --format edges needs a model with an edge map; {description} has none "
+                  "(use --model default)", file=sys.stderr)
             return 2
     try:  # what check_out_dir could not foresee (a read-only file system, ...), still in one line
         args.out.mkdir(parents=True, exist_ok=True)
