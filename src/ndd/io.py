@@ -185,7 +185,8 @@ def write_hierarchy_strip(path: PathLike, image: np.ndarray, levels: Sequence[np
 
 
 #: What :func:`write_segmentation` can write: label PNGs, the photo with the segment
-#: boundaries drawn on it, the mean-colour rendering, the strip of all levels, BSDS ``ucm2``.
+#: boundaries drawn on it, the mean-colour rendering, the strip of all levels, BSDS ``ucm2``,
+#: the model's soft edge map (16-bit PNG).
 SEGMENTATION_FORMATS: tuple[str, ...] = ("labels", "overlay", "mean", "strip", "ucm2", "edges")
 DEFAULT_SEGMENTATION_FORMATS: tuple[str, ...] = ("labels", "overlay", "strip", "ucm2")
 
