@@ -195,6 +195,11 @@ def test_edge_maps_are_16_bit_pngs_of_round_65535_p(tmp_path: Path) -> None:
     formats.write_edge_map(tmp_path / "e.png", edges)
     stored = np.asarray(Image.open(tmp_path / "e.png"))
     assert stored.dtype == np.uint16 and stored.tolist() == [[0, 65535, 32768], [1, 0, 16384]]
+    assert np.abs(formats.read_edge_map(tmp_path / "e.png") - edges).max() <= 0.5 / 65535 + 1e-7
+    Image.fromarray(np.array([[0, 51, 255]], np.uint8)).save(tmp_path / "e8.png")  # 8-bit: value / 255
+    assert formats.read_edge_map(tmp_path / "e8.png").tolist() == [[0.0, 0.2, 1.0]]
+    with pytest.raises(formats.FormatError, match=r"x.npy: soft boundary map must be 2-D"):
+        formats.edge_map_from_array(np.zeros((2, 2, 2)), "x.npy")
     for bad, message in ((np.full((2, 2), np.nan), "NaN"), (np.full((2, 2), 1.5), r"in \[0, 1\]"),
                          (np.zeros((2, 2, 1)), r"\(H, W\)"), (np.zeros((2, 2), np.uint8), "float")):
         with pytest.raises(ValueError, match=message):

@@ -33,7 +33,9 @@ from typing import Any, Literal
 import numpy as np
 
 from ndd.evaluation.boundary import seg2bdry, thin_boundary
-from ndd.formats import FormatError, check_ucm2, label_maps, read_groundtruth, read_image, read_labels, read_mat
+from ndd.formats import (
+    FormatError, check_ucm2, edge_map_from_array, label_maps, read_edge_map, read_groundtruth, read_labels, read_mat,
+)
 
 __all__ = [
     "SOFT_MAP_KEYS",
@@ -116,35 +118,6 @@ def _natural_key(name: str) -> list[Any]:
     return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", name)]
 
 
-def _soft_map(arr: Any, where: str) -> np.ndarray:
-    """A soft boundary map in [0, 1] from a stored (h, w) array.
-
-    uint8 is scaled by 1/255 and uint16 by 1/65535 (PNG conventions), bool to
-    0/1; floats must be finite and within [0, 1] (a map outside it would be
-    thresholded wrongly by the 1/(n+1) .. n/(n+1) scales, so it is an error).
-    """
-    arr = np.asarray(arr)
-    if arr.ndim == 3 and arr.shape[2] in (3, 4):  # an RGB(A) save of a grey map
-        arr = arr[..., 0]
-    if arr.ndim != 2:
-        raise EvaluationError(f"{where}: soft boundary map must be 2-D, got shape {arr.shape}")
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float64) / 255.0
-    if arr.dtype == np.uint16:
-        return arr.astype(np.float64) / 65535.0
-    if arr.dtype == bool:
-        return arr.astype(np.float64)
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise EvaluationError(f"{where}: soft boundary map must be float in [0, 1], uint8 or uint16, got {arr.dtype}")
-    arr = arr.astype(np.float64)
-    if not np.all(np.isfinite(arr)):
-        raise EvaluationError(f"{where}: soft boundary map contains NaN/Inf")
-    lo, hi = float(arr.min()), float(arr.max())
-    if lo < -1e-6 or hi > 1 + 1e-6:
-        raise EvaluationError(f"{where}: soft boundary map values must lie in [0, 1], got [{lo:g}, {hi:g}]")
-    return np.clip(arr, 0.0, 1.0)
-
-
 def load_result(path: str | os.PathLike[str]) -> MachineResult:
     """Read one machine result (.mat / .npz with ``ucm2``, ``segs`` or a soft
     map ``pb``/``edges``/``E``, a PNG label-map folder, or a soft boundary map
@@ -159,12 +132,7 @@ def load_result(path: str | os.PathLike[str]) -> MachineResult:
     suffix = path.suffix.lower()
     if suffix == ".png":
         with _as_evaluation_error():
-            img = read_image(path, None, exif_orientation=False, min_size=1)  # the stored values
-        if img.ndim == 3:
-            img = img[..., 0]
-        if img.dtype not in (np.uint8, np.uint16):
-            raise EvaluationError(f"{path}: soft boundary PNG must be 8- or 16-bit grey, got {img.dtype}")
-        return MachineResult("pb", _soft_map(img, str(path)), path)
+            return MachineResult("pb", read_edge_map(path), path)
     if suffix == ".npy":
         if not path.is_file():
             raise EvaluationError(f"{path}: file not found")
@@ -172,7 +140,8 @@ def load_result(path: str | os.PathLike[str]) -> MachineResult:
             arr = np.load(path, allow_pickle=False)
         except Exception as exc:
             raise EvaluationError(f"{path}: cannot read .npy file ({type(exc).__name__}: {exc})") from exc
-        return MachineResult("pb", _soft_map(arr, str(path)), path)
+        with _as_evaluation_error():
+            return MachineResult("pb", edge_map_from_array(arr, str(path)), path)
     if suffix == ".npz":
         if not path.is_file():
             raise EvaluationError(f"{path}: file not found")
@@ -194,7 +163,8 @@ def load_result(path: str | os.PathLike[str]) -> MachineResult:
             return MachineResult("segs", label_maps(data["segs"], str(path)), path)
     for key in SOFT_MAP_KEYS:
         if key in data:
-            return MachineResult("pb", _soft_map(data[key], f"{path}: '{key}'"), path)
+            with _as_evaluation_error():
+                return MachineResult("pb", edge_map_from_array(data[key], f"{path}: '{key}'"), path)
     keys = sorted(k for k in data if not k.startswith("__"))
     raise EvaluationError(
         f"{path}: no 'ucm2' or 'segs' variable, nor a soft map {', '.join(map(repr, SOFT_MAP_KEYS))} (found {keys})"

@@ -11,7 +11,8 @@ NumPy and Pillow are imported with the package; ``scipy.io`` (``.mat`` files) an
 * :mod:`~ndd.formats.bsds` - the benchmark's thresholds (:func:`bsds_thresholds`,
   :data:`BSDS_THRESHOLDS`), ground truth (:func:`read_groundtruth`), ``ucm2`` and ``segs`` files;
 * :mod:`~ndd.formats.ucm` - ``ucm2`` <-> label maps and label stacks;
-* :mod:`~ndd.formats.edges` - soft edge maps as 16-bit PNGs (:func:`write_edge_map`);
+* :mod:`~ndd.formats.edges` - soft edge maps: their stored conventions (:func:`edge_map_from_array`,
+  :func:`read_edge_map`) and 16-bit PNGs (:func:`write_edge_map`);
 * :mod:`~ndd.formats.errors` - :class:`FormatError` (a ``ValueError``), :class:`MissingFileError`
   (also a ``FileNotFoundError``): one-line messages that start with the file name.
 
@@ -35,7 +36,7 @@ from .bsds import (
     write_segs,
     write_ucm2,
 )
-from .edges import write_edge_map
+from .edges import edge_map_from_array, read_edge_map, write_edge_map
 from .errors import FormatError, MissingFileError
 from .images import ImageDtype, ImageNotFoundError, ImageReadError, check_image, read_image
 from .labels import nearest_indices, read_labels, relabel_consecutive, resize_labels, write_labels
@@ -57,6 +58,8 @@ __all__ = [
     "read_labels",
     "write_labels",
     # soft edge maps
+    "edge_map_from_array",
+    "read_edge_map",
     "write_edge_map",
     # BSDS files
     "BSDS_THRESHOLDS",
