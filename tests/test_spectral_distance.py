@@ -267,16 +267,29 @@ def test_distance_assembly_equals_its_definition(n, rows):
     sq = G.square().sum(-1)
     definition = (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2 * G @ G.transpose(-1, -2)).clamp_min(0)
     pairs = ((torch.float64, torch.float32), (torch.float32, torch.float32), (torch.float64, torch.float64))
-    strip = torch.arange(n) // rows
-    below = torch.ones(n, n, dtype=torch.bool).tril(-1) & (strip[:, None] != strip)  # under the diagonal blocks
     for compute, out in pairs:
         D = spectral.distance._assemble_distance(G.to(compute), out, rows=rows)
         assert D.dtype == out and D.shape == (2, n, n) and bool((D >= 0).all())
         tol = 1e-12 if compute == torch.float64 else 1e-5
         atol = tol * float(definition.max())
         torch.testing.assert_close(D.double(), definition, rtol=torch.finfo(out).eps, atol=atol)
-        # everything below the diagonal blocks is the mirror of the part above them
-        assert torch.equal(D[:, below], D.transpose(-1, -2)[:, below])
+        # a distance matrix: exactly symmetric (the diagonal blocks too), exactly zero on the diagonal
+        assert torch.equal(D, D.transpose(-1, -2)) and not D.diagonal(dim1=-2, dim2=-1).any()
+
+
+def test_distance_is_exactly_symmetric_with_a_zero_diagonal_on_every_path():
+    """SciPy's ``squareform`` (the way to ``linkage``) accepts D as it comes: the default solver on a
+    banded and a dense ``W`` in both spectral dtypes, the paper's solver and the exact path. Before,
+    rounding left ``D_ij != D_ji`` inside the diagonal blocks and ``D_ii`` ~ 1e-13, and it refused it."""
+    from scipy.spatial.distance import squareform
+
+    W = spectral.local_affinity(grid_features(14, 18, seed=3), 1.0, window=5)
+    for given in (W, W.to_dense()):
+        for kwargs in ({"n_eigs": 12}, {"n_eigs": 12, "spectral_dtype": torch.float32},
+                       {"n_eigs": 12, "solver": "subspace"}, {}):
+            D = spectral.diffusion_distance(given, 3.0, **kwargs)[0]
+            assert torch.equal(D, D.T) and not D.diagonal().any(), kwargs
+            squareform(D.numpy())  # raises on an asymmetric matrix or a non-zero diagonal
 
 
 def test_ritz_distance_truncation_gradcheck():

@@ -4,6 +4,7 @@ the similarity ``K_D = exp(-tau D)``.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -25,10 +26,19 @@ def _check_spectral_dtype(dtype: torch.dtype | None) -> None:
         raise ValueError(f"spectral_dtype must be torch.float32, torch.float64 or None, got {dtype!r}")
 
 
+@functools.lru_cache(maxsize=8)
+def _strictly_lower(rows: int, device: torch.device) -> Tensor:
+    """``(rows, rows)`` mask of the entries below the diagonal (read-only use)."""
+    return torch.ones(rows, rows, dtype=torch.bool, device=device).tril_(-1)
+
+
 def _assemble_distance(G: Tensor, out_dtype: torch.dtype, rows: int = 256) -> Tensor:
     """``D_ij = |g_i|^2 + |g_j|^2 - 2 g_i.g_j`` clamped at 0, from ``G`` ``(B, N, r)``; ``(B, N, N)``.
 
-    On the CPU, in strips of ``rows`` rows, each finished (``+ |g_i|^2``, clamp) while in
+    ``D`` is exactly symmetric with an exactly zero diagonal, as a distance matrix is (SciPy's
+    ``squareform`` and ``linkage`` insist on both): each entry below the diagonal is a copy of
+    its mirror, and ``D_ii`` is set to 0 (rounding left ~1e-13 there). On the CPU, in strips of
+    ``rows`` rows, each finished (``|g_i|^2 + |g_j|^2`` added as one symmetric term, clamp) while in
     cache and written straight in ``out_dtype``: no ``N x N`` temporaries, and none in the
     wider compute dtype. Only the upper triangle is computed (each strip from its diagonal
     block on) and the lower one is copied from it, transposed: half the products, which is
@@ -39,20 +49,29 @@ def _assemble_distance(G: Tensor, out_dtype: torch.dtype, rows: int = 256) -> Te
     sq = G.square().sum(-1)
     if G.device.type != "cpu":  # large GPU kernels beat a Python loop of small ones
         D = torch.baddbmm(sq.unsqueeze(-1) + sq.unsqueeze(-2), G, G.transpose(-1, -2), alpha=-2)
-        return D.clamp_min_(0).to(out_dtype)
+        D = D.clamp_min_(0).triu_(1)
+        return (D + D.transpose(-1, -2)).to(out_dtype)
     batch, n, _ = G.shape
     D = torch.empty(batch, n, n, dtype=out_dtype)
     for b in range(batch):
         g, s = G[b], sq[b]
         for start in range(0, n, rows):
             end = min(n, start + rows)
-            out = D[b, start:end, start:] if out_dtype == G.dtype else None  # written in place (0.9 ms less)
-            strip = torch.addmm(s[start:].unsqueeze(0).expand(end - start, n - start), g[start:end], g[start:].T,
-                                alpha=-2, out=out)
-            strip.add_(s[start:end, None]).clamp_min_(0)
-            if out is None:
+            # written in place when the dtypes agree (0.9 ms less)
+            strip = D[b, start:end, start:] if out_dtype == G.dtype else g.new_empty(end - start, n - start)
+            torch.add(s[start:end, None], s[None, start:], out=strip)  # s_i + s_j: the same for (j, i)
+            strip.addmm_(g[start:end], g[start:].T, alpha=-2).clamp_min_(0)
+            if strip.dtype != out_dtype:
                 D[b, start:end, start:] = strip
+            # a GEMM need not give g_i.g_j and g_j.g_i to the same bit (float64 BLAS did not
+            # here, float32 did, and mostly so did float64 cast to float32): where the diagonal
+            # block differs from its transpose, its lower triangle is copied from the upper one
+            block = D[b, start:end, start:end]
+            if not torch.equal(block, block.T):
+                mirror = block.clone()
+                torch.where(_strictly_lower(end - start, G.device), mirror.T, mirror, out=block)
             D[b, end:, start:end] = D[b, start:end, end:].transpose(0, 1)
+        D[b].diagonal().zero_()
     return D
 
 
@@ -128,9 +147,11 @@ def _check_time(t: Tensor | float) -> None:
 
 
 def _pairwise_from_gram(M: Tensor) -> Tensor:
-    """``D_ij = M_ii + M_jj - 2 M_ij`` clamped at 0 (rounding can make it slightly negative)."""
+    """``D_ij = M_ii + M_jj - 2 M_ij`` clamped at 0 (rounding can make it slightly negative), made
+    exactly symmetric (a ``M`` from a GEMM need not be so to the bit); its diagonal is exactly 0."""
     diag = M.diagonal(dim1=-2, dim2=-1)
-    return (diag.unsqueeze(-1) + diag.unsqueeze(-2) - 2 * M).clamp_min(0)
+    D = (diag.unsqueeze(-1) + diag.unsqueeze(-2) - 2 * M).clamp_min(0)
+    return 0.5 * (D + D.transpose(-1, -2))
 
 
 def default_power(t: Tensor | float) -> int:
