@@ -304,3 +304,55 @@ def test_run_settings_name_a_shipped_model_by_what_it_is():
     records = [json.dumps(run_settings(job, m.name)["model"], sort_keys=True) for m in SpecDiffNetWeights]
     assert len(set(records)) == len(records)
     assert default["config"] == json.loads(json.dumps(SpecDiffNetWeights.DEFAULT.value.config))
+
+
+def test_a_worker_process_that_dies_fails_its_input_alone(tmp_path):
+    from batch_workers import die_on_bomb, no_setup
+
+    from ndd.batch import _in_processes
+
+    paths = [tmp_path / f"img{i}.png" for i in range(7)]
+    paths.insert(3, tmp_path / "bomb.png")
+    outcomes = list(_in_processes(paths, 2, (), work=die_on_bomb, initializer=no_setup))
+    assert sorted(o.path for o in outcomes) == sorted(paths)  # each input once, none lost with the pool
+    failed = [o for o in outcomes if o.status == "failed"]
+    assert [o.path.name for o in failed] == ["bomb.png"]
+    assert "ended abruptly" in failed[0].error and "\n" not in failed[0].error
+    assert {o.status for o in outcomes if o.path.name != "bomb.png"} == {"done"}
+
+
+def test_worker_processes_that_cannot_start_stop_the_run_with_one_message(tmp_path):
+    from batch_workers import die_on_bomb, failing_setup
+
+    from ndd.batch import _in_processes
+
+    with pytest.raises(RuntimeError, match="worker process stopped while starting"):
+        list(_in_processes([tmp_path / "a.png", tmp_path / "b.png"], 2, (), work=die_on_bomb,
+                           initializer=failing_setup))
+
+
+def test_a_pool_is_handed_a_bounded_number_of_inputs():
+    """A collection of millions is queued a few inputs at a time, not all at once."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ndd.batch import ImageOutcome, _pool_run
+
+    release, pulled = threading.Event(), []
+
+    def inputs():
+        for i in range(1000):
+            pulled.append(i)
+            yield Path(f"{i}.png")
+
+    def work(path):
+        release.wait()
+        return ImageOutcome(path, "done")
+
+    run = _pool_run(ThreadPoolExecutor(2), inputs(), 6, work)
+    timer = threading.Timer(0.2, release.set)
+    timer.start()
+    first = next(run)  # the first outcome comes only once the work is released
+    assert first.status == "done" and len(pulled) <= 6
+    rest = list(run)  # returns [] (no suspects) at the end
+    assert len(rest) + 1 == 1000 and len(pulled) == 1000

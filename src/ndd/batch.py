@@ -9,7 +9,8 @@ What ``ndd segment`` does over a collection, as plain functions:
   (:func:`ndd.io.write_segmentation`; every file is written under a temporary name and
   renamed, so a killed run never leaves a half-written file);
 * :func:`segment_files` runs over many, in this process, in ``workers`` processes
-  (:class:`concurrent.futures.ProcessPoolExecutor`, one model per process) or as one rank
+  (:class:`concurrent.futures.ProcessPoolExecutor`, one model per process, a few inputs queued
+  at a time; an input whose process dies fails alone, the others go on) or as one rank
   of ``torchrun`` (rank ``r`` of ``R`` takes inputs ``r, r + R, ...``), and skips inputs
   that a previous run completed with the same settings (:func:`run_settings`). Completion is
   recorded after the last output file of an image is in place, as one JSON line in
@@ -22,10 +23,11 @@ What ``ndd segment`` does over a collection, as plain functions:
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -492,6 +494,8 @@ def segment_files(
             for the default model on an x86 CPU). Recorded for resuming: pass the value that
             a ``model`` given here was loaded with.
         workers: processes; each loads the model once and uses ``torch threads / workers``.
+            Outcomes then come in the order the images finish; an image whose process dies
+            (e.g. killed for memory) is a ``"failed"`` outcome, the others are still segmented.
         resume: skip inputs that an earlier run into the same folder completed with the same
             :func:`run_settings` (``model_spec`` names the model there, also when ``model`` is
             given).
@@ -544,16 +548,115 @@ def segment_files(
             stage = None if on_stage is None else (lambda name, path=path: on_stage(path, name))
             yield record(segment_file(path, model, job, stage))
         return
+    import torch
+
+    threads = max(1, torch.get_num_threads() // workers)
+    for outcome in _in_processes(todo, workers, (model_spec, device, threads, job, int8_edges)):
+        yield record(outcome)
+
+
+#: Inputs handed to each worker process beyond the one it is working on: enough that none waits
+#: for its next input, few enough that a collection of millions costs nothing to queue
+#: (``Executor.map`` creates a future per input at once: about 2 KB each, 2 GB for a million).
+_QUEUED_PER_WORKER = 2
+
+
+def _in_processes(paths: Iterable[Path], workers: int, initargs: tuple, *,
+                  work: Callable[[Path], ImageOutcome] = _work,
+                  initializer: Callable[..., None] = _init_worker) -> Iterator[ImageOutcome]:
+    """``work(path)`` for every path in ``workers`` spawned processes, each set up once by
+    ``initializer(*initargs)``; outcomes in the order they finish.
+
+    At most ``workers * (1 + _QUEUED_PER_WORKER)`` inputs are handed out at a time, so each
+    outcome can be recorded as soon as it is done (a killed run redoes only what was in flight).
+    A worker process that dies (killed by the system for memory, a crash in native code) takes
+    the whole pool and every input in it down with it; those inputs are then run again one at a
+    time in a pool of one process: the one that kills its process again becomes a ``"failed"``
+    outcome that says so, every other is done, and a fresh pool goes on with the rest.
+
+    Raises:
+        RuntimeError: a worker process stops before it is ready (while ``initializer`` runs).
+    """
     # imported here: a run in this process needs neither (multiprocessing is tens of ms of start-up)
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    import torch
-
-    threads = max(1, torch.get_num_threads() // workers)
     # spawn, not fork: forking a process whose torch thread pools are running can hang
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                             initargs=(model_spec, device, threads, job, int8_edges)) as pool:
-        for outcome in pool.map(_work, todo):
-            yield record(outcome)
+
+    def pool(size: int) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(size, mp_context=context, initializer=initializer, initargs=initargs)
+
+    queue = iter(paths)
+    while True:
+        suspects = yield from _pool_run(pool(workers), queue, workers * (1 + _QUEUED_PER_WORKER), work)
+        if not suspects:
+            return
+        yield from _one_at_a_time(suspects, pool, work)
+
+
+def _pool_run(pool: Any, queue: Iterator[Path], limit: int,
+              work: Callable[[Path], ImageOutcome]) -> Generator[ImageOutcome, None, list[Path]]:
+    """Runs ``queue`` through ``pool`` with at most ``limit`` inputs in it, yielding outcomes as
+    they finish; returns the inputs that were in the pool when a worker process died (empty when
+    the queue ran out)."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    running: dict[Any, Path] = {}
+    suspects: list[Path] = []
+    try:
+        while True:
+            for path in itertools.islice(queue, limit - len(running)):
+                try:
+                    running[pool.submit(work, path)] = path
+                except BrokenProcessPool:  # broken meanwhile: this one never ran, but must not be lost
+                    suspects.append(path)
+                    break
+            if suspects or not running:
+                return suspects + list(running.values())
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                path = running.pop(future)
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool:
+                    suspects.append(path)
+                else:
+                    yield outcome
+            if suspects:  # every input still in the pool went down with it
+                return suspects + list(running.values())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _ready() -> bool:
+    return True
+
+
+def _one_at_a_time(paths: list[Path], pool: Callable[[int], Any],
+                   work: Callable[[Path], ImageOutcome]) -> Iterator[ImageOutcome]:
+    """Each of ``paths`` alone in a pool of one process (a fresh one after each that dies)."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    current = None
+    try:
+        for path in paths:
+            if current is None:
+                current = pool(1)
+                try:  # a pool that dies before it is ready is not the input's doing
+                    current.submit(_ready).result()
+                except BrokenProcessPool:
+                    raise RuntimeError("a worker process stopped while starting (loading the model); "
+                                       "its message is above") from None
+            try:
+                outcome = current.submit(work, path).result()
+            except BrokenProcessPool:
+                current.shutdown(wait=True)
+                current = None
+                outcome = ImageOutcome(path, "failed", error=f"{path}: the worker process segmenting it ended "
+                                       "abruptly (killed for lack of memory, or crashed); the other inputs went on")
+            yield outcome
+    finally:
+        if current is not None:
+            current.shutdown(wait=True, cancel_futures=True)

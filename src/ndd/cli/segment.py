@@ -232,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
     progress = (sys.stderr.isatty() if args.progress is None else args.progress) and rank == 0
     counts = {"done": 0, "skipped": 0, "failed": len(problems) if rank == 0 else 0}
     missing: dict[int, list[int]] = {}
+    stopped = False
     start = time.perf_counter()
     bar = tqdm(total=len(images[rank::world]), desc="segment", unit="image", disable=not progress, file=sys.stderr)
 
@@ -242,16 +243,20 @@ def run(args: argparse.Namespace) -> int:
                              resume=args.resume, rank=rank, world_size=world, on_stage=stage if progress else None,
                              int8_edges=int8_edges, state=state)
     with messages_beside(bar, "ndd segment"):  # warnings and log records never break the bar's line
-        for outcome in outcomes:
-            counts[outcome.status] += 1
-            bar.update(1)
-            if outcome.error:
-                bar.write(f"ndd segment: {outcome.error}", file=sys.stderr)
-            for k in outcome.missing_levels:
-                missing.setdefault(k, []).append(outcome.finest)
-            if args.verbose and outcome.status == "done":
-                for file in outcome.written:
-                    bar.write(str(file), file=sys.stdout)
+        try:
+            for outcome in outcomes:
+                counts[outcome.status] += 1
+                bar.update(1)
+                if outcome.error:
+                    bar.write(f"ndd segment: {outcome.error}", file=sys.stderr)
+                for k in outcome.missing_levels:
+                    missing.setdefault(k, []).append(outcome.finest)
+                if args.verbose and outcome.status == "done":
+                    for file in outcome.written:
+                        bar.write(str(file), file=sys.stdout)
+        except RuntimeError as err:  # worker processes that cannot start: the run ends, what is done stays recorded
+            stopped = True
+            bar.write(f"ndd segment: {err}; the run stopped there", file=sys.stderr)
     bar.set_postfix_str("", refresh=False)
     bar.close()
     seconds = time.perf_counter() - start
@@ -266,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
         counts = dict(zip(("done", "skipped", "failed"), (int(v) for v in total.tolist()), strict=True))
         shutdown_distributed()
         if rank != 0:
-            return 1 if counts["failed"] else 0
+            return 1 if counts["failed"] or stopped else 0
     for k, finest in sorted(missing.items()):  # once per run, not once per image
         print(f"ndd segment: level {k} skipped in {len(finest)} of {counts['done']} image(s): their hierarchies "
               f"have {min(finest)}-{max(finest)} segments at the finest", file=sys.stderr)
@@ -275,4 +280,4 @@ def run(args: argparse.Namespace) -> int:
     skipped = f", {counts['skipped']} skipped (completed earlier; --no-resume redoes them)" if counts["skipped"] else ""
     print(f"ndd segment: {done} image(s) segmented{skipped}, {counts['failed']} failed, in {seconds:.1f} s{rate}; "
           f"outputs in {args.out}", file=sys.stderr)
-    return 1 if counts["failed"] else 0
+    return 1 if counts["failed"] or stopped else 0
