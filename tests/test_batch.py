@@ -356,3 +356,23 @@ def test_a_pool_is_handed_a_bounded_number_of_inputs():
     assert first.status == "done" and len(pulled) <= 6
     rest = list(run)  # returns [] (no suspects) at the end
     assert len(rest) + 1 == 1000 and len(pulled) == 1000
+
+
+def test_an_error_inside_one_image_fails_it_alone_in_one_process(tmp_path, monkeypatch):
+    """As in worker processes: out of memory on one huge photo must not end a run of thousands."""
+    import ndd.inference
+
+    paths = photos(tmp_path / "in", 3)
+    segment = ndd.inference.segment_image
+
+    def fails_on_the_second(image, *args, **kwargs):
+        if image[0, 10, 0] > 0.5 > image[0, 14, 0]:  # img1: red up to column 12, then blue
+            raise MemoryError("cannot allocate 80 GB\nfor the affinity")
+        return segment(image, *args, **kwargs)
+
+    monkeypatch.setattr(ndd.inference, "segment_image", fails_on_the_second)
+    model = SpecDiffNet(SpecDiffNetConfig.handcrafted()).eval()
+    job = SegmentJob(tmp_path / "out", ("labels",), (2,))
+    outcomes = list(segment_files(paths, job, model=model, model_spec="handcrafted"))
+    assert [o.status for o in outcomes] == ["done", "failed", "done"]
+    assert outcomes[1].error == f"{paths[1]}: MemoryError: cannot allocate 80 GB"

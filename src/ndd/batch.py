@@ -463,10 +463,23 @@ def _init_worker(model_spec: str | None, device: str, threads: int, job: Segment
 
 
 def _work(path: Path) -> ImageOutcome:
+    return _segment_or_fail(path, _WORKER["model"], _WORKER["job"])
+
+
+def _segment_or_fail(path: Path, model: Any, job: SegmentJob,
+                     on_stage: Callable[[str], None] | None = None) -> ImageOutcome:
+    """:func:`segment_file`, with any error of this one image (out of memory on a huge photo,
+    CUDA's included; a failure inside the model) as its ``"failed"`` outcome, in one line: one
+    bad input must not stop the others, in this process or in a worker."""
     try:
-        return segment_file(path, _WORKER["model"], _WORKER["job"])
-    except Exception as err:  # one bad input must not stop the other workers
-        return ImageOutcome(path, "failed", error=f"{path}: {type(err).__name__}: {err}")
+        return segment_file(path, model, job, on_stage)
+    except Exception as err:
+        if type(err).__name__ == "OutOfMemoryError":  # torch's, on a GPU: give its cache back for the next image
+            import torch
+
+            torch.cuda.empty_cache()
+        first = str(err).strip().splitlines()[:1]
+        return ImageOutcome(path, "failed", error=f"{path}: {type(err).__name__}" + (f": {first[0]}" if first else ""))
 
 
 def segment_files(
@@ -548,7 +561,7 @@ def segment_files(
             model, _ = load_segmentation_model(model_spec, device, int8_edges)
         for path in todo:
             stage = None if on_stage is None else (lambda name, path=path: on_stage(path, name))
-            yield record(segment_file(path, model, job, stage))
+            yield record(_segment_or_fail(path, model, job, stage))
         return
     import torch
 
