@@ -376,3 +376,22 @@ def test_an_error_inside_one_image_fails_it_alone_in_one_process(tmp_path, monke
     outcomes = list(segment_files(paths, job, model=model, model_spec="handcrafted"))
     assert [o.status for o in outcomes] == ["done", "failed", "done"]
     assert outcomes[1].error == f"{paths[1]}: MemoryError: cannot allocate 80 GB"
+
+
+def test_a_resumed_run_reads_the_headers_of_new_inputs_only(tmp_path, monkeypatch):
+    """A million completed inputs are not opened again before a resumed run goes on."""
+    from ndd import io
+    from ndd.batch import recorded_inputs
+
+    paths = photos(tmp_path / "in", 3)
+    model = SpecDiffNet(SpecDiffNetConfig.handcrafted()).eval()
+    job = SegmentJob(tmp_path / "out", ("labels",), (2,))
+    list(segment_files(paths[:2], job, model=model, model_spec="handcrafted"))
+    (job.out_dir / ".ndd-segment.rank1.jsonl").write_text('{"input": 3}\n["a list"]\n{"input": "x"}\n{"cut')  # damaged rows
+    assert recorded_inputs(job.out_dir) == {str(p.resolve()) for p in paths[:2]}
+    assert recorded_inputs(tmp_path / "nothing here") == set()
+    opened = []
+    check = io.check_image
+    monkeypatch.setattr(io, "check_image", lambda path, *a: opened.append(path) or check(path, *a))
+    got, problems = collect_inputs([tmp_path / "in"], check=True, checked_before=recorded_inputs(job.out_dir))
+    assert got == paths and not problems and opened == [paths[2]]

@@ -131,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         check_out_dir,
         collect_inputs,
         default_workers,
+        recorded_inputs,
         resume_state,
         run_settings,
         segment_files,
@@ -144,7 +145,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"ndd segment: {err}", file=sys.stderr)
         return 2
-    images, problems = collect_inputs(args.images, check=True)
+    # inputs an earlier run into --out segmented are not read again here (a resumed large run)
+    images, problems = collect_inputs(args.images, check=True,
+                                      checked_before=recorded_inputs(args.out) if args.resume else ())
     for problem in problems:
         print(f"ndd segment: {problem}", file=sys.stderr)
     if not images:
