@@ -387,7 +387,8 @@ def test_a_resumed_run_reads_the_headers_of_new_inputs_only(tmp_path, monkeypatc
     model = SpecDiffNet(SpecDiffNetConfig.handcrafted()).eval()
     job = SegmentJob(tmp_path / "out", ("labels",), (2,))
     list(segment_files(paths[:2], job, model=model, model_spec="handcrafted"))
-    (job.out_dir / ".ndd-segment.rank1.jsonl").write_text('{"input": 3}\n["a list"]\n{"input": "x"}\n{"cut')  # damaged rows
+    damaged = '{"input": 3}\n["a list"]\n{"input": "x"}\n{"cut'  # rows of other shapes, a cut line
+    (job.out_dir / ".ndd-segment.rank1.jsonl").write_text(damaged)
     assert recorded_inputs(job.out_dir) == {str(p.resolve()) for p in paths[:2]}
     assert recorded_inputs(tmp_path / "nothing here") == set()
     opened = []
