@@ -273,3 +273,17 @@ def test_bench_fixture_digit_exact(inputs, official_dir):
     bdry = _read_row(BENCH / official_dir / "eval_bdry.txt")
     got = [b.ods_threshold, b.ods_recall, b.ods_precision, b.ods_f, b.ois_recall, b.ois_precision, b.ois_f, b.ap]
     assert np.allclose(got, bdry, atol=1e-3)
+
+
+@needs_mini
+def test_cli_evaluate_runs_a_process_per_core_by_default_with_the_same_figures(tmp_path, capsys):
+    from ndd.batch import default_workers
+
+    res, gt = _two_image_dirs(tmp_path)
+    args = ["evaluate", "--results", str(res), "--groundtruth", str(gt), "--nthresh", "9", "--json"]
+    assert main([*args, str(tmp_path / "one.json"), "--workers", "1"]) == 0
+    assert "1 worker(s)" in capsys.readouterr().out
+    assert main([*args, str(tmp_path / "auto.json")]) == 0
+    assert f"{default_workers(2, 'cpu')} worker(s)" in capsys.readouterr().out
+    one, auto = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("one", "auto"))
+    assert one == auto
