@@ -396,3 +396,27 @@ def test_a_resumed_run_reads_the_headers_of_new_inputs_only(tmp_path, monkeypatc
     monkeypatch.setattr(io, "check_image", lambda path, *a: opened.append(path) or check(path, *a))
     got, problems = collect_inputs([tmp_path / "in"], check=True, checked_before=recorded_inputs(job.out_dir))
     assert got == paths and not problems and opened == [paths[2]]
+
+
+def test_torchrun_ranks_write_each_output_once_and_a_bad_input_is_said_once(tmp_path):
+    """Two torchrun ranks on the CPU: disjoint shares, one line for an unreadable input (read
+    by the rank that segments it, not by every rank up front), the totals from rank 0."""
+    import os
+    import subprocess
+    import sys
+
+    photos(tmp_path / "in", 3)
+    (tmp_path / "in" / "img9.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ndd",
+           "segment", str(tmp_path / "in"), "--out", str(out), "--model", "handcrafted", "--format", "labels",
+           "--levels", "2", "--device", "cpu", "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    said = [line for line in proc.stderr.splitlines() if line.startswith("ndd segment:")]
+    assert [line for line in said if "img9.png" in line] == [f"ndd segment: {tmp_path / 'in' / 'img9.png'}: "
+                                                             "not an image file (or a format Pillow cannot read)"], said
+    assert [line for line in said if "image(s) segmented" in line][0].startswith(
+        "ndd segment: 3 image(s) segmented, 1 failed"), said
+    assert sorted(p.name for p in out.glob("*.png")) == [f"img{i}_labels_002.png" for i in range(3)]
+    rows = [json.loads(line) for f in out.glob(".ndd-segment.rank*.jsonl") for line in f.read_text().splitlines()]
+    assert sorted(Path(r["input"]).name for r in rows) == ["img0.png", "img1.png", "img2.png"]

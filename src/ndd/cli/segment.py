@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -145,13 +146,18 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"ndd segment: {err}", file=sys.stderr)
         return 2
-    # inputs an earlier run into --out segmented are not read again here (a resumed large run)
-    images, problems = collect_inputs(args.images, check=True,
+    # Under torchrun every rank sees every input: there each header is read by the rank that
+    # segments the image (an unreadable one fails there, in one line), not once per rank up front,
+    # and rank 0 alone reports the inputs' problems. Inputs an earlier run into --out segmented are
+    # not read again (a resumed large run).
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    reports = os.environ.get("RANK", "0") == "0"
+    images, problems = collect_inputs(args.images, check=not distributed,
                                       checked_before=recorded_inputs(args.out) if args.resume else ())
-    for problem in problems:
+    for problem in problems if reports else ():
         print(f"ndd segment: {problem}", file=sys.stderr)
     if not images:
-        if len(problems) != 1:  # one mistake, one line
+        if len(problems) != 1 and reports:  # one mistake, one line
             print("ndd segment: no image to segment", file=sys.stderr)
         return 2
     try:
@@ -161,7 +167,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     # Imported here so that other subcommands start without loading torch.
-    import os
     import time
 
     from tqdm import tqdm
@@ -182,8 +187,7 @@ def run(args: argparse.Namespace) -> int:
     given = {k: v for k, v in given.items() if v is not None}
     options = HierarchyOptions.authors(**given) if args.legacy else HierarchyOptions(**given)
     job = SegmentJob(args.out, tuple(args.format), tuple(args.levels) if args.levels else None, args.max_side, options)
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # under torchrun: one share per rank
-    rank, world, info = 0, 1, None
+    rank, world, info = 0, 1, None  # under torchrun (distributed, above): one share per rank
     device = args.device
     if distributed:
         from ndd.train.distributed import init_distributed
