@@ -326,7 +326,9 @@ def test_worker_processes_that_cannot_start_stop_the_run_with_one_message(tmp_pa
 
     from ndd.batch import _in_processes
 
-    with pytest.raises(RuntimeError, match="worker process stopped while starting"):
+    from ndd.batch import WorkerStartError
+
+    with pytest.raises(WorkerStartError, match="worker process stopped while starting"):
         list(_in_processes([tmp_path / "a.png", tmp_path / "b.png"], 2, (), work=die_on_bomb,
                            initializer=failing_setup))
 

@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # ndd.inference imports torch; this module is read before tor
 __all__ = [
     "IMAGE_SUFFIXES",
     "SegmentJob",
+    "WorkerStartError",
     "auto_levels",
     "default_workers",
     "ImageOutcome",
@@ -552,6 +553,8 @@ def segment_files(
 
     Raises:
         ValueError: the output folder cannot be created (on the first ``next``).
+        WorkerStartError: with ``workers > 1``, worker processes stop while loading the model;
+            what was done before stays recorded.
     """
     _make_out_dir(job.out_dir)
     if int8_edges is None:
@@ -599,6 +602,10 @@ def segment_files(
         yield record(outcome)
 
 
+class WorkerStartError(RuntimeError):
+    """Worker processes of :func:`segment_files` stop before they are ready (while loading the model)."""
+
+
 #: Inputs handed to each worker process beyond the one it is working on: enough that none waits
 #: for its next input, few enough that a collection of millions costs nothing to queue
 #: (``Executor.map`` creates a future per input at once: about 2 KB each, 2 GB for a million).
@@ -619,7 +626,7 @@ def _in_processes(paths: Iterable[Path], workers: int, initargs: tuple, *,
     outcome that says so, every other is done, and a fresh pool goes on with the rest.
 
     Raises:
-        RuntimeError: a worker process stops before it is ready (while ``initializer`` runs).
+        WorkerStartError: a worker process stops before it is ready (while ``initializer`` runs).
     """
     # imported here: a run in this process needs neither (multiprocessing is tens of ms of start-up)
     import multiprocessing
@@ -691,8 +698,8 @@ def _one_at_a_time(paths: list[Path], pool: Callable[[int], Any],
                 try:  # a pool that dies before it is ready is not the input's doing
                     current.submit(_ready).result()
                 except BrokenProcessPool:
-                    raise RuntimeError("a worker process stopped while starting (loading the model); "
-                                       "its message is above") from None
+                    raise WorkerStartError("a worker process stopped while starting (loading the model); "
+                                           "its message is above") from None
             try:
                 outcome = current.submit(work, path).result()
             except BrokenProcessPool:

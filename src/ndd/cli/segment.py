@@ -129,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     from ndd.batch import (
         SegmentJob,
         ResumeState,
+        WorkerStartError,
         check_out_dir,
         collect_inputs,
         default_workers,
@@ -151,13 +152,13 @@ def run(args: argparse.Namespace) -> int:
     # and rank 0 alone reports the inputs' problems. Inputs an earlier run into --out segmented are
     # not read again (a resumed large run).
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    reports = os.environ.get("RANK", "0") == "0"
+    rank0 = os.environ.get("RANK", "0") == "0"
     images, problems = collect_inputs(args.images, check=not distributed,
                                       checked_before=recorded_inputs(args.out) if args.resume else ())
-    for problem in problems if reports else ():
+    for problem in problems if rank0 else ():
         print(f"ndd segment: {problem}", file=sys.stderr)
     if not images:
-        if len(problems) != 1 and reports:  # one mistake, one line
+        if len(problems) != 1 and rank0:  # one mistake, one line
             print("ndd segment: no image to segment", file=sys.stderr)
         return 2
     try:
@@ -261,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
                 if args.verbose and outcome.status == "done":
                     for file in outcome.written:
                         bar.write(str(file), file=sys.stdout)
-        except RuntimeError as err:  # worker processes that cannot start: the run ends, what is done stays recorded
+        except WorkerStartError as err:  # the run ends; what is done stays recorded
             stopped = True
             bar.write(f"ndd segment: {err}; the run stopped there", file=sys.stderr)
     bar.set_postfix_str("", refresh=False)
