@@ -422,3 +422,17 @@ def test_torchrun_ranks_write_each_output_once_and_a_bad_input_is_said_once(tmp_
     assert sorted(p.name for p in out.glob("*.png")) == [f"img{i}_labels_002.png" for i in range(3)]
     rows = [json.loads(line) for f in out.glob(".ndd-segment.rank*.jsonl") for line in f.read_text().splitlines()]
     assert sorted(Path(r["input"]).name for r in rows) == ["img0.png", "img1.png", "img2.png"]
+
+
+def test_no_more_worker_processes_than_inputs_left(tmp_path, monkeypatch):
+    import ndd.batch
+
+    paths = photos(tmp_path / "in", 2)
+    job = SegmentJob(tmp_path / "out", ("labels",), (2,))
+    model = SpecDiffNet(SpecDiffNetConfig.handcrafted()).eval()
+    list(segment_files(paths[:1], job, model=model, model_spec="handcrafted"))
+    pools = []
+    monkeypatch.setattr(ndd.batch, "_in_processes", lambda todo, workers, *a, **k: pools.append(workers) or iter(()))
+    # one input left of two: done in this process, no pool of 4 processes for it
+    statuses = [o.status for o in segment_files(paths, job, model=model, model_spec="handcrafted", workers=4)]
+    assert sorted(statuses) == ["done", "skipped"] and pools == []

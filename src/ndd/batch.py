@@ -586,6 +586,7 @@ def segment_files(
 
     if not todo:  # nothing left: no model to load, no worker to start
         return
+    workers = min(workers, len(todo))  # a process more than inputs would only load a model
     if workers <= 1:
         if model is None:
             from ndd.inference import load_segmentation_model

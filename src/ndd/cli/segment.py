@@ -230,6 +230,7 @@ def run(args: argparse.Namespace) -> int:
     workers = args.workers
     if workers is None:  # processes beat threads on the CPU; a GPU or a torchrun rank keeps one
         workers = 1 if distributed else default_workers(pending, str(resolve_device(device)), args.threads)
+    workers = min(workers, max(1, pending))  # as segment_files does: no process without an input
     if rank == 0 and model is not None:
         print(f"model: {description}" + (f"; {workers} worker processes" if workers > 1 else ""), file=sys.stderr)
     if workers > 1:
