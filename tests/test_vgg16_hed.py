@@ -21,7 +21,9 @@ from ndd.models.vgg16_hed import (
     Vgg16HedBackbone,
     calibrate_int8,
     convert_hed_h5,
+    int8_supported,
     load_int8_qparams,
+    quantize_weight_per_channel,
     save_hed_weights,
     save_int8_qparams,
     vgg16_hed,
@@ -390,6 +392,36 @@ def test_int8_blocks_follow_float32_within_quantisation_error(hed_file) -> None:
     last = table["block5.conv3"][0]
     steps = got[-1] / last
     assert torch.allclose(steps, steps.round(), atol=1e-3)
+
+
+@pytest.mark.skipif(not int8_supported(), reason="needs PyTorch's x86 int8 kernels")
+def test_weights_quantised_per_channel_exactly_as_pytorchs_recipe() -> None:
+    """The hand-written per-channel quantisation gives PyTorch's observer + quantize_per_channel
+    tensor to the bit: scales, zero points and int8 values (ties at .5, an all-zero channel,
+    a channel whose largest magnitude is negative)."""
+    import warnings
+
+    from torch.ao.quantization.observer import PerChannelMinMaxObserver
+
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(64, 3, 3, 3, generator=g) * torch.logspace(-4, 1, 64).view(-1, 1, 1, 1)
+    weight[5] = 0.0
+    weight[6] = -torch.rand(3, 3, 3, generator=g)
+    # scale 127.5 / 8 / 127.5 = 1/8 exactly: odd multiples of 1/16 fall on .5 ties
+    weight[7] = ((torch.arange(27, dtype=torch.float32) - 13.0) / 16.0).view(3, 3, 3)
+    weight[7, 0, 0, 0] = 127.5 / 8
+    observer = PerChannelMinMaxObserver(ch_axis=0, dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+    observer(weight)
+    scale, zero_point = observer.calculate_qparams()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PyTorch 2.14's deprecation of quantized tensors
+        ref = torch.quantize_per_channel(weight, scale.double(), zero_point, 0, torch.qint8)
+        got = quantize_weight_per_channel(weight)
+    assert got.dtype == torch.qint8 and got.q_per_channel_axis() == 0
+    assert torch.equal(got.q_per_channel_scales(), ref.q_per_channel_scales())
+    assert torch.equal(got.q_per_channel_zero_points(), ref.q_per_channel_zero_points())
+    assert torch.equal(got.int_repr(), ref.int_repr())
+    assert got.int_repr()[5].eq(0).all() and got.int_repr()[6].min() == -127
 
 
 def test_int8_only_for_inference_on_the_cpu(hed_file) -> None:
