@@ -156,7 +156,11 @@ def test_manifest_rows_name_their_settings_by_a_short_key(tmp_path):
     settings = run_settings(job, "handcrafted")
     key = settings_key(settings)
     rows = [json.loads(line) for line in (job.out_dir / ".ndd-segment.rank0.jsonl").read_text().splitlines()]
-    assert [row["settings"] for row in rows] == [key, key] and len(key) == 16
+    inputs = [str(p.resolve()) for p in paths]
+    # each input's start is recorded before it is segmented, its completion after
+    assert [(row["input"], row.get("event")) for row in rows] == [
+        (inputs[0], "started"), (inputs[0], None), (inputs[1], "started"), (inputs[1], None)]
+    assert [row["settings"] for row in rows if "files" in row] == [key, key] and len(key) == 16
     stored = job.out_dir / f".ndd-segment.settings-{key}.json"
     assert json.loads(stored.read_text()) == settings
     assert len(completed_inputs(job.out_dir, settings)) == 2
@@ -421,7 +425,9 @@ def test_torchrun_ranks_write_each_output_once_and_a_bad_input_is_said_once(tmp_
         "ndd segment: 3 image(s) segmented, 1 failed"), said
     assert sorted(p.name for p in out.glob("*.png")) == [f"img{i}_labels_002.png" for i in range(3)]
     rows = [json.loads(line) for f in out.glob(".ndd-segment.rank*.jsonl") for line in f.read_text().splitlines()]
-    assert sorted(Path(r["input"]).name for r in rows) == ["img0.png", "img1.png", "img2.png"]
+    assert sorted(Path(r["input"]).name for r in rows if "files" in r) == ["img0.png", "img1.png", "img2.png"]
+    assert sorted(Path(r["input"]).name for r in rows if r.get("event") == "started") == [
+        "img0.png", "img1.png", "img2.png", "img9.png"]
 
 
 def test_no_more_worker_processes_than_inputs_left(tmp_path, monkeypatch):
@@ -436,3 +442,75 @@ def test_no_more_worker_processes_than_inputs_left(tmp_path, monkeypatch):
     # one input left of two: done in this process, no pool of 4 processes for it
     statuses = [o.status for o in segment_files(paths, job, model=model, model_spec="handcrafted", workers=4)]
     assert sorted(statuses) == ["done", "skipped"] and pools == []
+
+
+def test_an_input_that_killed_its_process_is_segmented_alone_when_resumed(tmp_path):
+    """One process killed outright on an input (the out-of-memory killer, as ``os._exit``): the
+    resumed run segments that input alone in a separate process, which it kills again, and the
+    run itself goes on and finishes; it stays a suspect for the runs after."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    paths = photos(tmp_path / "in", 2)
+    bomb = tmp_path / "in" / "bomb.png"
+    shutil.copy(paths[0], bomb)
+    out = tmp_path / "out"
+    driver = [sys.executable, str(Path(__file__).with_name("batch_kill_driver.py")), str(out),
+              str(paths[0]), str(bomb), str(paths[1])]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run():
+        return subprocess.run(driver, capture_output=True, text=True, timeout=240, env=env)
+
+    first = run()
+    assert first.returncode == 9 and first.stdout.split() == ["done", "img0.png"], first.stderr
+    second = run()  # before: killed on the bomb again, img1 never segmented
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.splitlines() == ["skipped img0.png", "failed bomb.png", "done img1.png"]
+    assert (out / "img1_labels_002.png").is_file() and not list(out.glob("bomb*"))
+    third = run()
+    assert third.stdout.splitlines() == ["skipped img0.png", "skipped img1.png", "failed bomb.png"]
+    rows = [json.loads(line) for line in (out / ".ndd-segment.rank0.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in rows if Path(r["input"]).name == "bomb.png"] == ["started", "crashed", "crashed"]
+
+
+def test_suspects_are_the_inputs_whose_last_record_is_a_start_or_a_crash(tmp_path, monkeypatch):
+    """Ctrl-C on an input or an error inside it does not make it a suspect; a start with no end,
+    a crash do, until the input is completed."""
+    import ndd.batch
+    from ndd.batch import resume_state, run_settings
+
+    paths = photos(tmp_path / "in", 3)
+    model = SpecDiffNet(SpecDiffNetConfig.handcrafted()).eval()
+    job = SegmentJob(tmp_path / "out", ("labels",), (2,))
+    settings = run_settings(job, "handcrafted")
+    real = ndd.batch.segment_file
+
+    def segment_file(path, *args, **kwargs):
+        if path == paths[1]:
+            raise KeyboardInterrupt
+        if path == paths[2]:
+            raise RuntimeError("a bug of ours, on this image only")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(ndd.batch, "segment_file", segment_file)
+    with pytest.raises(KeyboardInterrupt):
+        list(segment_files(paths, job, model=model, model_spec="handcrafted"))
+    keys = [str(p.resolve()) for p in paths]
+    assert resume_state(paths, job.out_dir, settings).suspects == frozenset()  # paths[1]: "interrupted"
+    statuses = [o.status for o in segment_files(paths[::2], job, model=model, model_spec="handcrafted")]
+    assert statuses == ["skipped", "failed"] and resume_state(paths, job.out_dir, settings).suspects == frozenset()
+    manifest = job.out_dir / ".ndd-segment.rank0.jsonl"
+    with open(manifest, "a") as f:  # as a run killed while segmenting paths[1], then a crashed worker on paths[2]
+        f.write(json.dumps({"input": keys[1], "event": "started"}) + "\n")
+        f.write(json.dumps({"input": keys[2], "event": "crashed"}) + "\n")
+    state = resume_state(paths, job.out_dir, settings)
+    assert state.suspects == frozenset(keys[1:]) and state.suspected(paths) == paths[1:]
+    assert state.pending(paths) == paths[1:]
+    monkeypatch.setattr(ndd.batch, "segment_file", real)
+    with open(manifest, "a") as f:  # completed after all (e.g. by a run with more memory): no suspect any more
+        row = {"input": keys[1], "files": ["img0_labels_002.png"], "settings": ndd.batch.settings_key(settings)}
+        f.write(json.dumps(row) + "\n")
+    assert resume_state(paths, job.out_dir, settings).suspects == frozenset([keys[2]])

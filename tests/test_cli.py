@@ -205,6 +205,22 @@ def test_segment_resumes_only_what_was_made_with_the_same_settings(tmp_path, cap
     assert "1 image(s) segmented" in err and (out / "p.mat").is_file()
 
 
+def test_segment_says_it_runs_an_input_that_a_killed_run_was_segmenting_alone(tmp_path, capsys):
+    import json
+
+    photo = write_photo(tmp_path / "p.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    started = {"input": str(photo.resolve()), "event": "started"}  # what a run killed on it leaves
+    (out / ".ndd-segment.rank0.jsonl").write_text(json.dumps(started) + "\n")
+    argv = ["segment", str(photo), "--out", str(out), "--model", "handcrafted", "--levels", "2", "--format", "labels"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"1 input(s) were being segmented when an earlier run into {out} was killed" in err, err
+    assert "1 image(s) segmented, 0 failed" in err and (out / "p_labels_002.png").is_file()
+    assert main(argv) == 0 and "0 image(s) segmented, 1 skipped" in capsys.readouterr().err
+
+
 def test_segment_with_shipped_model(tmp_path, capsys):
     import json
 

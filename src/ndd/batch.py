@@ -17,7 +17,10 @@ What ``ndd segment`` does over a collection, as plain functions:
   ``<out>/.ndd-segment.rank<r>.jsonl`` that also names the run's settings (a short key; the
   settings themselves are written once, to ``<out>/.ndd-segment.settings-<key>.json``), so a
   run resumed with another model, other options or more formats redoes those inputs instead
-  of keeping outputs made another way.
+  of keeping outputs made another way. A run in one process also records each input as it
+  starts it: an input that was being segmented when a run was killed outright (the system's
+  out-of-memory killer on a huge photo, a crash in native code) is segmented alone in a
+  separate process when the run is resumed, so that it cannot take the run down a second time.
 """
 
 from __future__ import annotations
@@ -100,6 +103,8 @@ class ImageOutcome:
     seconds: float = 0.0
     missing_levels: list[int] = field(default_factory=list)
     finest: int = 0
+    #: the process segmenting it died (killed by the system, a crash in native code)
+    process_died: bool = False
 
 
 def collect_inputs(specs: Sequence[str | os.PathLike[str]], check: bool = False,
@@ -307,8 +312,18 @@ def _recorded_settings(out: Path, key: str | None, cache: dict[str, dict[str, An
     return cache[key]
 
 
-def _manifest_lines(out: Path) -> Iterator[dict[str, Any]]:
-    """Every readable row of every manifest in ``out``, as recorded."""
+#: Events a manifest row may record instead of a completion (``{"input": ..., "event": ...}``):
+#: an input was started in this process (written before it is segmented), the process segmenting
+#: it died (a worker, or the separate process of a suspect), or it failed or was interrupted
+#: (Ctrl-C) without taking its process down. An input whose latest row is one of
+#: :data:`_SUSPECT_EVENTS` is a suspect (:attr:`ResumeState.suspects`).
+_EVENTS = ("started", "crashed", "failed", "interrupted")
+_SUSPECT_EVENTS = ("started", "crashed")
+
+
+def _manifest_records(out: Path) -> Iterator[dict[str, Any]]:
+    """Every readable row of every manifest in ``out`` that names an input, completions and
+    events alike, in the order recorded (manifest by manifest)."""
     for manifest in sorted(out.glob(_MANIFEST_GLOB)):
         try:
             lines = manifest.read_text().splitlines()
@@ -319,16 +334,36 @@ def _manifest_lines(out: Path) -> Iterator[dict[str, Any]]:
                 row = json.loads(line)
             except json.JSONDecodeError:  # a line cut by a kill: that image is redone
                 continue
-            if isinstance(row, dict) and isinstance(row.get("input"), str) and isinstance(row.get("files"), list):
+            if isinstance(row, dict) and isinstance(row.get("input"), str):
                 yield row
 
 
-def _manifest_rows(out: Path) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
-    """Complete rows of every manifest in ``out``, each with the settings it was made with."""
+def _is_completion(row: dict[str, Any]) -> bool:
+    return isinstance(row.get("files"), list)
+
+
+def _manifest_lines(out: Path) -> Iterator[dict[str, Any]]:
+    """Every readable completion row of every manifest in ``out``, as recorded."""
+    return filter(_is_completion, _manifest_records(out))
+
+
+def _manifest_rows(out: Path, events: dict[str, str] | None = None
+                   ) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
+    """Complete rows of every manifest in ``out``, each with the settings it was made with.
+
+    ``events``, when given, is filled on the way (the same read) with each input's latest
+    event row (:data:`_EVENTS`), or ``"done"`` where a completion row came after it.
+    """
     cache: dict[str, dict[str, Any] | None] = {}
     # file names joined as strings: pathlib objects were 2/3 of the time (20,000 rows of 12 files: 2.6 s)
     prefix = os.path.join(os.fspath(out), "")
-    for row in _manifest_lines(out):
+    for row in _manifest_records(out):
+        if not _is_completion(row):
+            if events is not None and row.get("event") in _EVENTS:
+                events[row["input"]] = row["event"]
+            continue
+        if events is not None:
+            events[row["input"]] = "done"
         if all(os.path.isfile(prefix + str(name)) for name in row["files"]):
             yield row, _recorded_settings(out, row.get("settings"), cache)
 
@@ -363,10 +398,17 @@ class ResumeState(NamedTuple):
     redone: int
     #: which settings differ for those
     changed: list[str]
+    #: inputs (resolved paths) not completed that were being segmented when a run's process was
+    #: killed outright, or whose own process died (:func:`segment_files` runs them alone)
+    suspects: frozenset[str] = frozenset()
 
     def pending(self, paths: Sequence[Path]) -> list[Path]:
         """``paths`` that still have to be segmented (not completed with these settings)."""
         return [p for p in paths if _manifest_key(p) not in self.completed]
+
+    def suspected(self, paths: Sequence[Path]) -> list[Path]:
+        """``paths`` that are :attr:`suspects` (segmented alone in a separate process)."""
+        return [p for p in paths if _manifest_key(p) in self.suspects] if self.suspects else []
 
 
 def resume_state(paths: Sequence[Path], out_dir: str | os.PathLike[str], settings: dict[str, Any]) -> ResumeState:
@@ -374,7 +416,8 @@ def resume_state(paths: Sequence[Path], out_dir: str | os.PathLike[str], setting
     :func:`changed_settings` for ``paths`` together (a collection of millions has long ones)."""
     done: dict[str, list[str]] = {}
     latest: dict[str, dict[str, Any] | None] = {}
-    for row, recorded in _manifest_rows(Path(out_dir)):
+    events: dict[str, str] = {}
+    for row, recorded in _manifest_rows(Path(out_dir), events):
         latest[row["input"]] = recorded
         if not _settings_differ(recorded, settings):
             done[row["input"]] = row["files"]
@@ -387,7 +430,8 @@ def resume_state(paths: Sequence[Path], out_dir: str | os.PathLike[str], setting
             differ = _settings_differ(latest[key], settings)
             count += bool(differ)
             names.update(differ)
-    return ResumeState(settings, done, count, sorted(names))
+    suspects = frozenset(key for key, event in events.items() if event in _SUSPECT_EVENTS and key not in done)
+    return ResumeState(settings, done, count, sorted(names), suspects)
 
 
 def changed_settings(paths: Sequence[Path], out_dir: str | os.PathLike[str],
@@ -543,7 +587,11 @@ def segment_files(
             (e.g. killed for memory) is a ``"failed"`` outcome, the others are still segmented.
         resume: skip inputs that an earlier run into the same folder completed with the same
             :func:`run_settings` (``model_spec`` names the model there, also when ``model`` is
-            given).
+            given); and segment first, each alone in a separate process that loads
+            ``model_spec`` (as a worker does), the inputs an earlier run was segmenting in
+            this process when it was killed outright, or whose worker process died
+            (:attr:`ResumeState.suspects`): one that kills its process again is a ``"failed"``
+            outcome, and the run goes on.
         rank, world_size: this process's share of ``paths`` (``torchrun``: ``RANK``,
             ``WORLD_SIZE``): inputs ``rank, rank + world_size, ...``.
         on_stage: with ``workers == 1``, called as ``on_stage(path, stage)`` when each stage
@@ -564,26 +612,40 @@ def segment_files(
     share = list(paths)[rank::world_size]
     settings = run_settings(job, model_spec, int8_edges) if state is None else state.settings
     if not resume:
-        done: dict[str, list[str]] = {}
-    else:
-        done = completed_inputs(job.out_dir, settings) if state is None else state.completed
-    todo = []
+        state = ResumeState(settings, {}, 0, [])
+    elif state is None:
+        state = resume_state([], job.out_dir, settings)
+    done = state.completed
+    todo, suspects = [], []
     for path in share:
-        if _manifest_key(path) in done:
-            yield ImageOutcome(path, "skipped", [job.out_dir / f for f in done[_manifest_key(path)]])
+        key = _manifest_key(path)
+        if key in done:
+            yield ImageOutcome(path, "skipped", [job.out_dir / f for f in done[key]])
         else:
-            todo.append(path)
+            (suspects if key in state.suspects else todo).append(path)
     manifest = job.out_dir / f".ndd-segment.rank{rank}.jsonl"
-    key = _write_settings(job.out_dir, settings)
+    settings_id = _write_settings(job.out_dir, settings)
+
+    def note(path: Path, event: str) -> None:
+        with open(manifest, "a") as f:
+            f.write(json.dumps({"input": _manifest_key(path), "event": event}) + "\n")
 
     def record(outcome: ImageOutcome) -> ImageOutcome:
         if outcome.status == "done":  # after every file is in place: a kill before this redoes the image
             row = {"input": _manifest_key(outcome.path), "files": [p.name for p in outcome.written],
-                   "settings": key}
+                   "settings": settings_id}
             with open(manifest, "a") as f:
                 f.write(json.dumps(row) + "\n")
+        elif outcome.status == "failed":  # "crashed" keeps it a suspect for the next run
+            note(outcome.path, "crashed" if outcome.process_died else "failed")
         return outcome
 
+    if suspects:  # each alone in a separate process, first: here it could take the whole run down again
+        import torch
+
+        threads = torch.get_num_threads()
+        for outcome in _one_at_a_time(suspects, _spawn_pools((model_spec, device, threads, job, int8_edges)), _work):
+            yield record(outcome)
     if not todo:  # nothing left: no model to load, no worker to start
         return
     workers = min(workers, len(todo))  # a process more than inputs would only load a model
@@ -594,7 +656,15 @@ def segment_files(
             model, _ = load_segmentation_model(model_spec, device, int8_edges)
         for path in todo:
             stage = None if on_stage is None else (lambda name, path=path: on_stage(path, name))
-            yield record(_segment_or_fail(path, model, job, stage))
+            # recorded before it starts: if this process is killed outright on this input (the
+            # out-of-memory killer), the next run knows it and segments it in a separate process
+            note(path, "started")
+            try:
+                outcome = _segment_or_fail(path, model, job, stage)
+            except BaseException:  # Ctrl-C (KeyboardInterrupt), SystemExit: this input did nothing wrong
+                note(path, "interrupted")
+                raise
+            yield record(outcome)
         return
     import torch
 
@@ -629,6 +699,18 @@ def _in_processes(paths: Iterable[Path], workers: int, initargs: tuple, *,
     Raises:
         WorkerStartError: a worker process stops before it is ready (while ``initializer`` runs).
     """
+    pool = _spawn_pools(initargs, initializer)
+    queue = iter(paths)
+    while True:
+        suspects = yield from _pool_run(pool(workers), queue, workers * (1 + _QUEUED_PER_WORKER), work)
+        if not suspects:
+            return
+        yield from _one_at_a_time(suspects, pool, work)
+
+
+def _spawn_pools(initargs: tuple, initializer: Callable[..., None] = _init_worker) -> Callable[[int], Any]:
+    """A maker of process pools of a given size whose processes are spawned and set up by
+    ``initializer(*initargs)``."""
     # imported here: a run in this process needs neither (multiprocessing is tens of ms of start-up)
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -639,12 +721,7 @@ def _in_processes(paths: Iterable[Path], workers: int, initargs: tuple, *,
     def pool(size: int) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(size, mp_context=context, initializer=initializer, initargs=initargs)
 
-    queue = iter(paths)
-    while True:
-        suspects = yield from _pool_run(pool(workers), queue, workers * (1 + _QUEUED_PER_WORKER), work)
-        if not suspects:
-            return
-        yield from _one_at_a_time(suspects, pool, work)
+    return pool
 
 
 def _pool_run(pool: Any, queue: Iterator[Path], limit: int,
@@ -707,7 +784,8 @@ def _one_at_a_time(paths: list[Path], pool: Callable[[int], Any],
                 current.shutdown(wait=True)
                 current = None
                 outcome = ImageOutcome(path, "failed", error=f"{path}: the worker process segmenting it ended "
-                                       "abruptly (killed for lack of memory, or crashed); the other inputs went on")
+                                       "abruptly (killed for lack of memory, or crashed); the other inputs went on",
+                                       process_died=True)
             yield outcome
     finally:
         if current is not None:

@@ -235,6 +235,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"model: {description}" + (f"; {workers} worker processes" if workers > 1 else ""), file=sys.stderr)
     if workers > 1:
         model = None  # each worker process loads its own
+    suspects = len(state.suspected(images))
+    if suspects and rank == 0:
+        print(f"ndd segment: {suspects} input(s) were being segmented when an earlier run into {args.out} was "
+              "killed (or their process died): each is segmented first, alone in a separate process",
+              file=sys.stderr)
     if state.redone and rank == 0:  # said once, before the work: outputs made another way are replaced, not kept
         print(f"ndd segment: {state.redone} input(s) completed earlier in {args.out} with other settings "
               f"({', '.join(state.changed)}) are segmented again", file=sys.stderr)
