@@ -430,6 +430,36 @@ def test_torchrun_ranks_write_each_output_once_and_a_bad_input_is_said_once(tmp_
         "img0.png", "img1.png", "img2.png", "img9.png"]
 
 
+def test_torchrun_over_two_nodes_shares_the_inputs_by_global_rank(tmp_path):
+    """Two torchrun launchers as two nodes of one process each (LOCAL_RANK 0 on both, RANK 0 and
+    1): each input is segmented once, by the rank whose share it is, and node 0 reports."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    photos(tmp_path / "in", 4)
+    out = tmp_path / "out"
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launchers = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}", "--nproc_per_node=1",
+         "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "ndd", "segment", str(tmp_path / "in"),
+         "--out", str(out), "--model", "handcrafted", "--format", "labels", "--levels", "2", "--device", "cpu",
+         "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for node in (0, 1)]
+    logs = [launcher.communicate(timeout=240)[1] for launcher in launchers]
+    assert [launcher.returncode for launcher in launchers] == [0, 0], logs
+    assert "ndd segment: 4 image(s) segmented, 0 failed" in logs[0] and "image(s) segmented" not in logs[1], logs
+    shares = {}
+    for rank in (0, 1):
+        rows = [json.loads(line) for line in (out / f".ndd-segment.rank{rank}.jsonl").read_text().splitlines()]
+        shares[rank] = sorted(Path(r["input"]).name for r in rows if "files" in r)
+    assert shares == {0: ["img0.png", "img2.png"], 1: ["img1.png", "img3.png"]}
+    assert sorted(p.name for p in out.glob("*.png")) == [f"img{i}_labels_002.png" for i in range(4)]
+
+
 def test_no_more_worker_processes_than_inputs_left(tmp_path, monkeypatch):
     import ndd.batch
 
