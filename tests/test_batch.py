@@ -419,6 +419,7 @@ def test_torchrun_ranks_write_each_output_once_and_a_bad_input_is_said_once(tmp_
            "--levels", "2", "--device", "cpu", "--no-progress"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
     said = [line for line in proc.stderr.splitlines() if line.startswith("ndd segment:")]
+    assert proc.returncode == 1  # an input failed, as in one process
     assert [line for line in said if "img9.png" in line] == [f"ndd segment: {tmp_path / 'in' / 'img9.png'}: "
                                                              "not an image file (or a format Pillow cannot read)"], said
     assert [line for line in said if "image(s) segmented" in line][0].startswith(

@@ -279,13 +279,14 @@ def run(args: argparse.Namespace) -> int:
 
         from ndd.train.distributed import shutdown_distributed
 
-        total = torch.tensor([counts["done"], counts["skipped"], counts["failed"]], dtype=torch.float64,
+        total = torch.tensor([counts["done"], counts["skipped"], counts["failed"], stopped], dtype=torch.float64,
                              device=info.device)
         torch.distributed.all_reduce(total)
-        counts = dict(zip(("done", "skipped", "failed"), (int(v) for v in total.tolist()), strict=True))
+        *summed, stops = (int(v) for v in total.tolist())
+        counts, stopped = dict(zip(("done", "skipped", "failed"), summed, strict=True)), stops > 0
         shutdown_distributed()
-        if rank != 0:
-            return 1 if counts["failed"] or stopped else 0
+        if rank != 0:  # rank 0 alone gives the run's exit status: a rank ending with 1 first makes
+            return 0   # torchrun stop the others, rank 0 perhaps before it has printed the totals
     for k, finest in sorted(missing.items()):  # once per run, not once per image
         print(f"ndd segment: level {k} skipped in {len(finest)} of {counts['done']} image(s): their hierarchies "
               f"have {min(finest)}-{max(finest)} segments at the finest", file=sys.stderr)
