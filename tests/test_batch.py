@@ -545,3 +545,22 @@ def test_suspects_are_the_inputs_whose_last_record_is_a_start_or_a_crash(tmp_pat
         row = {"input": keys[1], "files": ["img0_labels_002.png"], "settings": ndd.batch.settings_key(settings)}
         f.write(json.dumps(row) + "\n")
     assert resume_state(paths, job.out_dir, settings).suspects == frozenset([keys[2]])
+
+
+def test_an_input_is_recorded_by_its_resolved_path_and_a_new_working_directory_is_seen(tmp_path, monkeypatch):
+    """Inputs are keyed as ``str(Path.resolve())`` (through links, relative to the working
+    directory), resolved once per input but again after a change of directory."""
+    import os
+
+    from ndd.batch import _manifest_key
+
+    tmp_path = tmp_path.resolve()
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "p.png").write_bytes(b"")
+    os.symlink(tmp_path / "b", tmp_path / "link")
+    monkeypatch.chdir(tmp_path / "a")
+    assert _manifest_key(Path("p.png")) == str(Path("p.png").resolve()) == str(tmp_path / "a" / "p.png")
+    assert _manifest_key(Path("../link/p.png")) == str(tmp_path / "b" / "p.png")
+    monkeypatch.chdir(tmp_path / "b")
+    assert _manifest_key(Path("p.png")) == str(tmp_path / "b" / "p.png")
