@@ -13,7 +13,7 @@ from pathlib import Path
 
 import ndd.batch
 
-_segment_file = ndd.batch.segment_file
+_segment_file = ndd.batch.segment.segment_file
 
 
 def _segment_file_or_die(path, *args, **kwargs):
@@ -22,7 +22,7 @@ def _segment_file_or_die(path, *args, **kwargs):
     return _segment_file(path, *args, **kwargs)
 
 
-ndd.batch.segment_file = _segment_file_or_die
+ndd.batch.segment.segment_file = _segment_file_or_die
 
 if __name__ == "__main__":
     job = ndd.batch.SegmentJob(Path(sys.argv[1]), ("labels",), (2,))

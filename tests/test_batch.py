@@ -313,28 +313,29 @@ def test_run_settings_name_a_shipped_model_by_what_it_is():
 def test_a_worker_process_that_dies_fails_its_input_alone(tmp_path):
     from batch_workers import die_on_bomb, no_setup
 
-    from ndd.batch import _in_processes
+    from ndd.batch.pools import in_processes
+    from ndd.batch.segment import _died
 
     paths = [tmp_path / f"img{i}.png" for i in range(7)]
     paths.insert(3, tmp_path / "bomb.png")
-    outcomes = list(_in_processes(paths, 2, (), work=die_on_bomb, initializer=no_setup))
+    outcomes = list(in_processes(paths, 2, (), work=die_on_bomb, initializer=no_setup, died=_died))
     assert sorted(o.path for o in outcomes) == sorted(paths)  # each input once, none lost with the pool
     failed = [o for o in outcomes if o.status == "failed"]
     assert [o.path.name for o in failed] == ["bomb.png"]
-    assert "ended abruptly" in failed[0].error and "\n" not in failed[0].error
+    assert "ended abruptly" in failed[0].error and "\n" not in failed[0].error and failed[0].process_died
     assert {o.status for o in outcomes if o.path.name != "bomb.png"} == {"done"}
 
 
 def test_worker_processes_that_cannot_start_stop_the_run_with_one_message(tmp_path):
     from batch_workers import die_on_bomb, failing_setup
 
-    from ndd.batch import _in_processes
-
     from ndd.batch import WorkerStartError
+    from ndd.batch.pools import in_processes
 
     with pytest.raises(WorkerStartError, match="worker process stopped while starting"):
-        list(_in_processes([tmp_path / "a.png", tmp_path / "b.png"], 2, (), work=die_on_bomb,
-                           initializer=failing_setup))
+        list(in_processes([tmp_path / "a.png", tmp_path / "b.png"], 2, (), work=die_on_bomb,
+                          initializer=failing_setup,
+                          died=lambda path: pytest.fail(f"{path}: no input gets this far")))
 
 
 def test_a_pool_is_handed_a_bounded_number_of_inputs():
@@ -342,7 +343,8 @@ def test_a_pool_is_handed_a_bounded_number_of_inputs():
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from ndd.batch import ImageOutcome, _pool_run
+    from ndd.batch import ImageOutcome
+    from ndd.batch.pools import _pool_run
 
     release, pulled = threading.Event(), []
 
@@ -462,17 +464,17 @@ def test_torchrun_over_two_nodes_shares_the_inputs_by_global_rank(tmp_path):
 
 
 def test_no_more_worker_processes_than_inputs_left(tmp_path, monkeypatch):
-    import ndd.batch
+    import ndd.batch.pools
 
     paths = photos(tmp_path / "in", 2)
     job = SegmentJob(tmp_path / "out", ("labels",), (2,))
     model = SpecDiffNet(SpecDiffNetConfig.handcrafted()).eval()
     list(segment_files(paths[:1], job, model=model, model_spec="handcrafted"))
-    pools = []
-    monkeypatch.setattr(ndd.batch, "_in_processes", lambda todo, workers, *a, **k: pools.append(workers) or iter(()))
+    started = []
+    monkeypatch.setattr(ndd.batch.pools, "in_processes", lambda todo, workers, *a, **k: started.append(workers) or iter(()))
     # one input left of two: done in this process, no pool of 4 processes for it
     statuses = [o.status for o in segment_files(paths, job, model=model, model_spec="handcrafted", workers=4)]
-    assert sorted(statuses) == ["done", "skipped"] and pools == []
+    assert sorted(statuses) == ["done", "skipped"] and started == []
 
 
 def test_an_input_that_killed_its_process_is_segmented_alone_when_resumed(tmp_path):
@@ -517,7 +519,7 @@ def test_suspects_are_the_inputs_whose_last_record_is_a_start_or_a_crash(tmp_pat
     model = SpecDiffNet(SpecDiffNetConfig.handcrafted()).eval()
     job = SegmentJob(tmp_path / "out", ("labels",), (2,))
     settings = run_settings(job, "handcrafted")
-    real = ndd.batch.segment_file
+    real = ndd.batch.segment.segment_file
 
     def segment_file(path, *args, **kwargs):
         if path == paths[1]:
@@ -526,7 +528,7 @@ def test_suspects_are_the_inputs_whose_last_record_is_a_start_or_a_crash(tmp_pat
             raise RuntimeError("a bug of ours, on this image only")
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(ndd.batch, "segment_file", segment_file)
+    monkeypatch.setattr(ndd.batch.segment, "segment_file", segment_file)
     with pytest.raises(KeyboardInterrupt):
         list(segment_files(paths, job, model=model, model_spec="handcrafted"))
     keys = [str(p.resolve()) for p in paths]
@@ -540,7 +542,7 @@ def test_suspects_are_the_inputs_whose_last_record_is_a_start_or_a_crash(tmp_pat
     state = resume_state(paths, job.out_dir, settings)
     assert state.suspects == frozenset(keys[1:]) and state.suspected(paths) == paths[1:]
     assert state.pending(paths) == paths[1:]
-    monkeypatch.setattr(ndd.batch, "segment_file", real)
+    monkeypatch.setattr(ndd.batch.segment, "segment_file", real)
     with open(manifest, "a") as f:  # completed after all (e.g. by a run with more memory): no suspect any more
         row = {"input": keys[1], "files": ["img0_labels_002.png"], "settings": ndd.batch.settings_key(settings)}
         f.write(json.dumps(row) + "\n")
@@ -552,7 +554,7 @@ def test_an_input_is_recorded_by_its_resolved_path_and_a_new_working_directory_i
     directory), resolved once per input but again after a change of directory."""
     import os
 
-    from ndd.batch import _manifest_key
+    from ndd.batch.inputs import input_key
 
     tmp_path = tmp_path.resolve()
     for name in ("a", "b"):
@@ -560,7 +562,16 @@ def test_an_input_is_recorded_by_its_resolved_path_and_a_new_working_directory_i
         (tmp_path / name / "p.png").write_bytes(b"")
     os.symlink(tmp_path / "b", tmp_path / "link")
     monkeypatch.chdir(tmp_path / "a")
-    assert _manifest_key(Path("p.png")) == str(Path("p.png").resolve()) == str(tmp_path / "a" / "p.png")
-    assert _manifest_key(Path("../link/p.png")) == str(tmp_path / "b" / "p.png")
+    assert input_key(Path("p.png")) == str(Path("p.png").resolve()) == str(tmp_path / "a" / "p.png")
+    assert input_key(Path("../link/p.png")) == str(tmp_path / "b" / "p.png")
     monkeypatch.chdir(tmp_path / "b")
-    assert _manifest_key(Path("p.png")) == str(tmp_path / "b" / "p.png")
+    assert input_key(Path("p.png")) == str(tmp_path / "b" / "p.png")
+
+
+@pytest.mark.parametrize("module", ["inputs", "records", "segment"])
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(f"ndd.batch.{module}"), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0

@@ -182,7 +182,7 @@ def test_the_overlay_is_the_photo_with_boundaries(segment_run, photos):
 # -- rows 3, 4, 5: default levels, one long image shows progress, warnings beside the bar ------------ #
 WARN_AND_RUN = """
 import sys, warnings
-import ndd.batch as batch
+import ndd.batch.segment as batch
 from ndd.cli import main
 
 segment_file = batch.segment_file
