@@ -16,6 +16,7 @@ from pathlib import Path
 
 __all__ = ["IMAGE_SUFFIXES", "check_out_dir", "collect_inputs", "input_key", "make_out_dir"]
 
+
 #: Suffixes a folder given as input is searched for (case-insensitive).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"})
 

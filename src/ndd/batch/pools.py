@@ -14,8 +14,10 @@ from typing import Any, TypeVar
 
 __all__ = ["WorkerStartError", "in_processes", "one_at_a_time", "spawn_pools"]
 
+
 #: what ``work`` returns for an input
 Outcome = TypeVar("Outcome")
+
 
 class WorkerStartError(RuntimeError):
     """Worker processes stop before they are ready (while their ``initializer`` runs: for

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["EVENTS", "Manifest", "ResumeState", "changed_settings", "completed_inputs", "recorded_inputs",
            "resume_state", "run_settings", "settings_key"]
 
+
 _MANIFEST_GLOB = ".ndd-segment.rank*.jsonl"
 _MANIFEST_NAME = ".ndd-segment.rank{rank}.jsonl"
 _SETTINGS_FILE = ".ndd-segment.settings-{key}.json"

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # ndd.inference imports torch; this module is read before tor
 
 __all__ = ["ImageOutcome", "SegmentJob", "auto_levels", "default_workers", "segment_file", "segment_files"]
 
+
 @dataclass(frozen=True)
 class SegmentJob:
     """What to do with every image: where outputs go and how the hierarchy is built.
