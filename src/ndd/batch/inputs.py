@@ -139,10 +139,13 @@ def make_out_dir(out: Path) -> None:
 
 
 def input_key(path: str | os.PathLike[str]) -> str:
-    """The name runs record ``path`` under: what ``str(path.resolve())`` gives, at half its cost (43 against 79 us here), and resolved
-    once per input: a run looks each input up four times or more (the header check, the resume
-    state, its share, its record). Cached with the working directory, so a change of it is seen;
-    a link changed during the run is not (the record then names the input as it was)."""
+    """The name runs record ``path`` under: ``str(path.resolve())``.
+
+    At half the cost of ``Path.resolve`` (43 against 79 us here), and resolved once per input:
+    a run looks each input up four times or more (the header check, the resume state, its
+    share, its record). Cached with the working directory, so a change of it is seen; a link
+    changed during the run is not (the record then names the input as it was).
+    """
     return _resolved(os.getcwd(), os.fspath(path))
 
 
