@@ -229,8 +229,8 @@ def segment_files(
 
     Raises:
         ValueError: the output folder cannot be created (on the first ``next``).
-        WorkerStartError: with ``workers > 1``, worker processes stop while loading the model;
-            what was done before stays recorded.
+        WorkerStartError: worker processes (``workers > 1``, or the separate process of a
+            suspect) stop while loading the model; what was done before stays recorded.
     """
     make_out_dir(job.out_dir)
     if int8_edges is None:
