@@ -471,7 +471,8 @@ def test_no_more_worker_processes_than_inputs_left(tmp_path, monkeypatch):
     model = SpecDiffNet(SpecDiffNetConfig.handcrafted()).eval()
     list(segment_files(paths[:1], job, model=model, model_spec="handcrafted"))
     started = []
-    monkeypatch.setattr(ndd.batch.pools, "in_processes", lambda todo, workers, *a, **k: started.append(workers) or iter(()))
+    monkeypatch.setattr(ndd.batch.pools, "in_processes",
+                        lambda todo, workers, *a, **k: started.append(workers) or iter(()))
     # one input left of two: done in this process, no pool of 4 processes for it
     statuses = [o.status for o in segment_files(paths, job, model=model, model_spec="handcrafted", workers=4)]
     assert sorted(statuses) == ["done", "skipped"] and started == []

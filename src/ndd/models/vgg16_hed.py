@@ -180,11 +180,12 @@ class Vgg16HedBackbone(Backbone):
         Static post-training quantisation with PyTorch's x86 (fbgemm) kernels: each 3x3
         convolution + ReLU becomes PyTorch's int8 ``quantized.conv2d_relu`` with weights
         quantised per output channel (symmetric, :func:`quantize_weight_per_channel`) and its
-        output at the fixed ``(scale, zero_point)`` of ``qparams`` (from :func:`calibrate_int8`; default: the shipped table of the BSDS500 HED weights,
-        :func:`load_int8_qparams`). The 1x1 side outputs and the fusion stay float32. Used
-        when the input is on the CPU and no gradient is recorded; otherwise the float32
-        blocks run as before. About 2x faster on an AVX2 CPU (the edge map of a 321x481 image);
-        edge maps differ from float32 by up to about 0.1 (README: what that does to BSDS500).
+        output at the fixed ``(scale, zero_point)`` of ``qparams`` (from :func:`calibrate_int8`;
+        default: the shipped table of the BSDS500 HED weights, :func:`load_int8_qparams`). The
+        1x1 side outputs and the fusion stay float32. Used when the input is on the CPU and no
+        gradient is recorded; otherwise the float32 blocks run as before. About 2x faster on an
+        AVX2 CPU (the edge map of a 321x481 image); edge maps differ from float32 by up to about
+        0.1 (README: what that does to BSDS500).
 
         PyTorch 2.14 deprecates quantized tensors (torchao is the successor); this uses them.
 
@@ -328,7 +329,8 @@ def quantize_weight_per_channel(weight: Tensor) -> Tensor:
     shape = (-1,) + (1,) * (w.dim() - 1)
     values = torch.round(w * (1.0 / scale).view(shape)).clamp_(-128, 127).to(torch.int8)
     with _quantized_tensors():
-        return torch._make_per_channel_quantized_tensor(values, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
+        zero_points = torch.zeros_like(scale, dtype=torch.long)
+        return torch._make_per_channel_quantized_tensor(values, scale.double(), zero_points, 0)
 
 
 class _Int8Trunk:
