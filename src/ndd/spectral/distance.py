@@ -262,10 +262,15 @@ def diffusion(
         spectral_dtype: ``torch.float64`` (default), ``torch.float32``, or ``None``
             for ``W``'s own dtype (no cast).
         block_size, n_blocks: the ``"krylov"`` space (default :func:`krylov_size`).
-        U0: start block, ``(N, b)`` for ``"krylov"`` (default :func:`krylov_start`: cosines
-            on the grid of a banded ``W`` or of one recognised as banded, else seeded Gaussian columns) or
-            ``(N, Ne)`` for ``"subspace"`` (default :func:`initial_subspace`); e.g. the
-            previous training step's eigenvectors.
+        U0: start block, ``(N, b)`` for ``"krylov"`` (default: cosines on the grid of a banded
+            ``W`` or of one recognised as banded, else seeded Gaussian columns, :func:`krylov_start`,
+            and ``b // 4`` one-hot columns at the most isolated nodes) or ``(N, Ne)`` for
+            ``"subspace"`` (default :func:`initial_subspace`). The Krylov error bound was set
+            with the default start; measured on the shipped model's graphs (docs/eigensolver.md,
+            "Warm starts"): the leading eigenvectors of another image gain nothing, and those of
+            the same image's affinity under a slightly changed model, alone, halve the blocks
+            but let the bound pass errors of D up to 6.5e-3; half of them with half of the
+            default start kept every error under 3e-4 with a third fewer blocks.
         distance: ``False``: the eigenpairs alone, no gradient, ``distance`` ``None``; with
             ``n_eigs`` nothing of size ``N x N`` is formed (a large sparse graph fits).
         times: ``(t_min, t_max)``: make the ``"krylov"`` space deep enough for ``D_t`` at every
