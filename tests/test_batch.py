@@ -452,7 +452,12 @@ def test_torchrun_over_two_nodes_shares_the_inputs_by_global_rank(tmp_path):
          "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "ndd", "segment", str(tmp_path / "in"),
          "--out", str(out), "--model", "handcrafted", "--format", "labels", "--levels", "2", "--device", "cpu",
          "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for node in (0, 1)]
-    logs = [launcher.communicate(timeout=240)[1] for launcher in launchers]
+    try:
+        logs = [launcher.communicate(timeout=240)[1] for launcher in launchers]
+    finally:  # a rendezvous that never completes must not leave launchers behind
+        for launcher in launchers:
+            if launcher.poll() is None:
+                launcher.kill()
     assert [launcher.returncode for launcher in launchers] == [0, 0], logs
     assert "ndd segment: 4 image(s) segmented, 0 failed" in logs[0] and "image(s) segmented" not in logs[1], logs
     shares = {}
