@@ -74,6 +74,8 @@ def segment_file(path: Path, model: Any, job: SegmentJob,
     ``on_stage`` is called with ``"reading"``, ``"segmenting"`` and ``"writing"`` as each
     begins (a progress display for a long image).
     """
+    import torch
+
     from ndd import io
     from ndd.inference import segment_image
 
@@ -94,8 +96,11 @@ def segment_file(path: Path, model: Any, job: SegmentJob,
     if on_stage is not None:
         on_stage("writing")
     try:
+        # the files compress on as many threads as the network ran on (--threads): one core's
+        # worth per worker process, both cores for one process on this 2-core machine
         written = io.write_segmentation(job.out_dir, path.stem, picture, result.level_maps(counts), result.to_ucm2,
-                                        job.formats, edges=result.edge_map if result.edges is not None else None)
+                                        job.formats, edges=result.edge_map if result.edges is not None else None,
+                                        threads=torch.get_num_threads())
     except OSError as err:  # a full disk, a folder removed meanwhile: this image fails, the run goes on
         return ImageOutcome(path, "failed", error=f"{path}: cannot write its outputs to {job.out_dir} "
                                                   f"({err.strerror or err})")
