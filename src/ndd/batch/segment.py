@@ -96,11 +96,13 @@ def segment_file(path: Path, model: Any, job: SegmentJob,
     if on_stage is not None:
         on_stage("writing")
     try:
-        # the files compress on as many threads as the network ran on (--threads): one core's
-        # worth per worker process, both cores for one process on this 2-core machine
+        # the files compress on as many threads as the network ran on (--threads): one per worker
+        # process, both cores for one process on a 2-core machine; at most 4 (an image has a
+        # dozen files, and each pending one holds a picture: a GPU machine's 16 threads would
+        # hold 32)
         written = io.write_segmentation(job.out_dir, path.stem, picture, result.level_maps(counts), result.to_ucm2,
                                         job.formats, edges=result.edge_map if result.edges is not None else None,
-                                        threads=torch.get_num_threads())
+                                        threads=min(4, torch.get_num_threads()))
     except OSError as err:  # a full disk, a folder removed meanwhile: this image fails, the run goes on
         return ImageOutcome(path, "failed", error=f"{path}: cannot write its outputs to {job.out_dir} "
                                                   f"({err.strerror or err})")
