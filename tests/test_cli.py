@@ -45,6 +45,28 @@ def test_help_of_every_subcommand_imports_no_torch():
     assert done.stdout.split()[-2:] == [str(1 + len(SUBCOMMANDS)), "False"]
 
 
+def test_the_command_exits_with_mains_status_and_only_the_command_freezes_objects(tmp_path, capsys):
+    """``python -m ndd`` (the ``ndd`` script's :func:`console_main`) exits with :func:`main`'s status
+    after freezing every object (its shutdown then skips taking them apart); :func:`main` called
+    from Python freezes nothing: a frozen object is never collected, so a notebook or this test
+    process calling it would keep every cycle it made from then on."""
+    import gc
+
+    missing = tmp_path / "missing.jpg"
+    for argv, status in ((["--version"], 0), (["segment", str(missing), "--out", str(tmp_path / "o")], 2)):
+        done = subprocess.run([sys.executable, "-m", "ndd", *argv], capture_output=True, text=True, timeout=120)
+        assert done.returncode == status, done.stderr
+    script = ("import atexit, gc, sys\nfrom ndd.cli import console_main\n"
+              f"sys.argv = ['ndd', 'segment', {str(missing)!r}, '--out', {str(tmp_path / 'o')!r}]\n"
+              "atexit.register(lambda: print('frozen', gc.get_freeze_count() > 0))\nconsole_main()\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout.split()[-2:] == ["frozen", "True"], done.stdout + done.stderr
+    before = gc.get_freeze_count()
+    assert main(["segment", str(missing), "--out", str(tmp_path / "o")]) == 2
+    assert gc.get_freeze_count() == before == 0
+    capsys.readouterr()
+
+
 def test_segment_end_to_end_and_bad_inputs(tmp_path, capsys):
     good = write_photo(tmp_path / "photo.png")
     grey = tmp_path / "grey.png"

@@ -1,5 +1,3 @@
-import sys
+from ndd.cli import console_main
 
-from ndd.cli import main
-
-sys.exit(main())
+console_main()
