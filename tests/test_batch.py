@@ -326,6 +326,21 @@ def test_a_worker_process_that_dies_fails_its_input_alone(tmp_path):
     assert {o.status for o in outcomes if o.path.name != "bomb.png"} == {"done"}
 
 
+def test_a_worker_freezes_what_its_set_up_made(tmp_path):
+    """The model and modules of a worker process are frozen once it is set up (``gc.freeze``):
+    its exit at the end of a run does not take them apart one by one (about 0.4 s the run waited)."""
+    from batch_workers import report_frozen
+
+    from ndd.batch import SegmentJob
+    from ndd.batch.pools import in_processes
+    from ndd.batch.segment import _died, _init_worker
+
+    job = SegmentJob(tmp_path, ("ucm2",), None)
+    outcomes = list(in_processes([tmp_path / "a.png"], 1, ("handcrafted", "cpu", 1, job, False), work=report_frozen,
+                                 initializer=_init_worker, died=_died))
+    assert [o.finest for o in outcomes] == [1]
+
+
 def test_worker_processes_that_cannot_start_stop_the_run_with_one_message(tmp_path):
     from batch_workers import die_on_bomb, failing_setup
 
