@@ -84,6 +84,9 @@ def test_write_segmentation_writes_the_same_files_on_background_threads(tmp_path
         assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written)  # nothing else, no .partial-
         outputs[threads] = [(p.name, p.read_bytes()) for p in written]
     assert len(outputs[1]) == 3 * 3 + 3 and outputs[1] == outputs[3]
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        io.write_segmentation(tmp_path / "none", "x", image, levels, ucm2, ["labels"], threads=0)
+    assert not (tmp_path / "none").exists()  # checked before anything is made
 
 
 def test_file_writers_hold_at_most_twice_their_threads_pending(tmp_path: Path) -> None:

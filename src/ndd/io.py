@@ -243,6 +243,8 @@ def write_segmentation(
         raise ValueError("format 'ucm2' needs the ucm2 map")
     if "edges" in formats and edges is None:
         raise ValueError("format 'edges' needs the edge map (a model with an edge detector)")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
