@@ -501,7 +501,8 @@ def test_no_more_worker_processes_than_inputs_left(tmp_path, monkeypatch):
 def test_an_input_that_killed_its_process_is_segmented_alone_when_resumed(tmp_path):
     """One process killed outright on an input (the out-of-memory killer, as ``os._exit``): the
     resumed run segments that input alone in a separate process, which it kills again, and the
-    run itself goes on and finishes; it stays a suspect for the runs after."""
+    run itself goes on and finishes; it stays a suspect for the runs after, ``--no-resume``
+    ones included."""
     import os
     import shutil
     import subprocess
@@ -515,8 +516,9 @@ def test_an_input_that_killed_its_process_is_segmented_alone_when_resumed(tmp_pa
               str(paths[0]), str(bomb), str(paths[1])]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
-    def run():
-        return subprocess.run(driver, capture_output=True, text=True, timeout=240, env=env)
+    def run(*options):
+        return subprocess.run(driver[:2] + list(options) + driver[2:], capture_output=True, text=True,
+                              timeout=240, env=env)
 
     first = run()
     assert first.returncode == 9 and first.stdout.split() == ["done", "img0.png"], first.stderr
@@ -526,8 +528,12 @@ def test_an_input_that_killed_its_process_is_segmented_alone_when_resumed(tmp_pa
     assert (out / "img1_labels_002.png").is_file() and not list(out.glob("bomb*"))
     third = run()
     assert third.stdout.splitlines() == ["skipped img0.png", "skipped img1.png", "failed bomb.png"]
+    fourth = run("--no-resume")  # every input again, but the bomb still alone: it cannot kill this run
+    assert fourth.returncode == 0, fourth.stderr
+    assert fourth.stdout.splitlines() == ["failed bomb.png", "done img0.png", "done img1.png"]
     rows = [json.loads(line) for line in (out / ".ndd-segment.rank0.jsonl").read_text().splitlines()]
-    assert [r["event"] for r in rows if Path(r["input"]).name == "bomb.png"] == ["started", "crashed", "crashed"]
+    assert [r["event"] for r in rows if Path(r["input"]).name == "bomb.png"] == ["started", "crashed", "crashed",
+                                                                                 "crashed"]
 
 
 def test_suspects_are_the_inputs_whose_last_record_is_a_start_or_a_crash(tmp_path, monkeypatch):

@@ -241,6 +241,12 @@ class ResumeState(NamedTuple):
         """``paths`` that are :attr:`suspects` (segmented alone in a separate process)."""
         return [p for p in paths if input_key(p) in self.suspects] if self.suspects else []
 
+    def redo_all(self) -> ResumeState:
+        """This state for a run that redoes every input (``--no-resume``): nothing counts as
+        completed, but the :attr:`suspects` are kept, so an input that killed a process is still
+        segmented alone and cannot kill the new run too."""
+        return self._replace(completed={}, redone=0, changed=[])
+
 
 def resume_state(paths: Sequence[Path], out_dir: str | os.PathLike[str], settings: dict[str, Any]) -> ResumeState:
     """One read of ``out_dir``'s records: :func:`completed_inputs` with ``settings`` and

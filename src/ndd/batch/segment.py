@@ -227,11 +227,11 @@ def segment_files(
             (e.g. killed for memory) is a ``"failed"`` outcome, the others are still segmented.
         resume: skip inputs that an earlier run into the same folder completed with the same
             :func:`run_settings` (``model_spec`` names the model there, also when ``model`` is
-            given); and segment first, each alone in a separate process that loads
-            ``model_spec`` (as a worker does), the inputs an earlier run was segmenting in
-            this process when it was killed outright, or whose worker process died
-            (:attr:`ResumeState.suspects`): one that kills its process again is a ``"failed"``
-            outcome, and the run goes on.
+            given); ``False`` redoes them. Either way the inputs an earlier run was segmenting
+            in this process when it was killed outright, or whose worker process died
+            (:attr:`ResumeState.suspects`), are segmented first, each alone in a separate
+            process that loads ``model_spec`` (as a worker does): one that kills its process
+            again is a ``"failed"`` outcome, and the run goes on.
         rank, world_size: this process's share of ``paths`` (``torchrun``: ``RANK``,
             ``WORLD_SIZE``): inputs ``rank, rank + world_size, ...``.
         on_stage: with ``workers == 1``, called as ``on_stage(path, stage)`` when each stage
@@ -251,10 +251,10 @@ def segment_files(
         int8_edges = resolve_int8_edges(model_spec, device)
     share = list(paths)[rank::world_size]
     settings = run_settings(job, model_spec, int8_edges) if state is None else state.settings
-    if not resume:
-        state = ResumeState(settings, {}, 0, [])
-    elif state is None:
+    if state is None:
         state = resume_state([], job.out_dir, settings)
+    if not resume:
+        state = state.redo_all()
     done = state.completed
     todo, suspects = [], []
     for path in share:

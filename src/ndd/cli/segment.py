@@ -128,7 +128,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from ndd.batch import (
         SegmentJob,
-        ResumeState,
         WorkerStartError,
         check_out_dir,
         collect_inputs,
@@ -205,7 +204,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"ndd segment: {err}", file=sys.stderr)
         return 2
     settings = run_settings(job, args.model, int8_edges)
-    state = resume_state(images, args.out, settings) if args.resume else ResumeState(settings, {}, 0, [])
+    state = resume_state(images, args.out, settings)
+    if not args.resume:  # every input again, but one that killed a process is still run alone
+        state = state.redo_all()
     pending = len(state.pending(images[rank::world]))
     model = None
     if pending:  # a finished run re-run loads nothing
