@@ -115,3 +115,21 @@ def test_symmetric_normalize_in_a_wider_dtype_equals_normalising_the_cast_affini
                                         * probe).sum(), cast)
     assert grad.dtype == torch.float32
     torch.testing.assert_close(grad, reference.float(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_symmetry_comparison_by_bits_then_by_tolerance(dtype):
+    """``_close`` (the symmetry checks' comparison) first compares bits (NumPy's integer loop), then
+    falls back to the tolerance test: ``-0.0`` against ``0.0`` and rounding-size differences
+    pass, a real difference does not."""
+    from ndd.spectral.affinity import _close, _same_bits
+
+    a = torch.rand(1000, generator=torch.Generator().manual_seed(0)).to(dtype)
+    assert _same_bits(a, a.clone()) and _close(a, a.clone())
+    b = a.clone()
+    b[0], a[0] = -0.0, 0.0
+    assert not _same_bits(a, b) and _close(a, b)
+    b[1] = a[1] * (1 + 2e-5)
+    assert _close(a.float(), b.float())  # within 1e-4 relative
+    b[2] = a[2] + 0.5
+    assert not _close(a, b) and not _same_bits(a, b)

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from .affinity import (
-    BandedAffinity, _affinity_values, _check_entries, _close, _neighbour_index, _normalized_by, _validate_affinity,
-    degree,
+    _SAME_WIDTH_INT, BandedAffinity, _affinity_values, _check_entries, _close, _neighbour_index, _normalized_by,
+    _validate_affinity, degree,
 )
 from .operators import _DensePattern, _Operator, _SparseOperator
 
@@ -53,10 +53,6 @@ def _dense_pattern(W: Tensor, max_density: float | None = None) -> _DensePattern
     offsets = torch.zeros(batch * n + 1, dtype=torch.int64, device=index.device)
     offsets[1:] = counts.cumsum(0)
     return _DensePattern(index, transpose, rows, cols, offsets, offsets.int(), cols.int())
-
-
-_SAME_WIDTH_INT = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16,
-                   torch.bfloat16: torch.int16}
 
 
 def _count_set(values: Tensor) -> int:
