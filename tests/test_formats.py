@@ -283,6 +283,11 @@ def test_read_rgb_png(tmp_path: Path) -> None:
     img = read_image(tmp_path / "a.png")
     _check(img)
     assert np.allclose(img, RGB / 255.0)
+    # exactly the float32 quotient, every byte value (the network's input, and so every output,
+    # depends on these bits; multiplying by 1/255 would move some by one unit)
+    every = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)
+    Image.fromarray(every).save(tmp_path / "all.png")
+    assert np.array_equal(read_image(tmp_path / "all.png"), every.astype(np.float32) / np.float32(255))
 
 
 def test_read_grey_png(tmp_path: Path) -> None:
