@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU figure the README asks for, in one prepared run of about 6 minutes, for a session
+# Every GPU figure the README asks for, in one prepared run of about 7 minutes, for a session
 # that is lent a CUDA machine (15 minutes of device time in all, the machine's start included).
 #
 # Prepare here (the images are git-ignored, so they travel only when carried):
@@ -37,11 +37,15 @@ step spectral 150 "$PY" benchmarks/bench_spectral.py --device "$DEVICE" --repeat
 if [ -d "$IMAGES" ]; then
     step segment_image 150 "$PY" benchmarks/bench_segment.py --devices "$DEVICE" --count "$COUNT" --images "$IMAGES"
     # the whole command over a folder, one process, then as a torchrun rank (the multi-GPU path)
-    step segment_command 120 bash -c "
+    # then every default output (pictures too), their files compressed on up to 4 threads and, with
+    # --threads 1, one after the other: how much of a GPU run the writing is
+    step segment_command 180 bash -c "
         time '$PY' -m ndd segment '$IMAGES' --out '$work/one' --device '$DEVICE' --format ucm2 --no-progress
         time '$PY' -m torch.distributed.run --standalone --nproc_per_node=1 -m ndd segment '$IMAGES' \
             --out '$work/ranks' --device '$DEVICE' --format ucm2 --no-progress
-        cmp -s <(cd '$work/one' && ls *.mat) <(cd '$work/ranks' && ls *.mat) && echo 'same outputs written by both'"
+        cmp -s <(cd '$work/one' && ls *.mat) <(cd '$work/ranks' && ls *.mat) && echo 'same outputs written by both'
+        time '$PY' -m ndd segment '$IMAGES' --out '$work/pictures' --device '$DEVICE' --no-progress
+        time '$PY' -m ndd segment '$IMAGES' --out '$work/pictures1' --device '$DEVICE' --threads 1 --no-progress"
 else
     echo "== $IMAGES is missing (see the top of this script): segment steps skipped"
 fi
