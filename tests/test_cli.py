@@ -139,6 +139,21 @@ def test_device_names_are_checked_without_torch():
             check_device_name(bad)
 
 
+def test_usable_cores_are_this_process_affinity(monkeypatch):
+    """One owner for the cores ndd may use (worker processes, writing threads): the affinity
+    mask where the system has one, else the CPU count."""
+    import os
+
+    from ndd.device import usable_cores
+
+    assert 1 <= usable_cores() <= (os.cpu_count() or 1)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert usable_cores() == 1
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert usable_cores() == 6
+
+
 def test_segment_checks_inputs_device_and_model_before_any_work(tmp_path, capsys):
     """Each mistake: exit 2, one line on stderr naming it, no traceback, no --out folder left behind."""
     photo = write_photo(tmp_path / "p.png")

@@ -6,17 +6,25 @@ imports torch, seconds); :func:`resolve_device` also checks the device exists.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DEVICE_NAMES", "check_device_name", "resolve_device"]
+__all__ = ["DEVICE_NAMES", "check_device_name", "resolve_device", "usable_cores"]
 
 #: What ``device`` may be, for messages.
 DEVICE_NAMES = "auto, cpu, cuda, cuda:N or mps"
 _PATTERN = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its CPU affinity where the system has one), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def check_device_name(name: str) -> str:

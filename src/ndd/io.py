@@ -21,6 +21,7 @@ from types import TracebackType
 import numpy as np
 from PIL import Image
 
+from ndd.device import usable_cores
 # the file formats live in ndd.formats; their names stay importable from here
 from ndd.formats.bsds import read_ucm2, write_segs, write_ucm2
 from ndd.formats.edges import write_edge_map
@@ -253,7 +254,7 @@ def write_segmentation(
     # each level is read once (a lazy mapping computes it on access): the strip keeps its small copy
     strip_size = _strip_size(image.shape[:2], _STRIP_MAX_HEIGHT) if "strip" in formats else None
     strip_levels: dict[int, np.ndarray] = {}
-    with _FileWriters(_default_threads() if threads is None else threads) as files:
+    with _FileWriters(min(4, usable_cores()) if threads is None else threads) as files:
         for k in sorted(levels) if per_level or strip_size is not None else []:
             labels = levels[k]
             painted = None  # labels at the image size and their boundaries, shared by overlay and mean
@@ -293,12 +294,6 @@ def write_segmentation(
 
 
 # --------------------------------------------------------------------------- helpers
-def _default_threads(most: int = 4) -> int:
-    """The cores this process may use (its CPU affinity), at most ``most``."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, most))
-
-
 class _FileWriters:
     """Writes files, each under a temporary name renamed when whole (:func:`_atomically`), on
     up to ``threads`` background threads.

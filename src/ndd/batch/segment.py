@@ -6,7 +6,6 @@ collection (:func:`segment_files`) in this process, in worker processes or as on
 from __future__ import annotations
 
 import gc
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -130,7 +129,9 @@ def default_workers(n_images: int, device: str = "cpu", threads: int | None = No
     if n_images < 2 or not str(device).startswith("cpu"):
         return 1
     if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        from ndd.device import usable_cores
+
+        cores = usable_cores()
     return max(1, min(n_images, cores // max(1, threads or 1), most))
 
 
