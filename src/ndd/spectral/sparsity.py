@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .affinity import (
-    _SAME_WIDTH_INT, BandedAffinity, _affinity_values, _check_entries, _close, _neighbour_index, _normalized_by,
+    BandedAffinity, _affinity_values, _bits, _check_entries, _close, _neighbour_index, _normalized_by,
     _validate_affinity, degree,
 )
 from .operators import _DensePattern, _Operator, _SparseOperator
@@ -64,10 +64,8 @@ def _count_set(values: Tensor) -> int:
     ``-0.0`` inside the windows is counted on both sides and one outside them only makes it
     fall back to the general path.
     """
-    values = values.detach()
-    if values.device.type == "cpu" and values.dtype in _SAME_WIDTH_INT:
-        return int(np.count_nonzero(values.contiguous().view(_SAME_WIDTH_INT[values.dtype]).numpy()))
-    return int(torch.count_nonzero(values))
+    bits = _bits(values)
+    return int(np.count_nonzero(bits)) if bits is not None else int(torch.count_nonzero(values.detach()))
 
 
 def _grid_from_offsets(offsets: list[int], n: int) -> tuple[int, int, int] | None:
