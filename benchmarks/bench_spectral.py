@@ -216,7 +216,8 @@ def solver_breakdown(graphs: dict[str, object], t: float, n_eigs: int, repeats: 
               (krylov, "_block_krylov", "Krylov run (all below)"),
               (operators._Operator, "__call__", "  products by S (banded, CSR)"),
               (operators._SparseOperator, "__call__", "  products by S (banded, CSR)"),
-              (torch.linalg, "qr", "  Householder QRs"),
+              (torch.linalg, "qr", "  QRs (Householder, Cholesky)"),
+              (krylov, "_cholesky_qr", "  QRs (Householder, Cholesky)"),
               (krylov, "_ritz_eigh", "eigh of H"),
               (distance, "_assemble_distance", "assembly of D")]
     print(f"\nwhere the default solver's time goes (best of {repeats} runs, stage times of the fastest):")
@@ -236,12 +237,12 @@ def solver_breakdown(graphs: dict[str, object], t: float, n_eigs: int, repeats: 
                     log["total"] = time.perf_counter() - start
                 runs.append(log)
             log = min(runs[1:], key=lambda r: r["total"])  # the first run warms up
-            inner = log.get("  products by S (banded, CSR)", 0.0) + log.get("  Householder QRs", 0.0)
+            inner = log.get("  products by S (banded, CSR)", 0.0) + log.get("  QRs (Householder, Cholesky)", 0.0)
             log["  Gram-Schmidt and the rest of the run"] = log["Krylov run (all below)"] - inner
             log["Ritz vectors, bookkeeping"] = log["total"] - sum(
                 log.get(key, 0.0) for key in dict.fromkeys(k for _, _, k in stages) if not key.startswith("  "))
             keys = list(dict.fromkeys(k for _, _, k in stages))
-            keys[keys.index("  Householder QRs") + 1:1 + keys.index("  Householder QRs")] = [
+            keys[keys.index("  QRs (Householder, Cholesky)") + 1:1 + keys.index("  QRs (Householder, Cholesky)")] = [
                 "  Gram-Schmidt and the rest of the run"]
             parts = ", ".join(f"{key.strip()} {log.get(key, 0.0) * 1e3:.1f}" for key in keys + ["Ritz vectors, bookkeeping"])
             print(f"  {name} {form}: total {log['total'] * 1e3:.1f} ms = {parts} ms")

@@ -297,17 +297,21 @@ def test_ritz_distance_truncation_gradcheck():
     g = torch.Generator().manual_seed(9)
     Q, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64, generator=g))
     H0 = (Q * torch.tensor([0.9, 0.9, -0.7, 0.5, 0.2, 0.1], dtype=torch.float64)) @ Q.T
-    C = torch.randn(1, 10, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    U = torch.randn(1, 10, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    scale = torch.rand(1, 10, dtype=torch.float64, generator=g).add(0.5).requires_grad_()
     B = torch.zeros(1, 6, 6, dtype=torch.float64, requires_grad=True)
     t = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
 
-    def fn(C, B, t):
+    def fn(U, scale, B, t):
         H = H0 + 0.5 * (B + B.transpose(-1, -2))
-        return spectral.distance._RitzDistance.apply(C, H, t, 4, torch.float64)[0]
+        return spectral.distance._RitzDistance.apply(U, scale, H, t, 4, torch.float64)[0]
 
-    assert torch.autograd.gradcheck(fn, (C, B, t))
-    # k = 4 keeps 0.9, 0.9, -0.7, 0.5: D is the Eq. 4 sum over exactly those
-    D, theta, X = spectral.distance._RitzDistance.apply(C, H0[None], t, 4, torch.float64)
+    assert torch.autograd.gradcheck(fn, (U, scale, B, t))
+    # k = 4 keeps 0.9, 0.9, -0.7, 0.5: D is the Eq. 4 sum over exactly those, with C = scale U
+    D, theta, X = spectral.distance._RitzDistance.apply(U, scale, H0[None], t, 4, torch.float64)
+    _, Y = torch.linalg.eigh(H0)  # eigenvalues -0.7, 0.1, 0.2, 0.5, 0.9, 0.9: columns 0, 3, 4, 5 kept
+    CY = (scale.unsqueeze(-1) * U) @ Y[:, [0, 3, 4, 5]]
+    assert torch.allclose(X @ X.mT, CY @ CY.mT, atol=1e-12)
     assert torch.allclose(theta.abs().sort().values, torch.tensor([[0.5, 0.7, 0.9, 0.9]], dtype=torch.float64))
     weights = theta.square() ** t
     assert torch.allclose(D[0], ((X[0, :, None] - X[0, None]).square() * weights[0]).sum(-1), atol=1e-12)

@@ -36,7 +36,9 @@ def test_dense_banded_W_gives_the_banded_result_without_dense_products(monkeypat
     monkeypatch.setattr(spectral.sparsity, "_as_banded", lambda W: None)
     start = spectral.krylov_start(288, 8, (16, 18), torch.float64)
     from_csr = spectral.diffusion(dense, 5.0, n_eigs=12, U0=start)
-    assert rel(from_csr.distance, spectral.diffusion(band, 5.0, n_eigs=12, U0=start).distance) < 1e-12
+    # (to rounding: in float64 the band's S is applied as two scalings around W's product, the
+    # CSR operator holds S's entries; measured 1.7e-12)
+    assert rel(from_csr.distance, spectral.diffusion(band, 5.0, n_eigs=12, U0=start).distance) < 1e-10
     assert rel(spectral.diffusion_distance(dense, 5.0, n_eigs=12), reference) < 1e-5  # measured 1.9e-6
     # the subspace solver through the non-zeros too
     assert rel(spectral.diffusion_distance(dense, 5.0, n_eigs=12, solver="subspace", n_power=40), reference) < 1e-4
@@ -78,7 +80,8 @@ def test_grid_affinity_given_dense_or_sparse_is_recognised_as_its_band(h, w, win
         parts = torch.stack([share, 1 - share], -1).mul(csr.values()[:, None]).reshape(-1)
         twice = torch.sparse_csr_tensor(2 * csr.crow_indices(), csr.col_indices().repeat_interleave(2), parts, csr.shape,
                                         check_invariants=False)  # repeated columns, on purpose
-        assert rel(spectral.diffusion_distance(twice, 5.0, n_eigs=12), want.distance[0]) < 1e-12
+        # (to rounding: the halves' sums differ in the last bit; measured up to 1.9e-11)
+        assert rel(spectral.diffusion_distance(twice, 5.0, n_eigs=12), want.distance[0]) < 1e-10
     if h > window:  # column-major node order: the same graph on the transposed (w x h) grid
         order = torch.arange(h * w).view(h, w).T.reshape(-1)
         transposed = spectral.sparsity._as_banded(dense[:, order][:, :, order])

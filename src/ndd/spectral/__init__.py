@@ -80,8 +80,8 @@ from .distance import (
     distance_from_embedding,
 )
 from .krylov import (
-    EXACT_MAX_NODES, KRYLOV_FIRST_DEPTH, KRYLOV_MAX_BASIS, KRYLOV_MAX_RESTARTS, KRYLOV_RESTART_BLOCKS, KRYLOV_TOLERANCE,
-    block_krylov, krylov_size, krylov_start,
+    EXACT_MAX_NODES, KRYLOV_FIRST_DEPTH, KRYLOV_MAX_BASIS, KRYLOV_MAX_RESTARTS, KRYLOV_ORTHOGONALITY,
+    KRYLOV_RESTART_BLOCKS, KRYLOV_TOLERANCE, block_krylov, krylov_size, krylov_start,
 )
 from .legacy import legacy_diffusion_distance
 from .matrix_function import spectral_power

@@ -180,26 +180,47 @@ class _SparseOperator:
 
 
 class _Operator:
-    """``X -> A X`` for a dense ``(B, N, N)`` or banded operator (CSR values gathered once)."""
+    """``X -> A X`` for a dense ``(B, N, N)`` or banded operator (CSR values gathered once).
 
-    def __init__(self, A: Tensor | BandedAffinity):
+    With ``scale`` ``(B, N)`` (banded ``A`` only) the operator is ``diag(scale) A diag(scale)``:
+    ``S = D^-1/2 W D^-1/2`` from ``W``'s band and ``d^-1/2``, applied as two row scalings around
+    the product by ``W`` and never formed, in ``scale``'s dtype. Measured (N = 2501, K = 289, one
+    thread, float64 from a float32 ``W``): the product costs the same (1.72 against 1.74 ms) and
+    preparing it 0.73 ms against 2.16 for building ``S``'s band, its CSR values and ``(S^2)_ii``.
+    """
+
+    def __init__(self, A: Tensor | BandedAffinity, scale: Tensor | None = None):
+        self.scale = scale
         if isinstance(A, BandedAffinity):
             self.batch, self.n = A.weights.shape[:2]
             self.banded = A
+            self.dtype = A.weights.dtype if scale is None else scale.dtype
             _, _, take, self._transpose_take = _csr_pattern(*A.grid_shape, A.window, self.batch, A.weights.device)
-            self.values = A.weights.reshape(-1).index_select(0, take)  # ~2x faster than [take]
+            self.values = A.weights.reshape(-1).index_select(0, take).to(self.dtype)  # ~2x faster than [take]
             self._values_t: Tensor | None = None
         else:
+            if scale is not None:
+                raise ValueError("a scaled operator needs a banded A")
             self.batch, self.n = A.shape[0], A.shape[1]
             self.banded = None
             self.dense = A
 
     def to_dense(self) -> Tensor:
         """``A`` as a dense ``(B, N, N)`` tensor (differentiable)."""
-        return self.dense if self.banded is None else self.banded.to_dense()
+        if self.banded is None:
+            return self.dense
+        if self.scale is None:
+            return self.banded.to_dense()
+        s = self.scale
+        return s.unsqueeze(-1) * self.banded.to_dense().to(self.dtype) * s.unsqueeze(-2)
 
     def squared_row_norms(self) -> Tensor:
         """``(A^2)_ii = sum_j A_ij^2`` ``(B, N)`` of a symmetric ``A``, see :func:`_spike_columns`."""
+        if self.scale is not None:  # s_i^2 sum_j W_ij^2 s_j^2: one CSR product by the squared entries
+            s2 = self.scale.detach().square()
+            crow, col, _, _ = _csr_pattern(*self.banded.grid_shape, self.banded.window, self.batch, s2.device)
+            sums = torch.mv(_csr(self.values.detach().square(), crow, col, self.batch * self.n), s2.reshape(-1))
+            return s2 * sums.view(self.batch, self.n)  # (mv: 0.27 ms, mm on one column 0.59)
         entries = self.dense if self.banded is None else self.banded.weights
         # no squared copy of the entries (a fresh N x K or N x N tensor: page faults)
         return torch.linalg.vector_norm(entries.detach(), dim=-1).square()
@@ -208,14 +229,16 @@ class _Operator:
         if self.banded is None:
             return self.dense @ X
         A = self.banded
-        X = X.expand(self.batch, self.n, X.shape[-1]).contiguous()
+        X = X.expand(self.batch, self.n, X.shape[-1])
+        X = (X * self.scale.unsqueeze(-1) if self.scale is not None else X).contiguous()
         if torch.is_grad_enabled() and (X.requires_grad or self.values.requires_grad):
             if self._values_t is None:  # the transpose's values: only a backward needs them
-                self._values_t = A.weights.detach().reshape(-1).index_select(0, self._transpose_take)
+                self._values_t = A.weights.detach().reshape(-1).index_select(0, self._transpose_take).to(self.dtype)
             values_t = self._values_t
         else:
             values_t = self.values.new_empty(0)
-        return _BandedMatmul.apply(self.values, values_t, X, A.grid_shape, A.window)
+        Y = _BandedMatmul.apply(self.values, values_t, X, A.grid_shape, A.window)
+        return Y * self.scale.unsqueeze(-1) if self.scale is not None else Y
 
 
 def apply_operator(A: Tensor | BandedAffinity, X: Tensor) -> Tensor:
