@@ -212,14 +212,14 @@ def diffusion(
     paper's procedure with its knobs, else ``"krylov"``):
 
     * ``"krylov"``: block Lanczos (:func:`block_krylov`, ``n_blocks`` products on
-      ``block_size`` columns, default :func:`krylov_size`: 16 columns for ``Ne = 50``, 8 to
-      27 products on the shipped models' graphs, against 2 x 20 x 50 for the paper's
+      ``block_size`` columns, default :func:`krylov_size`: 12 columns for ``Ne = 50``, 15 to
+      33 products on the shipped model's graphs, against 2 x 20 x 50 for the paper's
       settings) from smooth start columns and one-hot columns at the most isolated nodes,
       then Rayleigh-Ritz keeping the ``Ne`` Ritz pairs of largest modulus; as accurate or
       more (see the README). Each Ritz pair's residual is known at no cost from the last
       Krylov block; while the residuals weighted by the slope of ``f`` exceed
-      :data:`KRYLOV_TOLERANCE` the space is made deeper, going on from the last one (8, 12,
-      18, 27, ... blocks; not when ``n_blocks`` is given). On a large graph, where the deeper
+      :data:`KRYLOV_TOLERANCE` the space is made deeper, going on from the last one (10, 15,
+      22, 33, ... blocks for ``Ne = 50``; not when ``n_blocks`` is given). On a large graph, where the deeper
       space would hold more than :data:`KRYLOV_MAX_BASIS` entries, and when no gradient is
       taken, the space is restarted instead from its ``Ne + 2 b`` best Ritz vectors plus
       :data:`KRYLOV_RESTART_BLOCKS` new blocks (:func:`_thick_restart`), so memory stays

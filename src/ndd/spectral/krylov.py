@@ -86,13 +86,14 @@ def _default_start(op: _Operator | _SparseOperator, block_size: int, grid: tuple
     return torch.cat([smooth, _spike_columns(norms.to(dtype), spikes)], -1) if spikes else smooth
 
 
-#: Krylov blocks of the first space; a deeper one is built (going on from it) while the
-#: error bound of the Ritz pairs exceeds :data:`KRYLOV_TOLERANCE`, see :func:`_next_depth`.
+#: Fewest Krylov blocks of the first space (:func:`krylov_size`: about ``2.4 Ne`` dimensions); a
+#: deeper one is built (going on from it) while the error bound of the Ritz pairs exceeds
+#: :data:`KRYLOV_TOLERANCE`, see :func:`_next_depth`.
 KRYLOV_FIRST_DEPTH = 8
 
 
 def _next_depth(blocks: int) -> int:
-    """Depth of the next space: half as deep again, at least 4 blocks more (8, 12, 18, 27, ...)."""
+    """Depth of the next space: half as deep again, at least 4 blocks more (10, 15, 22, 33, ...)."""
     return blocks + max(4, blocks // 2)
 
 
@@ -106,7 +107,8 @@ def _restarted_block(block_size: int) -> int:
     of 40,000 points 4.61 / 4.12 / 4.21 s; a 128x192 image grid (window 17, t 10) 1.38 / 1.22 /
     1.22 s, in float32 0.66 / 0.57 / 0.61 s; eigenvalues the same to the solver's accuracy. 12
     is the steady choice, and holds more copies of a multiple eigenvalue than 8 before
-    :func:`_widened` is needed. Image-sized graphs (N = 2501) never restart and keep 16.
+    :func:`_widened` is needed (those blocks were three quarters of the then default 16; from the
+    default 12 for ``Ne = 50`` it is 9). Image-sized graphs (N = 2501) never restart.
     """
     return max(8, (3 * block_size) // 4)
 
@@ -122,28 +124,33 @@ def _past_half(num_nodes: int, block_size: int, blocks: int) -> bool:
 def krylov_size(n_eigs: int, num_nodes: int) -> tuple[int, int] | None:
     """Default ``(block_size, n_blocks)`` of the first block Krylov space for ``Ne`` eigenpairs.
 
-    Blocks of ``b = ceil(0.32 Ne)`` columns (16 for ``Ne = 50``), first :data:`KRYLOV_FIRST_DEPTH`
-    (8) products by ``S``; :func:`diffusion` then makes the space deeper (8, 12, 18, 27, ...
-    blocks, each going on from the last) while the first-order error bound of its Ritz pairs
-    exceeds :data:`KRYLOV_TOLERANCE`. Depth matters most: the leading eigenvalues of a learned
-    affinity cluster near 1 (0.998, 0.989, 0.977, ...) and each product widens the polynomial
-    degree; a product on 16 columns costs little more than on 10 (the CSR matrix is streamed
-    once per product). Measured (``Ne = 50``, 41x61 grids, ``BSDS500_HED_V2`` and
-    ``BSDS500_HED_V6`` on ``examples/coffee.jpg`` and the 28 BSDS mini images, float64 and
-    float32): relative error of ``D`` against the exact truncated spectrum at most 1.3e-4, the
-    spaces 8 (3 of 58 graphs), 12 (25), 18 (26) or 27 (4) blocks deep; the earlier fixed 16
-    blocks from cosines alone left 2.3e-3 (a missed localised eigenvector, see
-    :func:`_spike_columns`). At least 8 columns (at most ``Ne``): a block narrower than a
-    cluster of leading eigenvalues converges slowly (measured on 6-community graphs,
-    ``Ne = 6``: 2e-1 with 2 columns, 2e-5 with 6). ``None`` when 16 blocks would exceed half
-    the graph: solve exactly instead (cheap there).
+    Blocks of ``b = ceil(0.24 Ne)`` columns (at least 8, at most ``Ne``; 12 for ``Ne = 50``), a
+    first space of about ``2.4 Ne`` dimensions (at least :data:`KRYLOV_FIRST_DEPTH` blocks; 10
+    products by ``S`` for ``Ne = 50``); :func:`diffusion` then makes the space deeper (10, 15,
+    22, 33, ... blocks, each going on from the last) while the first-order error bound of its
+    Ritz pairs exceeds :data:`KRYLOV_TOLERANCE`. Depth matters most: the leading eigenvalues of
+    a learned affinity cluster near 1 (0.998, 0.989, 0.977, ...) and each product widens the
+    polynomial degree, while a product costs in proportion to its columns (MKL's CSR product on
+    8 / 16 / 32 float64 columns: 0.86 / 1.69 / 4.28 ms, N = 2501, K = 289), so narrower, deeper
+    spaces pay. Measured on the shipped model's affinities of 30 BSDS500 val images (``t`` = 65,
+    one thread; docs/eigensolver.md, "Orthogonality by estimate"): ``Ne`` = 50, 12 x 10 blocks
+    first against the earlier 16 x 8: 2.59 against 3.10 s in all (float64), 1.66 against 1.94 s
+    (float32), worst relative error of ``D`` 3.1e-5 against 5.2e-5; ``Ne`` = 30 (8 x 9 against
+    10 x 8) and 100 (24 x 10 against 32 x 8), 15 of those images: 1.18 against 1.37 s and 2.18
+    against 2.54 s, worst 6.5e-5 against 2.3e-4 and 5.0e-6 against 2.6e-5; on the README's
+    benchmark graph (``t`` = 10) 46.4 against 46.1 ms, error 7.1e-6 against 4.1e-5. At least 8
+    columns: a block narrower than a cluster of leading eigenvalues converges slowly (measured
+    on 6-community graphs, ``Ne = 6``: 2e-1 with 2 columns, 2e-5 with 6); the one-hot start
+    columns (:func:`_spike_columns`) find the localised eigenvectors that smooth columns miss.
+    ``None`` when 16 blocks would exceed half the graph: solve exactly instead (cheap there).
     """
     block, blocks = _krylov_default(n_eigs)
     return None if _past_half(num_nodes, block, 16) else (block, blocks)
 
 
 def _krylov_default(n_eigs: int) -> tuple[int, int]:
-    return min(n_eigs, max(8, math.ceil(0.32 * n_eigs))), KRYLOV_FIRST_DEPTH
+    block = min(n_eigs, max(8, math.ceil(0.24 * n_eigs)))
+    return block, max(KRYLOV_FIRST_DEPTH, math.ceil(2.4 * n_eigs / block))
 
 
 class _KrylovState(NamedTuple):
