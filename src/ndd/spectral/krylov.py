@@ -316,7 +316,8 @@ def _block_krylov(op, U0: Tensor | None, n_blocks: int,
     (:class:`_OrthogonalityEstimate`) instead of measuring it against every block, takes
     ``Q_(j-1)^T S Q_j = R_(j-1)^T`` from the recurrence instead of a product, and factors each
     block by Cholesky QR where that is accurate enough (:func:`_cholesky_qr`): 21.4 against 23.4
-    ms for the README's 8-block float64 space (docs/eigensolver.md, "Orthogonality by estimate").
+    ms for a 16 x 8-block float64 space on the README's graph (docs/eigensolver.md, "Orthogonality
+    by estimate").
     """
     if state is None:
         Q, _ = torch.linalg.qr(U0)
