@@ -402,11 +402,8 @@ def _block_krylov(op, U0: Tensor | None, n_blocks: int,
         else:
             column = torch.cat([column[..., :lo], column[..., lo:] + c_near], -1).transpose(-1, -2)
         if not last:
-            if tracker is None or omega is None:
-                Q, R = torch.linalg.qr(Zt.transpose(-1, -2))
-                Qt = Q.transpose(-1, -2)
-            else:
-                Qt, R, _ = Qt_R
+            # Householder's QR unless the estimate kept this step's Cholesky (or Householder) factors
+            Qt, R = _householder_rows(Zt) if tracker is None or omega is None else Qt_R[:2]
             rows.append(Qt)
             starts.append(top)
             column = torch.cat([column, R], -2)
