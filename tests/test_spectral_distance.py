@@ -357,3 +357,19 @@ def test_embedding_of_a_sparse_graph_forms_nothing_n_by_n(monkeypatch):
     D = (weighted.square().sum(-1)[:, None] + weighted.square().sum(-1)[None] - 2 * weighted @ weighted.T).clamp_min(0)
     assert rel(D, want.distance) < 1e-10
     assert spectral.diffusion(W, 10.0, n_eigs=12, distance=False).distance is None
+
+
+def test_pairs_come_sorted_with_their_eigenvectors_when_negative_ones_are_kept():
+    """``diffusion`` returns the kept pairs by decreasing eigenvalue, each ``psi`` column with its
+    own ``lam`` (``P psi = lam psi``, ``P = D^-1 W``), also when the top ``Ne`` by modulus hold
+    negative eigenvalues (a bipartite graph: ``-lam`` is one for every ``lam``), where the
+    solver's modulus order is not the returned one."""
+    n = 40
+    weights = torch.rand(n - 1, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) + 0.5
+    W = torch.diag(weights, 1) + torch.diag(weights, -1)  # a weighted path: bipartite
+    P = W / W.sum(-1, keepdim=True)
+    for kwargs in ({}, {"solver": "eigh"}):
+        result = spectral.diffusion(W, 2.0, 6, distance=False, **kwargs)
+        lam, psi = result.eigenvalues, result.eigenvectors
+        assert bool((lam[:-1] >= lam[1:]).all()) and bool((lam < 0).any()), lam
+        torch.testing.assert_close(P @ psi, psi * lam, atol=1e-9, rtol=0)
