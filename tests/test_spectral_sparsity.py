@@ -53,7 +53,8 @@ def test_dense_banded_W_gives_the_banded_result_without_dense_products(monkeypat
 
 
 @pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
-@pytest.mark.parametrize("h, w, window, batch", [(16, 18, 5, 1), (9, 7, 3, 2), (12, 10, 7, 1), (5, 40, 9, 1)])
+@pytest.mark.parametrize("h, w, window, batch", [(16, 18, 5, 1), (9, 7, 3, 2), (12, 10, 7, 1), (5, 40, 9, 1),
+                                                  (3, 30, 7, 1)])
 def test_grid_affinity_given_dense_or_sparse_is_recognised_as_its_band(h, w, window, batch):
     """A local affinity on an h x w grid given as a dense or torch sparse tensor is its band, found
     exactly (grid, window and every entry), and gives the banded result; a window wider than the
@@ -64,6 +65,9 @@ def test_grid_affinity_given_dense_or_sparse_is_recognised_as_its_band(h, w, win
     dense = band.to_dense()
     found = spectral.sparsity._as_banded(dense)
     assert found.grid_shape == (h, w) and found.window == window and torch.equal(found.weights, band.weights)
+    # read as a strided view of W's storage where it can be (not (3, 30, 7): the window reaches past
+    # the first row), gathered otherwise: a non-contiguous W (the same matrix, stored column-major)
+    assert torch.equal(spectral.sparsity._as_banded(dense.mT.contiguous().mT).weights, band.weights)
     want = spectral.diffusion(band, 5.0, n_eigs=12)
     for W in (dense, dense[0]) if batch == 1 else (dense,):
         got = spectral.diffusion(W, 5.0, n_eigs=12)

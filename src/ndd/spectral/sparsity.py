@@ -124,12 +124,37 @@ def _as_banded(W: Tensor) -> BandedAffinity | None:
     total = _count_set(W)
     if batch * n * k > BAND_SLOTS_PER_ENTRY * total:
         return None
-    index, valid = _neighbour_index(h, w, window, W.device)
-    band = W.detach().gather(2, index.expand(batch, n, k)).masked_fill_(~valid, 0)
+    band = _window_entries(W.detach(), h, w, window)
     if _count_set(band) != total:
         return None  # some non-zero lies outside the windows
     _check_band_symmetric(band, (h, w), window, "W must be symmetric")
     return BandedAffinity(band, (h, w), window)
+
+
+def _window_entries(W: Tensor, h: int, w: int, window: int) -> Tensor:
+    """The window entries of a dense ``W`` ``(B, N, N)`` on an ``h x w`` grid as a band ``(B, N, K)``
+    (0 in the slots outside the grid).
+
+    Entry ``(i, i + dy w + dx)`` sits at ``i (N + 1) + dy w + dx`` of a matrix's row-major
+    storage, so for rows ``1 .. N - 2`` the band is a strided view of ``W`` (strides
+    ``N + 1, w, 1``), copied in runs of ``window`` entries; the first and last rows (whose
+    view would leave the storage) are gathered. 1.19 against 1.33 ms for a gather of every
+    row (N = 2501, K = 289, float32; float64 2.1 against 2.6), :func:`_as_banded` in all 4.8
+    against 5.3 ms. A non-contiguous ``W``, or a window reaching past the first or last row of
+    the storage (a grid fewer rows high than about half the window), is gathered.
+    """
+    batch, n, _ = W.shape
+    r, k = window // 2, window * window
+    index, valid = _neighbour_index(h, w, window, W.device)
+    reach = r * w + r  # farthest entry of a window from its row's diagonal, in storage order
+    if not W.is_contiguous() or n < 3 or reach > n + 1:
+        return W.gather(2, index.expand(batch, n, k)).masked_fill_(~valid, 0)
+    band = W.new_empty(batch, n, k)
+    inner = W.as_strided((batch, n - 2, window, window), (n * n, n + 1, w, 1), W.storage_offset() + n + 1 - reach)
+    band[:, 1:-1] = inner.reshape(batch, n - 2, k)
+    ends = torch.tensor([0, n - 1], device=W.device)
+    band[:, ends] = W[:, ends].gather(2, index[ends].expand(batch, 2, k))
+    return band.masked_fill_(~valid, 0)  # the slots past a grid row's ends read the next row's nodes
 
 
 @functools.lru_cache(maxsize=32)
