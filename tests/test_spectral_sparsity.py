@@ -68,7 +68,8 @@ def test_grid_affinity_given_dense_or_sparse_is_recognised_as_its_band(h, w, win
     # read as a strided view of W's storage where it can be (not (3, 30, 7): the window reaches past
     # the first row), gathered otherwise: a non-contiguous W (the same matrix, stored column-major)
     assert torch.equal(spectral.sparsity._as_banded(dense.mT.contiguous().mT).weights, band.weights)
-    assert torch.equal(spectral.sparsity._as_banded(torch.cat([2 * dense, dense])[batch:]).weights, band.weights)  # offset
+    offset = torch.cat([2 * dense, dense])[batch:]  # a storage offset
+    assert torch.equal(spectral.sparsity._as_banded(offset).weights, band.weights)
     want = spectral.diffusion(band, 5.0, n_eigs=12)
     for W in (dense, dense[0]) if batch == 1 else (dense,):
         got = spectral.diffusion(W, 5.0, n_eigs=12)

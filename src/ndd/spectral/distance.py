@@ -63,7 +63,8 @@ def _assemble_distance(G: Tensor, out_dtype: torch.dtype, rows: int = 128) -> Te
         for start in range(0, n, rows):
             end = min(n, start + rows)
             # written in place when the dtypes agree (0.9 ms less)
-            strip = D[b, start:end, start:] if same else buffer[: (end - start) * (n - start)].view(end - start, n - start)
+            strip = (D[b, start:end, start:] if same
+                     else buffer[: (end - start) * (n - start)].view(end - start, n - start))
             torch.add(s[start:end, None], s[None, start:], out=strip)  # s_i + s_j: the same for (j, i)
             strip.addmm_(g[start:end], g[start:].T, alpha=-2)
             # clamp_min after the cast gives the same values (the cast is monotone and keeps 0)
