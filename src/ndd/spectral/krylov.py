@@ -275,6 +275,13 @@ def _cholesky_qr(Zt: Tensor, limit: float) -> tuple[Tensor, Tensor, float] | Non
     return L_inv @ Zt, L.transpose(-1, -2), loss
 
 
+def _project_out(Zt: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
+    """One classical Gram-Schmidt pass: ``Zt`` ``(B, b, N)`` rows less their components along the
+    orthonormal rows of ``basis`` ``(B, m, N)``, and the coefficients ``Zt basis^T`` ``(B, b, m)``."""
+    column = Zt @ basis.transpose(-1, -2)
+    return torch.baddbmm(Zt, column, basis, alpha=-1), column
+
+
 def _needs_second_pass(column: Tensor, Zt: Tensor) -> bool:
     """Whether the Gram-Schmidt pass that follows a Lanczos step must subtract its coefficients
     ``column`` ``(B, b, m)`` from the block ``Zt`` ``(B, b, N)``: yes if one exceeds
@@ -326,9 +333,7 @@ def _block_krylov(op, U0: Tensor | None, n_blocks: int,
         rows, pieces = list(state.rows), list(state.pieces)
         residual, tracker = state.residual, state.orthogonality
         if tracker is not None:  # the last step left its residual unchecked: reorthogonalise it now
-            basis = torch.cat(rows, -2)
-            column = residual @ basis.transpose(-1, -2)
-            residual = torch.baddbmm(residual, column, basis, alpha=-1)
+            residual, column = _project_out(residual, torch.cat(rows, -2))
             pieces[-1] = pieces[-1] + column.transpose(-1, -2)
         Q, R = torch.linalg.qr(residual.transpose(-1, -2))
         rows.append(Q.transpose(-1, -2))
@@ -394,8 +399,7 @@ def _block_krylov(op, U0: Tensor | None, n_blocks: int,
             Qt_R = factors if factors is not None else (*_householder_rows(Zt), 0.0)
             omega = tracker.step(j, c_near, Qt_R[1], Qt_R[2])
             if tracker.exceeds(omega):
-                column = Zt @ basis.transpose(-1, -2)
-                Zt = torch.baddbmm(Zt, column, basis, alpha=-1)
+                Zt, column = _project_out(Zt, basis)
                 omega = None
         if column is None:  # no pass against every block: H is block tridiagonal
             column = torch.cat([c_near.new_zeros(batch, b, lo), c_near], -1).transpose(-1, -2)
@@ -454,7 +458,7 @@ def _thick_restart(U: Tensor, H: Tensor, eig: tuple[Tensor, Tensor], state: _Kry
     rows = Y_k.transpose(-1, -2) @ U.transpose(-1, -2)  # V as rows, (B, k, N): U is a view of Krylov rows
     residual = state.residual
     if state.orthogonality is not None:  # a run that estimated its orthogonality left the residual unchecked
-        residual = torch.baddbmm(residual, residual @ U, U.transpose(-1, -2), alpha=-1)
+        residual, _ = _project_out(residual, U.transpose(-1, -2))
     return _KrylovState([rows], [Y_k.transpose(-1, -2) @ H @ Y_k], residual, Y_k[..., -b:, :], state.buffer)
 
 
