@@ -54,16 +54,13 @@ class _BandedMatmul(torch.autograd.Function):
     sorts a sparse gradient on every product (seconds per training step here):
     ``dX = A^T dY`` is another CSR product (``values_t``: the transpose's values,
     a constant helper) and ``dA`` is a band of inner products. ``matrix``: ``values`` as the
-    CSR tensor already (built once per operator, :meth:`_Operator.matrix`).
+    CSR tensor (built once per operator, :meth:`_Operator.matrix`).
     """
 
     @staticmethod
     def forward(ctx, values: Tensor, values_t: Tensor, X: Tensor, grid: tuple[int, int], window: int,
-                matrix: Tensor | None = None) -> Tensor:
+                matrix: Tensor) -> Tensor:
         batch, n, m = X.shape
-        if matrix is None:
-            crow, col, _, _ = _csr_pattern(*grid, window, batch, X.device)
-            matrix = _csr(values, crow, col, batch * n)
         Y = torch.mm(matrix, X.reshape(batch * n, m))
         ctx.save_for_backward(values_t, X)
         ctx.grid, ctx.window = grid, window
