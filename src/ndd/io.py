@@ -45,6 +45,7 @@ __all__ = [
     "write_segs",
     "SEGMENTATION_FORMATS",
     "DEFAULT_SEGMENTATION_FORMATS",
+    "MAX_WRITE_THREADS",
     "write_segmentation",
     "to_uint8_image",
     "inner_boundaries",
@@ -138,6 +139,9 @@ def write_overlay(path: PathLike, image: np.ndarray, labels: np.ndarray, mean_co
 
 
 _STRIP_MAX_HEIGHT = 240  # default height of the strip's panels
+#: Most threads :func:`write_segmentation` compresses on by default: an image has a dozen files,
+#: and each pending one holds a picture (a 16-core machine's threads would hold 32).
+MAX_WRITE_THREADS = 4
 
 
 def hierarchy_strip(
@@ -228,7 +232,8 @@ def write_segmentation(
         threads: files compressed at once on background threads while the next picture is
             drawn (PNG and ``.mat`` compression, most of the writing time, runs outside
             Python's lock); at most twice that many pictures wait in memory. ``1``: one file
-            after the other in this thread. Default: the cores this process may use, at most 4.
+            after the other in this thread. Default: the cores this process may use, at most
+            :data:`MAX_WRITE_THREADS`.
 
     Example:
         >>> import numpy as np, tempfile
@@ -254,7 +259,7 @@ def write_segmentation(
     # each level is read once (a lazy mapping computes it on access): the strip keeps its small copy
     strip_size = _strip_size(image.shape[:2], _STRIP_MAX_HEIGHT) if "strip" in formats else None
     strip_levels: dict[int, np.ndarray] = {}
-    with _FileWriters(min(4, usable_cores()) if threads is None else threads) as files:
+    with _FileWriters(min(MAX_WRITE_THREADS, usable_cores()) if threads is None else threads) as files:
         for k in sorted(levels) if per_level or strip_size is not None else []:
             labels = levels[k]
             painted = None  # labels at the image size and their boundaries, shared by overlay and mean

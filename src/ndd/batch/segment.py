@@ -97,12 +97,10 @@ def segment_file(path: Path, model: Any, job: SegmentJob,
         on_stage("writing")
     try:
         # the files compress on as many threads as the network ran on (--threads): one per worker
-        # process, both cores for one process on a 2-core machine; at most 4 (an image has a
-        # dozen files, and each pending one holds a picture: a GPU machine's 16 threads would
-        # hold 32)
+        # process, both cores for one process on a 2-core machine; at most io.MAX_WRITE_THREADS
         written = io.write_segmentation(job.out_dir, path.stem, picture, result.level_maps(counts), result.to_ucm2,
                                         job.formats, edges=result.edge_map if result.edges is not None else None,
-                                        threads=min(4, torch.get_num_threads()))
+                                        threads=min(io.MAX_WRITE_THREADS, torch.get_num_threads()))
     except OSError as err:  # a full disk, a folder removed meanwhile: this image fails, the run goes on
         return ImageOutcome(path, "failed", error=f"{path}: cannot write its outputs to {job.out_dir} "
                                                   f"({err.strerror or err})")
