@@ -373,3 +373,25 @@ def test_pairs_come_sorted_with_their_eigenvectors_when_negative_ones_are_kept()
         lam, psi = result.eigenvalues, result.eigenvectors
         assert bool((lam[:-1] >= lam[1:]).all()) and bool((lam < 0).any()), lam
         torch.testing.assert_close(P @ psi, psi * lam, atol=1e-9, rtol=0)
+
+
+def test_krylov_results_without_a_gradient_are_ordinary_tensors_and_t_alone_takes_one():
+    """The Krylov space is built in inference mode where no gradient can reach it: what
+    ``diffusion`` returns must still be ordinary tensors (a user may modify them in place or use
+    them in a graph), and a ``t`` that takes a gradient while ``W`` does not must get it (its
+    backward saves the space, which inference tensors cannot be)."""
+    W = spectral.local_affinity(grid_features(20, 24, seed=4), 1.0, window=5)  # N = 480: the Krylov path
+    with torch.no_grad():
+        result = spectral.diffusion(W, 2.0, 8)
+    for tensor in result:
+        assert not tensor.is_inference()
+    result.distance.add_(1.0)  # in place, outside inference mode: refused for an inference tensor
+    probe = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    (result.eigenvectors * probe).sum().backward()  # saved for backward: refused for an inference tensor
+    t = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    weight = torch.rand(480, 480, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert torch.autograd.gradcheck(lambda t: (spectral.diffusion_distance(W, t, 8) * weight).sum(), (t,))
+    # and a gradient to W after a call without one on the same grid (cached CSR structure)
+    weights = W.weights.clone().requires_grad_(True)
+    spectral.diffusion_distance(spectral.BandedAffinity(weights, W.grid_shape, W.window), 2.0, 8).sum().backward()
+    assert weights.grad is not None and bool(torch.isfinite(weights.grad).all())

@@ -4,6 +4,7 @@ the similarity ``K_D = exp(-tau D)``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from typing import NamedTuple
@@ -159,6 +160,17 @@ class _RitzDistance(torch.autograd.Function):
             if ctx.needs_input_grad[3]:
                 grad_t = (G.diagonal(dim1=-2, dim2=-1) * dft).sum().reshape(t.shape)
         return grad_U, grad_scale, grad_H, grad_t, None, None, None
+
+
+def _unrecorded(recorded: bool) -> contextlib.AbstractContextManager:
+    """``torch.inference_mode()`` around work no gradient will ever reach (``recorded`` False), else
+    nothing. Inference mode skips autograd's per-op bookkeeping (version counters, view tracking):
+    the float64 Krylov run on the README's graph makes ~600 small torch calls, and it measured
+    about 1 ms less there (22.1 against 22.9 ms). What comes out is an inference tensor, so
+    only results computed from it outside the block may reach the caller (they are normal
+    tensors); nothing that a backward saves may come from it (hence ``recorded`` when ``t``
+    takes a gradient)."""
+    return contextlib.nullcontext() if recorded else torch.inference_mode()
 
 
 def _check_time(t: Tensor | float) -> None:
@@ -345,8 +357,9 @@ def diffusion(
             if block_size is None and not track and _will_restart(n, size):
                 size = (_restarted_block(size[0]), size[1])
             start = _default_start(op, size[0], grid, d.dtype) if U0 is None else U0.to(d)
-            U, H, eig = _krylov_space(op, start.expand(batch, n, start.shape[-1]), size[1], n_eigs, t, times,
-                                      deepen=n_blocks is None, track=track)
+            with _unrecorded(track or (torch.is_grad_enabled() and t.requires_grad)):
+                U, H, eig = _krylov_space(op, start.expand(batch, n, start.shape[-1]), size[1], n_eigs, t, times,
+                                          deepen=n_blocks is None, track=track)
         if solver == "subspace":
             start = initial_subspace(n, n_eigs, grid, d.dtype, d.device) if U0 is None else U0.to(d)
             power = default_power(t) if n_power is None else n_power

@@ -219,6 +219,24 @@ class _OrthogonalityEstimate:
         """Stores column ``j`` of ``H`` ``(B, rows, b)`` (coefficients on blocks ``0 .. j + 1``)."""
         self.H[:, : column.shape[-2], j * self.block : (j + 1) * self.block] = column
 
+    def write(self, j: int, lo: int, c_near: Tensor, coefficients: Tensor | None, R: Tensor | None) -> Tensor:
+        """Writes column ``j`` of ``H`` in place and returns it, ``(B, rows, b)``: the step's local
+        coefficients ``c_near`` ``(B, b, top - lo)`` on rows ``lo .. top``, plus the Gram-Schmidt
+        ``coefficients`` ``(B, b, top)`` on every earlier block if the step made that pass, and the
+        next block's ``R`` ``(B, b, b)`` below (``None`` for the last block). What :meth:`record`
+        stores, without building the column first (three torch calls less per step)."""
+        b, top = self.block, lo + c_near.shape[-1]
+        column = self.H[:, :, j * b : (j + 1) * b]
+        if coefficients is None:  # rows above lo stay zero: H is block tridiagonal there
+            column[:, lo:top] = c_near.transpose(-1, -2)
+        else:
+            column[:, :top] = coefficients.transpose(-1, -2)
+            column[:, lo:top] += c_near.transpose(-1, -2)
+        if R is None:
+            return column[:, :top]
+        column[:, top : top + b] = R
+        return column[:, : top + b]
+
     def step(self, j: int, c_near: Tensor, R: Tensor, loss: float = 0.0) -> Tensor:
         """``Omega_(k,j+1)`` for the block ``Q_(j+1)`` that ``R`` ``(B, b, b)`` is the QR factor of,
         ``k <= j - 2``, ``(B, (j - 1) b, b)``, from ``c_near`` ``(B, b, 2b)`` (``(B, b, b)`` at
@@ -401,22 +419,27 @@ def _block_krylov(op, U0: Tensor | None, n_blocks: int,
             if tracker.exceeds(omega):
                 Zt, column = _project_out(Zt, basis)
                 omega = None
-        if column is None:  # no pass against every block: H is block tridiagonal
-            column = torch.cat([c_near.new_zeros(batch, b, lo), c_near], -1).transpose(-1, -2)
-        else:
-            column = torch.cat([column[..., :lo], column[..., lo:] + c_near], -1).transpose(-1, -2)
         if not last:
             # Householder's QR unless the estimate kept this step's Cholesky (or Householder) factors
             Qt, R = _householder_rows(Zt) if tracker is None or omega is None else Qt_R[:2]
             rows.append(Qt)
             starts.append(top)
-            column = torch.cat([column, R], -2)
-        if tracker is not None:
-            tracker.record(j, column)
+        if tracker is not None:  # column j of H goes straight into the estimate's copy of H
+            column = tracker.write(j, lo, c_near, column, None if last else R)
             if not last:
                 tracker.advance(j, omega)
+        else:
+            if column is None:  # no pass against every block: H is block tridiagonal
+                column = torch.cat([c_near.new_zeros(batch, b, lo), c_near], -1).transpose(-1, -2)
+            else:
+                column = torch.cat([column[..., :lo], column[..., lo:] + c_near], -1).transpose(-1, -2)
+            if not last:
+                column = torch.cat([column, R], -2)
         pieces.append(column)
-    H = torch.cat([torch.cat([c, c.new_zeros(batch, m - c.shape[-2], c.shape[-1])], -2) for c in pieces], -1)
+    if tracker is not None:  # it holds every column of H in place already
+        H = tracker.H[:, :m, :m]
+    else:
+        H = torch.cat([torch.cat([c, c.new_zeros(batch, m - c.shape[-2], c.shape[-1])], -2) for c in pieces], -1)
     Q = buffer if buffer is not None else torch.cat(rows, -2)
     residual = Zt.detach()
     return (Q.transpose(-1, -2), 0.5 * (H + H.transpose(-1, -2)), residual @ residual.transpose(-1, -2),
