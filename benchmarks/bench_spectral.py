@@ -427,19 +427,19 @@ def main() -> None:
                               ("fast", f"paper's solver, n_power={args.fast_power}")):
                 k = f"{key} {form} {name}"
                 print(f"  {what:<50} {clock.show(k)}  error {err(k)}  {exact / clock.best(k):5.1f}x exact, "
-                      f"{arpack_sparse / clock.best(k):4.1f}x ARPACK+D")
+                      f"{arpack_sparse / clock.best(k):5.2f}x ARPACK+D")
             print(f"  ARPACK eigsh on sparse S + same assembly of D     {clock.show(f'arpack+D sparse {name}')}  "
                   f"error {err(f'arpack+D sparse {name}')}")
             if form == "dense":
                 ks = f"krylov sparse {name}"
                 print(f"  {'default solver on W as a torch sparse CSR (N, N)':<50} {clock.show(ks)}  error {err(ks)}  "
-                      f"{exact / clock.best(ks):5.1f}x exact, {arpack_sparse / clock.best(ks):4.1f}x ARPACK+D")
+                      f"{exact / clock.best(ks):5.1f}x exact, {arpack_sparse / clock.best(ks):5.2f}x ARPACK+D")
                 kd = f"krylov dense {name}"
                 for key, what in (("dense", "ARPACK eigsh on the dense array + D"),
                                   ("csr(S)", "ARPACK on csr_matrix(S), conversion timed, + D")):
                     a = f"arpack+D {key} {name}"
                     print(f"  {what:<50} {clock.show(a)}  error {err(a)}  "
-                          f"(default solver {clock.best(a) / clock.best(kd):4.1f}x faster)")
+                          f"(default solver {clock.best(a) / clock.best(kd):5.2f}x faster)")
         print(f"eigenpairs only: block Krylov + Rayleigh-Ritz {clock.show(f'krylov eig {name}')}, ARPACK eigsh "
               f"{clock.show(f'arpack eig {name}')} "
               f"({clock.best(f'arpack eig {name}') / clock.best(f'krylov eig {name}'):.1f}x)")
