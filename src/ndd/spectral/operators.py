@@ -115,7 +115,6 @@ class _CSRMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, values: Tensor, dense: Tensor | None, X: Tensor, op: _SparseOperator) -> Tensor:
         batch, n, m = X.shape
-        p = op.pattern
         Y = torch.mm(op.matrix(), X.reshape(batch * n, m))
         ctx.save_for_backward(X)
         ctx.op = op
