@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .affinity import BandedAffinity, _neighbour_index, band_inner
+from .kernels import csr_mm
 
 
 @functools.lru_cache(maxsize=32)
@@ -61,7 +62,7 @@ class _BandedMatmul(torch.autograd.Function):
     def forward(ctx, values: Tensor, values_t: Tensor, X: Tensor, grid: tuple[int, int], window: int,
                 matrix: Tensor) -> Tensor:
         batch, n, m = X.shape
-        Y = torch.mm(matrix, X.reshape(batch * n, m))
+        Y = csr_mm(matrix, X.reshape(batch * n, m))
         ctx.save_for_backward(values_t, X)
         ctx.grid, ctx.window = grid, window
         return Y.reshape(batch, n, m)
@@ -79,7 +80,7 @@ class _BandedMatmul(torch.autograd.Function):
             grad_values = band_inner(g, x, ctx.window).reshape(-1)[take]
         if ctx.needs_input_grad[2]:
             At = _csr(values_t, crow, col, batch * n)
-            grad_X = torch.mm(At, grad.reshape(batch * n, m).contiguous()).reshape(batch, n, m)
+            grad_X = csr_mm(At, grad.reshape(batch * n, m)).reshape(batch, n, m)
         return grad_values, None, grad_X, None, None, None
 
 
@@ -115,7 +116,7 @@ class _CSRMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, values: Tensor, dense: Tensor | None, X: Tensor, op: _SparseOperator) -> Tensor:
         batch, n, m = X.shape
-        Y = torch.mm(op.matrix(), X.reshape(batch * n, m))
+        Y = csr_mm(op.matrix(), X.reshape(batch * n, m))
         ctx.save_for_backward(X)
         ctx.op = op
         return Y.reshape(batch, n, m)
@@ -133,7 +134,7 @@ class _CSRMatmul(torch.autograd.Function):
             grad_dense = grad @ X.transpose(-1, -2)
         if ctx.needs_input_grad[2]:
             crow_t, col_t, values_t = op.transposed()
-            grad_X = torch.mm(_csr(values_t, crow_t, col_t, batch * n), grad.reshape(batch * n, m).contiguous())
+            grad_X = csr_mm(_csr(values_t, crow_t, col_t, batch * n), grad.reshape(batch * n, m))
             grad_X = grad_X.reshape(batch, n, m)
         return grad_values, grad_dense, grad_X, None
 
@@ -189,7 +190,7 @@ class _SparseOperator:
         if torch.is_grad_enabled() and (X.requires_grad or self.values.requires_grad
                                         or (self.dense is not None and self.dense.requires_grad)):
             return _CSRMatmul.apply(self.values, self.dense, X, self)
-        return torch.mm(self.matrix(), X.view(batch * n, m)).view(batch, n, m)  # no autograd node to build
+        return csr_mm(self.matrix(), X.view(batch * n, m)).view(batch, n, m)  # no autograd node to build
 
 
 class _Operator:
@@ -265,7 +266,7 @@ class _Operator:
             Y = _BandedMatmul.apply(self.values, self._values_t, X, A.grid_shape, A.window, self.matrix())
         else:  # no autograd node to build (~40 us a product)
             batch, n, m = X.shape
-            Y = torch.mm(self.matrix(), X.view(batch * n, m)).view(batch, n, m)
+            Y = csr_mm(self.matrix(), X.view(batch * n, m)).view(batch, n, m)
         return Y * self.scale.unsqueeze(-1) if self.scale is not None else Y
 
 
