@@ -7,6 +7,8 @@ float32 and in float64 (``spectral_dtype``; the affinity is float32 in both), it
 side by side, interleaved and repeated (best of ``--repeats``, median in brackets):
 
 * ``diffusion_distance`` with the default solver (block Krylov + Rayleigh-Ritz),
+  and the same with every product by ``torch.mm`` instead of ndd's compiled kernel (what an
+  install without a C compiler runs; with ``--threads`` above 1 both use ``torch.mm``),
 * the paper's accelerated simultaneous iteration (``solver="subspace"``, ``T`` QR steps of
   ``round(2t)`` products) and a cheaper setting of it (``--fast-power`` products),
 * the exact path (dense ``eigh`` of the symmetric conjugate, then D),
@@ -156,6 +158,17 @@ def arpack_then_assembly(S_scipy, scale: torch.Tensor, t: float, n_eigs: int, ou
     lam, V = torch.from_numpy(lam).to(scale.dtype), torch.from_numpy(V).to(scale.dtype)
     G = scale.unsqueeze(-1) * V * lam.square().pow(t / 2)  # sqrt(vol) D^-1/2 v |lambda|^t
     return spectral.distance._assemble_distance(G.unsqueeze(0), out_dtype)
+
+
+def torch_products(fn):
+    """``fn()`` with every product by ``S`` in ``torch.mm`` (MKL's CSR kernel), as an install
+    without a C compiler runs it, instead of ndd's compiled kernel (``ndd.spectral.kernels``)."""
+    compiled = spectral.kernels.COMPILED
+    spectral.kernels.COMPILED = False
+    try:
+        return fn()
+    finally:
+        spectral.kernels.COMPILED = compiled
 
 
 def krylov_eigenpairs(W, t: float, n_eigs: int, dtype: torch.dtype):
@@ -390,6 +403,7 @@ def main() -> None:
 
     paths = {
         "krylov": lambda W_, dt: spectral.diffusion_distance(W_, t, ne, spectral_dtype=dt),
+        "krylov mm": lambda W_, dt: torch_products(lambda: spectral.diffusion_distance(W_, t, ne, spectral_dtype=dt)),
         "paper": lambda W_, dt: spectral.diffusion_distance(W_, t, ne, args.n_iter, solver="subspace",
                                                             spectral_dtype=dt),
         "fast": lambda W_, dt: spectral.diffusion_distance(W_, t, ne, args.n_iter, n_power=args.fast_power,
@@ -438,6 +452,7 @@ def main() -> None:
             print(f"{label}:")
             print(f"  exact path (dense eigh of S, then D)               {clock.show(f'exact dense {name}')}")
             for key, what in (("krylov", "default: block Krylov + Rayleigh-Ritz"),
+                              ("krylov mm", "the same, products by torch.mm (no C compiler)"),
                               ("paper", f"paper: T={args.n_iter} x S^{spectral.default_power(t)}, Rayleigh-Ritz"),
                               ("fast", f"paper's solver, n_power={args.fast_power}")):
                 k = f"{key} {form} {name}"
