@@ -48,11 +48,11 @@ def csr_mm(A: Tensor, X: Tensor) -> Tensor:
     if A.layout != torch.sparse_csr or A.dim() != 2 or X.dim() != 2 or A.shape[1] != X.shape[0]:
         raise ValueError(f"csr_mm needs a sparse CSR (n, k) A and a dense (k, m) X, got {A.layout} "
                          f"{tuple(A.shape)} and {tuple(X.shape)}")
+    X = X.contiguous()  # MKL's product and the kernel both read rows
     if not _kernel_applies(A, X):
         return torch.mm(A, X)
     # held in names while the kernel runs: a temporary's memory could be freed under it
     crow, col, values = A.crow_indices().contiguous(), A.col_indices().contiguous(), A.values().contiguous()
-    X = X.contiguous()
     Y = torch.empty(A.shape[0], X.shape[1], dtype=X.dtype)
     if Y.numel():
         _kernels.csrmm(A.shape[0], X.shape[1], crow.data_ptr(), col.data_ptr(), values.data_ptr(), X.data_ptr(),
