@@ -50,9 +50,12 @@ def random_csr(n: int, k: int, dtype: torch.dtype, seed: int = 0) -> torch.Tenso
 
 
 @needs_kernel
+@pytest.mark.parametrize("vector", [True, False], ids=["avx2-loops", "portable-loop"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_kernel_equals_the_dense_product_for_every_column_count(one_thread, kernel_calls, dtype):
-    # widths 1..40 reach every split of the columns (16, 12, 8, 4, 2, 1 at a time)
+def test_kernel_equals_the_dense_product_for_every_column_count(one_thread, kernel_calls, monkeypatch, dtype, vector):
+    # widths 1..40 reach every split of the columns (16, 12, 8, 4, 2, 1 at a time), in the AVX2
+    # loops (where the CPU has them) and in the portable one
+    monkeypatch.setattr(kernels, "_VECTOR_LOOPS", vector)
     A = random_csr(37, 29, dtype)
     dense = A.to_dense().double()
     for m in range(1, 41):

@@ -3,10 +3,11 @@
 
 ``pip install`` builds ``ndd/spectral/_kernels.c`` where it finds a C compiler (``setup.py``;
 without one the install still succeeds and ``torch.mm`` does every product, to rounding the
-same). The kernel keeps a row's sums for up to 16 columns in vector registers and reads each
-stored entry once: on the README's benchmark graph (N = 2501, 603,125 stored entries, an AVX-512
-EPYC, one thread) 0.47 against MKL's 1.05 ms for 12 float64 columns, 0.43 against 0.55 ms in
-float32 (docs/eigensolver.md, "A compiled CSR product"). It is single-threaded, so it runs on
+same). The kernel keeps a row's sums for up to 16 columns in vector registers (AVX2 + FMA where
+the CPU has them, else a portable loop) and reads each stored entry once: on the README's
+benchmark graph (N = 2501, 603,125 stored entries, an AVX-512 EPYC, one thread) 0.46 against
+MKL's 1.05 ms for 12 float64 columns, 0.41 against 0.54 ms in float32 (docs/eigensolver.md, "A
+compiled CSR product"). It is single-threaded, so it runs on
 the CPU when torch runs one thread (``ndd segment --threads 1``, the benchmarks, each of several
 worker processes), with no gradient to record; otherwise ``torch.mm`` (MKL's product is threaded).
 """
@@ -23,6 +24,8 @@ except ImportError:  # pragma: no cover - depends on the install
 
 #: Whether the compiled kernel is installed.
 COMPILED = _kernels is not None
+#: Its AVX2 loops where the CPU has them (False: the portable loop everywhere; for tests).
+_VECTOR_LOOPS = True
 
 
 def _kernel_applies(A: Tensor, X: Tensor) -> bool:
@@ -56,5 +59,5 @@ def csr_mm(A: Tensor, X: Tensor) -> Tensor:
     Y = torch.empty(A.shape[0], X.shape[1], dtype=X.dtype)
     if Y.numel():
         _kernels.csrmm(A.shape[0], X.shape[1], crow.data_ptr(), col.data_ptr(), values.data_ptr(), X.data_ptr(),
-                       Y.data_ptr(), X.dtype == torch.float64)
+                       Y.data_ptr(), X.dtype == torch.float64, _VECTOR_LOOPS)
     return Y
