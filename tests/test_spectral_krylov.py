@@ -501,3 +501,12 @@ def test_block_krylov_basis_and_start():
     assert torch.allclose(gram, torch.diag(gram.diagonal()), atol=1e-12)
     assert torch.allclose(C[:, 0], torch.ones(120, dtype=torch.float64))
     assert torch.equal(spectral.krylov_start(50, 4), spectral.krylov_start(50, 4))  # seeded without a grid
+
+
+def test_a_ritz_value_past_one_is_told_apart_from_rounding():
+    # S's spectrum lies in [-1, 1]: a Ritz value past it by more than rounding means a broken basis
+    krylov = spectral.krylov
+    assert krylov._beyond_one(torch.tensor([[1.0017, 0.99, -0.5]]))
+    assert krylov._beyond_one(torch.tensor([[0.5, -1.001]], dtype=torch.float64))
+    assert not krylov._beyond_one(torch.tensor([[1 + 5e-7, 0.99]]))  # 4 float32 ulps, as on real graphs
+    assert not krylov._beyond_one(torch.tensor([[1 + 1e-15, -1.0]], dtype=torch.float64))
