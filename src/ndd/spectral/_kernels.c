@@ -16,54 +16,13 @@
 #include <stdint.h>
 #include <string.h>
 
-/* The portable loop: columns c0 .. c0 + W - 1 of Y for every row, two sets of sums (even and odd
-   entries) so that consecutive multiply-adds do not wait on each other. What runs without AVX2. */
-#define NDD_KERNEL(T, W)                                                                           \
-    static void rows_##T##_##W(int64_t n, int64_t m, int64_t c0, const int32_t *crow,             \
-                               const int32_t *col, const T *val, const T *X, T *Y) {              \
-        for (int64_t i = 0; i < n; ++i) {                                                         \
-            T a[W], b[W];                                                                         \
-            for (int q = 0; q < W; ++q) {                                                         \
-                a[q] = 0;                                                                         \
-                b[q] = 0;                                                                         \
-            }                                                                                     \
-            int64_t k = crow[i], end = crow[i + 1];                                               \
-            for (; k + 1 < end; k += 2) {                                                         \
-                const T *x0 = X + (int64_t)col[k] * m + c0, *x1 = X + (int64_t)col[k + 1] * m + c0; \
-                const T w0 = val[k], w1 = val[k + 1];                                             \
-                for (int q = 0; q < W; ++q) {                                                     \
-                    a[q] += w0 * x0[q];                                                           \
-                    b[q] += w1 * x1[q];                                                           \
-                }                                                                                 \
-            }                                                                                     \
-            if (k < end) {                                                                        \
-                const T *x0 = X + (int64_t)col[k] * m + c0;                                       \
-                const T w0 = val[k];                                                              \
-                for (int q = 0; q < W; ++q) a[q] += w0 * x0[q];                                   \
-            }                                                                                     \
-            T *y = Y + i * m + c0;                                                                \
-            for (int q = 0; q < W; ++q) y[q] = a[q] + b[q];                                       \
-        }                                                                                         \
-    }
-
-#define NDD_WIDTHS(T) NDD_KERNEL(T, 1) NDD_KERNEL(T, 2) NDD_KERNEL(T, 4) NDD_KERNEL(T, 8) \
-    NDD_KERNEL(T, 12) NDD_KERNEL(T, 16)
-NDD_WIDTHS(float)
-NDD_WIDTHS(double)
-
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define NDD_AVX2 1
-/* The same loop with explicit 32-byte vectors, compiled for AVX2 + FMA and chosen at run time
-   (ndd_has_avx2): left to itself, GCC vectorised the 12-column loop well for AVX-512 but not for
-   AVX2 (1.06 ms against 0.46 for 12 float64 columns). NV vectors VT of L lanes per row, then with
-   TAIL one HT of L / 2 lanes (12 float32 columns: 8 + 4). */
-typedef double ndd_v4d __attribute__((vector_size(32)));
-typedef float ndd_v8f __attribute__((vector_size(32)));
-typedef float ndd_v4f __attribute__((vector_size(16)));
-
-#define NDD_VKERNEL(NAME, T, VT, L, NV, HT, TAIL)                                                  \
-    __attribute__((target("avx2,fma"))) static void NAME(int64_t n, int64_t m, int64_t c0,       \
-            const int32_t *crow, const int32_t *col, const T *val, const T *X, T *Y) {           \
+/* Columns c0 .. c0 + L * NV (+ L / 2 with TAIL) - 1 of Y for every row, as NV vectors VT of L
+   lanes (then one HT of L / 2 lanes where TAIL): two sets of sums (even and odd entries) so that
+   consecutive multiply-adds do not wait on each other. The portable loop is this with scalar
+   "vectors" (VT = T, L = 1), built for the baseline CPU, the compiler vectorising what it can. */
+#define NDD_LOOP(ATTR, NAME, T, VT, L, NV, HT, TAIL)                                               \
+    ATTR static void NAME(int64_t n, int64_t m, int64_t c0, const int32_t *crow, const int32_t *col, \
+                          const T *val, const T *X, T *Y) {                                       \
         for (int64_t i = 0; i < n; ++i) {                                                         \
             VT a[NV], b[NV];                                                                      \
             HT ah = {0}, bh = {0};                                                                \
@@ -113,14 +72,31 @@ typedef float ndd_v4f __attribute__((vector_size(16)));
         }                                                                                         \
     }
 
-NDD_VKERNEL(avx2_double_4, double, ndd_v4d, 4, 1, ndd_v4d, 0)
-NDD_VKERNEL(avx2_double_8, double, ndd_v4d, 4, 2, ndd_v4d, 0)
-NDD_VKERNEL(avx2_double_12, double, ndd_v4d, 4, 3, ndd_v4d, 0)
-NDD_VKERNEL(avx2_double_16, double, ndd_v4d, 4, 4, ndd_v4d, 0)
-NDD_VKERNEL(avx2_float_4, float, ndd_v4f, 4, 1, ndd_v4f, 0)
-NDD_VKERNEL(avx2_float_8, float, ndd_v8f, 8, 1, ndd_v4f, 0)
-NDD_VKERNEL(avx2_float_12, float, ndd_v8f, 8, 1, ndd_v4f, 1)
-NDD_VKERNEL(avx2_float_16, float, ndd_v8f, 8, 2, ndd_v4f, 0)
+#define NDD_PORTABLE
+#define NDD_WIDTH(T, W) NDD_LOOP(NDD_PORTABLE, rows_##T##_##W, T, T, 1, W, T, 0)
+#define NDD_WIDTHS(T) NDD_WIDTH(T, 1) NDD_WIDTH(T, 2) NDD_WIDTH(T, 4) NDD_WIDTH(T, 8) NDD_WIDTH(T, 12) \
+    NDD_WIDTH(T, 16)
+NDD_WIDTHS(float)
+NDD_WIDTHS(double)
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define NDD_AVX2 1
+/* The same loop with explicit 32-byte vectors, compiled for AVX2 + FMA and chosen at run time
+   (ndd_has_avx2): left to itself, GCC vectorised the 12-column loop well for AVX-512 but not for
+   AVX2 (1.06 ms against 0.46 for 12 float64 columns); 12 float32 columns are 8 + 4 lanes. */
+typedef double ndd_v4d __attribute__((vector_size(32)));
+typedef float ndd_v8f __attribute__((vector_size(32)));
+typedef float ndd_v4f __attribute__((vector_size(16)));
+#define NDD_AVX2_TARGET __attribute__((target("avx2,fma")))
+
+NDD_LOOP(NDD_AVX2_TARGET, avx2_double_4, double, ndd_v4d, 4, 1, ndd_v4d, 0)
+NDD_LOOP(NDD_AVX2_TARGET, avx2_double_8, double, ndd_v4d, 4, 2, ndd_v4d, 0)
+NDD_LOOP(NDD_AVX2_TARGET, avx2_double_12, double, ndd_v4d, 4, 3, ndd_v4d, 0)
+NDD_LOOP(NDD_AVX2_TARGET, avx2_double_16, double, ndd_v4d, 4, 4, ndd_v4d, 0)
+NDD_LOOP(NDD_AVX2_TARGET, avx2_float_4, float, ndd_v4f, 4, 1, ndd_v4f, 0)
+NDD_LOOP(NDD_AVX2_TARGET, avx2_float_8, float, ndd_v8f, 8, 1, ndd_v4f, 0)
+NDD_LOOP(NDD_AVX2_TARGET, avx2_float_12, float, ndd_v8f, 8, 1, ndd_v4f, 1)
+NDD_LOOP(NDD_AVX2_TARGET, avx2_float_16, float, ndd_v8f, 8, 2, ndd_v4f, 0)
 
 static int ndd_has_avx2(void) {
     static int known = -1;
