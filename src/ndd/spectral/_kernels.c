@@ -4,7 +4,7 @@
  * Why by hand: the block Krylov solver multiplies S by 8-16 columns at a time, and MKL's CSR
  * kernel (what torch.mm runs on the CPU) takes about 4.5 cycles per stored entry there; this
  * loop keeps a row's sums for up to 16 columns in vector registers and reads each stored entry
- * once: 0.46 against 1.05 ms for 12 float64 columns on the README's benchmark graph (N = 2501,
+ * once: 0.48 against 1.05 ms for 12 float64 columns on the README's benchmark graph (N = 2501,
  * 603,125 entries, one thread; docs/eigensolver.md, "A compiled CSR product").
  * ndd.spectral.kernels runs it only where torch runs one thread (MKL's product is threaded).
  *
@@ -83,7 +83,7 @@ NDD_WIDTHS(double)
 #define NDD_AVX2 1
 /* The same loop with explicit 32-byte vectors, compiled for AVX2 + FMA and chosen at run time
    (ndd_has_avx2): left to itself, GCC vectorised the 12-column loop well for AVX-512 but not for
-   AVX2 (1.06 ms against 0.46 for 12 float64 columns); 12 float32 columns are 8 + 4 lanes. */
+   AVX2 (1.06 ms against 0.48 for 12 float64 columns); 12 float32 columns are 8 + 4 lanes. */
 typedef double ndd_v4d __attribute__((vector_size(32)));
 typedef float ndd_v8f __attribute__((vector_size(32)));
 typedef float ndd_v4f __attribute__((vector_size(16)));

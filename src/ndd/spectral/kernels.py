@@ -5,11 +5,11 @@
 without one the install still succeeds and ``torch.mm`` does every product, to rounding the
 same). The kernel keeps a row's sums for up to 16 columns in vector registers (AVX2 + FMA where
 the CPU has them, else a portable loop) and reads each stored entry once: on the README's
-benchmark graph (N = 2501, 603,125 stored entries, an AVX-512 EPYC, one thread) 0.46 against
-MKL's 1.05 ms for 12 float64 columns, 0.41 against 0.54 ms in float32 (docs/eigensolver.md, "A
-compiled CSR product"). It is single-threaded, so it runs on
-the CPU when torch runs one thread (``ndd segment --threads 1``, the benchmarks, each of several
-worker processes), with no gradient to record; otherwise ``torch.mm`` (MKL's product is threaded).
+benchmark graph (N = 2501, 603,125 stored entries, an AVX-512 EPYC, one thread) 0.48 against
+MKL's 1.05 ms for 12 float64 columns, 0.44 against 0.54 ms in float32 (docs/eigensolver.md, "A
+compiled CSR product"). It is single-threaded, so it runs on the CPU when torch runs one thread
+(``ndd segment --threads 1``, the benchmarks, each of several worker processes), with no gradient
+to record; otherwise ``torch.mm`` (MKL's product is threaded).
 """
 
 from __future__ import annotations
